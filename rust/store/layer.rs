@@ -1,0 +1,232 @@
+//! One document-layer: its chunk files and its commit point. Invariant: tokens `0..count` are fully
+//! written and flushed in the chunk files before `count` is committed; nothing past `count` is ever
+//! read, and nothing before it is ever written again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::chunk::{ChunkFile, OpenMode};
+use super::commit::{read_commit, CommitFile, COUNT_FILE};
+use super::config::StoreConfig;
+use super::manifest::sync_dir;
+use crate::dtype::Elements;
+use crate::error::{Error, IoContext, Result};
+use crate::search::{KeyBlock, KeySource};
+
+/// The keys and values file of one chunk.
+#[derive(Debug)]
+struct Chunk {
+    keys: ChunkFile,
+    values: ChunkFile,
+}
+
+/// An open document-layer.
+#[derive(Debug)]
+pub struct LayerMemory {
+    dir: PathBuf,
+    config: Arc<StoreConfig>,
+    chunks: Vec<Chunk>,
+    count: u64,
+    /// The commit file, open for writing; `None` for read-only handles.
+    commit: Option<CommitFile>,
+}
+
+impl LayerMemory {
+    /// Opens the layer stored in `dir`. Writers create the directory; readers of a layer nobody
+    /// wrote yet see zero tokens.
+    pub fn open(dir: &Path, config: Arc<StoreConfig>, writable: bool) -> Result<Self> {
+        let (commit, count) = if writable {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).at(dir)?;
+                sync_dir(dir.parent().unwrap_or(dir))?;
+            }
+            let c = CommitFile::open(&dir.join(COUNT_FILE))?;
+            let count = c.last().count;
+            (Some(c), count)
+        } else {
+            (None, read_commit(&dir.join(COUNT_FILE))?.count)
+        };
+        let mut layer = LayerMemory {
+            dir: dir.to_owned(),
+            config,
+            chunks: Vec::new(),
+            count: 0,
+            commit,
+        };
+        layer.map_committed(count)?;
+        Ok(layer)
+    }
+
+    /// Re-reads the commit point (readers): tokens a writer committed since are now visible.
+    pub fn refresh(&mut self) -> Result<()> {
+        if self.commit.is_none() {
+            let count = read_commit(&self.dir.join(COUNT_FILE))?.count;
+            self.map_committed(count)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_tokens(&self) -> u64 {
+        self.config.chunk_tokens as u64
+    }
+
+    fn map_committed(&mut self, count: u64) -> Result<()> {
+        if count < self.count {
+            return Err(Error::Corrupt(format!(
+                "{}: committed count went back from {} to {count}",
+                self.dir.display(),
+                self.count
+            )));
+        }
+        let needed = count.div_ceil(self.chunk_tokens()) as usize;
+        let writable = self.commit.is_some();
+        while self.chunks.len() < needed {
+            let c = self.open_chunk(self.chunks.len(), OpenMode::Committed { writable })?;
+            self.chunks.push(c);
+        }
+        self.count = count;
+        Ok(())
+    }
+
+    fn open_chunk(&self, index: usize, mode: OpenMode) -> Result<Chunk> {
+        let cfg = &self.config;
+        let keys = self.dir.join(format!("{index:06}.keys"));
+        let values = self.dir.join(format!("{index:06}.values"));
+        let chunk = Chunk {
+            keys: ChunkFile::open(&keys, cfg.chunk_bytes(cfg.head_dim), mode)?,
+            values: ChunkFile::open(&values, cfg.chunk_bytes(cfg.value_dim), mode)?,
+        };
+        if mode == OpenMode::Fresh {
+            sync_dir(&self.dir)?;
+        }
+        Ok(chunk)
+    }
+
+    /// Committed tokens.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// True when no token is committed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends `keys` `[tokens, kv_heads, head_dim]` and `values` `[tokens, kv_heads, value_dim]`
+    /// (flat, token-major), flushes them, then commits. Returns the new length. On error nothing
+    /// is committed and the layer keeps its previous length.
+    pub fn append(&mut self, keys: Elements, values: Elements) -> Result<u64> {
+        let cfg = Arc::clone(&self.config);
+        let (kvh, hd, vd) = (
+            cfg.kv_heads as usize,
+            cfg.head_dim as usize,
+            cfg.value_dim as usize,
+        );
+        let tokens = keys.len() / (kvh * hd);
+        debug_assert_eq!(keys.len(), tokens * kvh * hd);
+        debug_assert_eq!(values.len(), tokens * kvh * vd);
+        if self.commit.is_none() {
+            return Err(Error::ReadOnly(format!(
+                "cannot append to {}: the store is open read-only",
+                self.dir.display()
+            )));
+        }
+        if tokens == 0 {
+            return Ok(self.count);
+        }
+        let ct = cfg.chunk_tokens as usize;
+        let start = self.count as usize;
+        let end = start + tokens;
+        while self.chunks.len() < end.div_ceil(ct) {
+            let c = self.open_chunk(self.chunks.len(), OpenMode::Fresh)?;
+            self.chunks.push(c);
+        }
+        let es = cfg.dtype.size();
+        for t in 0..tokens {
+            let (c, s) = ((start + t) / ct, (start + t) % ct);
+            let chunk = &mut self.chunks[c];
+            for h in 0..kvh {
+                let src = (t * kvh + h) * hd;
+                let dst = (h * ct + s) * hd * es;
+                keys.slice(src..src + hd).encode_into(
+                    cfg.dtype,
+                    &mut chunk.keys.bytes_mut()[dst..dst + hd * es],
+                    "keys",
+                    src,
+                )?;
+                let src = (t * kvh + h) * vd;
+                let dst = (h * ct + s) * vd * es;
+                values.slice(src..src + vd).encode_into(
+                    cfg.dtype,
+                    &mut chunk.values.bytes_mut()[dst..dst + vd * es],
+                    "values",
+                    src,
+                )?;
+            }
+        }
+        // Data first, then the count: the commit point.
+        for c in start / ct..end.div_ceil(ct) {
+            let first = start.max(c * ct) - c * ct;
+            let last = end.min((c + 1) * ct) - c * ct;
+            let chunk = &self.chunks[c];
+            for h in 0..kvh {
+                let row = h * ct + first;
+                let rows = last - first;
+                chunk.keys.flush_range(row * hd * es, rows * hd * es)?;
+                chunk.values.flush_range(row * vd * es, rows * vd * es)?;
+            }
+        }
+        self.commit
+            .as_mut()
+            .expect("checked writable above")
+            .commit(end as u64)?;
+        self.count = end as u64;
+        Ok(self.count)
+    }
+
+    /// Copies the key and value of token `pos` of kv head `head`, widened to f32, into the outputs.
+    pub fn read_token(&self, head: usize, pos: u64, key: &mut [f32], value: &mut [f32]) {
+        let cfg = &self.config;
+        let ct = cfg.chunk_tokens as usize;
+        let (c, s) = ((pos as usize) / ct, (pos as usize) % ct);
+        let (hd, vd, es) = (
+            cfg.head_dim as usize,
+            cfg.value_dim as usize,
+            cfg.dtype.size(),
+        );
+        let chunk = &self.chunks[c];
+        let k0 = (head * ct + s) * hd * es;
+        Elements::from_bytes(cfg.dtype, &chunk.keys.bytes()[k0..k0 + hd * es]).to_f32(key);
+        let v0 = (head * ct + s) * vd * es;
+        Elements::from_bytes(cfg.dtype, &chunk.values.bytes()[v0..v0 + vd * es]).to_f32(value);
+    }
+}
+
+impl KeySource for LayerMemory {
+    fn len(&self) -> u64 {
+        self.count
+    }
+
+    fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {
+        let cfg = &self.config;
+        let ct = cfg.chunk_tokens as usize;
+        let (hd, es) = (cfg.head_dim as usize, cfg.dtype.size());
+        let count = self.count as usize;
+        self.chunks
+            .iter()
+            .enumerate()
+            .take(count.div_ceil(ct))
+            .map(|(c, chunk)| {
+                let rows = (count - c * ct).min(ct);
+                let start = kv_head * ct * hd * es;
+                KeyBlock {
+                    first_id: (c * ct) as u64,
+                    keys: Elements::from_bytes(
+                        cfg.dtype,
+                        &chunk.keys.bytes()[start..start + rows * hd * es],
+                    ),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,424 @@
+//! The persistent store: a directory holding a manifest (configuration and documents), a writer
+//! lock, and per document and memory layer a directory of chunk files with a commit point.
+//!
+//! ```text
+//! <root>/manifest.json                      header line (version, crc32) + JSON body
+//! <root>/LOCK                               advisory lock of the one writer
+//! <root>/docs/<dir>/layer-<L>/count         commit point (two checksummed slots)
+//! <root>/docs/<dir>/layer-<L>/000000.keys   [kv_heads][chunk_tokens][head_dim], dtype
+//! <root>/docs/<dir>/layer-<L>/000000.values [kv_heads][chunk_tokens][value_dim], dtype
+//! ```
+//! Invariant: a reader trusts the manifest for which documents exist and the commit point for how
+//! many tokens a document-layer holds; everything else on disk is derived or not yet committed.
+
+mod chunk;
+mod commit;
+mod config;
+mod layer;
+mod lock;
+mod manifest;
+
+pub use config::{StoreConfig, DEFAULT_CHUNK_TOKENS};
+pub use layer::LayerMemory;
+pub use manifest::{FORMAT_VERSION, MANIFEST_FILE};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::dtype::Elements;
+use crate::error::{Error, IoContext, Result};
+use crate::search::{Backend, KeySource, SearchResult, SearchShape};
+use lock::WriterLock;
+use manifest::{sync_dir, Manifest};
+
+const DOCS_DIR: &str = "docs";
+
+/// An open store: read-write (holding the writer lock) or read-only.
+#[derive(Debug)]
+pub struct MemoryStore {
+    root: PathBuf,
+    config: Arc<StoreConfig>,
+    manifest: Manifest,
+    lock: Option<WriterLock>,
+    /// Layers opened so far, by (document, layer).
+    open: HashMap<(String, u32), LayerMemory>,
+}
+
+impl MemoryStore {
+    /// Creates a new store in `root`, which must not exist or be an empty directory.
+    pub fn create(root: &Path, config: StoreConfig) -> Result<Self> {
+        config.validate()?;
+        if root.join(MANIFEST_FILE).exists() {
+            return Err(Error::NotAStore(format!(
+                "a fot_mem store already exists at {}; open it with MemoryStore.open",
+                root.display()
+            )));
+        }
+        if root.exists() {
+            let mut entries = std::fs::read_dir(root).at(root)?;
+            if entries.next().is_some() {
+                return Err(Error::NotAStore(format!(
+                    "cannot create a store in {}: the directory is not empty",
+                    root.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(root.join(DOCS_DIR)).at(root)?;
+        let lock = WriterLock::acquire(root)?;
+        let manifest = Manifest::new(config.clone());
+        manifest.save(root)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Ok(MemoryStore {
+            root: root.to_owned(),
+            config: Arc::new(config),
+            manifest,
+            lock: Some(lock),
+            open: HashMap::new(),
+        })
+    }
+
+    /// Opens an existing store. A read-write open takes the writer lock and fails at once if
+    /// another handle holds it; read-only opens never block.
+    pub fn open(root: &Path, readonly: bool) -> Result<Self> {
+        if !root.exists() {
+            return Err(Error::NotFound {
+                path: root.to_owned(),
+                reason: "no such file or directory".into(),
+            });
+        }
+        let manifest = Manifest::load(root)?;
+        let lock = if readonly {
+            None
+        } else {
+            Some(WriterLock::acquire(root)?)
+        };
+        // Re-read under the lock: a writer may have changed it between the two reads.
+        let manifest = if lock.is_some() { Manifest::load(root)? } else { manifest };
+        let store = MemoryStore {
+            root: root.to_owned(),
+            config: Arc::new(manifest.config.clone()),
+            manifest,
+            lock,
+            open: HashMap::new(),
+        };
+        if !readonly {
+            store.remove_orphans()?;
+        }
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The configuration fixed at creation.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// True for handles opened read-only.
+    pub fn is_readonly(&self) -> bool {
+        self.lock.is_none()
+    }
+
+    /// Re-reads the manifest (read-only handles), so documents another process added or deleted
+    /// become visible. Layers already open keep serving what they mapped.
+    pub fn refresh(&mut self) -> Result<()> {
+        if self.is_readonly() {
+            let manifest = Manifest::load(&self.root)?;
+            if manifest.config != *self.config {
+                return Err(Error::Corrupt(format!(
+                    "the configuration in {} changed while the store was open",
+                    self.root.display()
+                )));
+            }
+            self.open.retain(|(doc, _), _| manifest.documents.contains_key(doc));
+            self.manifest = manifest;
+        }
+        Ok(())
+    }
+
+    /// Names of all documents, sorted.
+    pub fn documents(&mut self) -> Result<Vec<String>> {
+        self.refresh()?;
+        Ok(self.manifest.documents.keys().cloned().collect())
+    }
+
+    /// True if the document exists (has had at least one append).
+    pub fn contains(&mut self, doc: &str) -> Result<bool> {
+        if !self.manifest.documents.contains_key(doc) {
+            self.refresh()?;
+        }
+        Ok(self.manifest.documents.contains_key(doc))
+    }
+
+    /// Opens (or refreshes) the layer of an existing document; `None` if the document does not exist.
+    fn layer(&mut self, doc: &str, layer: u32) -> Result<Option<&mut LayerMemory>> {
+        self.config.check_layer(layer)?;
+        if !self.contains(doc)? {
+            return Ok(None);
+        }
+        let key = (doc.to_owned(), layer);
+        if !self.open.contains_key(&key) {
+            let dir = self.layer_dir(doc, layer);
+            let l = LayerMemory::open(&dir, Arc::clone(&self.config), !self.is_readonly())?;
+            self.open.insert(key.clone(), l);
+        } else if self.is_readonly() {
+            self.open.get_mut(&key).expect("present").refresh()?;
+        }
+        Ok(self.open.get_mut(&key))
+    }
+
+    fn layer_dir(&self, doc: &str, layer: u32) -> PathBuf {
+        let entry = &self.manifest.documents[doc];
+        self.root
+            .join(DOCS_DIR)
+            .join(&entry.dir)
+            .join(format!("layer-{layer}"))
+    }
+
+    fn require_writable(&self, what: &str) -> Result<()> {
+        if self.is_readonly() {
+            Err(Error::ReadOnly(format!(
+                "cannot {what}: the store at {} is open read-only",
+                self.root.display()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Committed tokens of a document-layer (0 for a document that does not exist yet).
+    pub fn length(&mut self, doc: &str, layer: u32) -> Result<u64> {
+        Ok(self.layer(doc, layer)?.map_or(0, |l| l.len()))
+    }
+
+    /// Appends tokens to a document-layer, creating the document on its first append. `keys` is
+    /// flat `[tokens, kv_heads, head_dim]`, `values` flat `[tokens, kv_heads, value_dim]`.
+    /// Returns the new length; on error nothing is committed.
+    pub fn append(&mut self, doc: &str, layer: u32, keys: Elements, values: Elements) -> Result<u64> {
+        self.require_writable(&format!("append to document {doc:?}"))?;
+        self.config.check_layer(layer)?;
+        let cfg = &self.config;
+        let (kvh, hd, vd) = (cfg.kv_heads as usize, cfg.head_dim as usize, cfg.value_dim as usize);
+        if keys.len() % (kvh * hd) != 0 {
+            return Err(Error::Shape(format!(
+                "keys have {} elements, not a whole number of tokens of [kv_heads {kvh}, head_dim {hd}]",
+                keys.len()
+            )));
+        }
+        let tokens = keys.len() / (kvh * hd);
+        if values.len() != tokens * kvh * vd {
+            return Err(Error::Shape(format!(
+                "values have {} elements, expected {tokens} tokens x kv_heads {kvh} x value_dim {vd} = {}",
+                values.len(),
+                tokens * kvh * vd
+            )));
+        }
+        if tokens == 0 {
+            return self.length(doc, layer);
+        }
+        if !self.manifest.documents.contains_key(doc) {
+            let mut next = self.manifest.clone();
+            let entry = next.add_document(doc);
+            let dir = self.root.join(DOCS_DIR).join(&entry.dir);
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            sync_dir(&self.root.join(DOCS_DIR))?;
+            next.save(&self.root)?;
+            self.manifest = next;
+        }
+        let l = self.layer(doc, layer)?.expect("document exists");
+        l.append(keys, values)
+    }
+
+    /// Deletes a document and its files. Returns false if it did not exist.
+    pub fn delete_document(&mut self, doc: &str) -> Result<bool> {
+        self.require_writable(&format!("delete document {doc:?}"))?;
+        let Some(entry) = self.manifest.documents.get(doc).cloned() else {
+            return Ok(false);
+        };
+        let mut next = self.manifest.clone();
+        next.documents.remove(doc);
+        next.save(&self.root)?;
+        self.manifest = next;
+        self.open.retain(|(d, _), _| d != doc);
+        let dir = self.root.join(DOCS_DIR).join(entry.dir);
+        std::fs::remove_dir_all(&dir).at(&dir)?;
+        Ok(true)
+    }
+
+    /// Top-k search of `docs[b]` with `queries` flat `[batch, q, heads, head_dim]`.
+    pub fn search(
+        &mut self,
+        docs: &[&str],
+        layer: u32,
+        queries: &[f32],
+        q: usize,
+        heads: usize,
+        k: usize,
+        backend: Backend,
+    ) -> Result<SearchResult> {
+        let shape = SearchShape {
+            batch: docs.len(),
+            q,
+            heads,
+            kv_heads: self.config.kv_heads as usize,
+            dim: self.config.head_dim as usize,
+            k,
+        };
+        shape.validate()?;
+        for doc in docs {
+            self.layer(doc, layer)?;
+        }
+        let sources: Vec<Option<&dyn KeySource>> = docs
+            .iter()
+            .map(|d| {
+                self.open
+                    .get(&(d.to_string(), layer))
+                    .map(|l| l as &dyn KeySource)
+            })
+            .collect();
+        backend.search(&sources, queries, shape)
+    }
+
+    /// Keys and values (widened to f32) of the tokens `ids`, flat `[q, heads, k]`: outputs are
+    /// `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros.
+    pub fn gather(
+        &mut self,
+        doc: &str,
+        layer: u32,
+        ids: &[i64],
+        heads: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (kvh, hd, vd) = (
+            self.config.kv_heads as usize,
+            self.config.head_dim as usize,
+            self.config.value_dim as usize,
+        );
+        if heads == 0 || heads % kvh != 0 {
+            return Err(Error::Shape(format!(
+                "ids have {heads} heads, which is not a positive multiple of the store's {kvh} kv_heads"
+            )));
+        }
+        let group = heads / kvh;
+        let layer_mem = self.layer(doc, layer)?;
+        let len = layer_mem.as_ref().map_or(0, |l| l.len());
+        if let Some(bad) = ids.iter().find(|&&i| i < -1 || i >= len as i64) {
+            return Err(Error::Index(format!(
+                "token id {bad} is out of range: document {doc:?} layer {layer} holds {len} tokens \
+                 (ids run 0..{len}, -1 marks padding)"
+            )));
+        }
+        let per_head = ids.len() / heads.max(1);
+        let k = if ids.is_empty() { 0 } else { per_head };
+        let mut keys = vec![0f32; ids.len() * hd];
+        let mut values = vec![0f32; ids.len() * vd];
+        if let Some(l) = layer_mem {
+            let l: &LayerMemory = l;
+            keys.par_chunks_mut(hd.max(1) * 1024)
+                .zip(values.par_chunks_mut(vd.max(1) * 1024))
+                .enumerate()
+                .for_each(|(c, (kout, vout))| {
+                    for j in 0..kout.len() / hd {
+                        let flat = c * 1024 + j;
+                        let id = ids[flat];
+                        if id >= 0 {
+                            let h = (flat / k.max(1)) % heads;
+                            l.read_token(
+                                h / group,
+                                id as u64,
+                                &mut kout[j * hd..(j + 1) * hd],
+                                &mut vout[j * vd..(j + 1) * vd],
+                            );
+                        }
+                    }
+                });
+        }
+        Ok((keys, values))
+    }
+
+    /// Keys and values of tokens `start..stop`, widened to f32: `[tokens, kv_heads, head_dim]`
+    /// and `[tokens, kv_heads, value_dim]`.
+    pub fn read(&mut self, doc: &str, layer: u32, start: u64, stop: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (kvh, hd, vd) = (
+            self.config.kv_heads as usize,
+            self.config.head_dim as usize,
+            self.config.value_dim as usize,
+        );
+        let layer_mem = self.layer(doc, layer)?;
+        let len = layer_mem.as_ref().map_or(0, |l| l.len());
+        if start > stop || stop > len {
+            return Err(Error::Index(format!(
+                "cannot read tokens {start}..{stop}: document {doc:?} layer {layer} holds {len} tokens"
+            )));
+        }
+        let n = (stop - start) as usize;
+        let mut keys = vec![0f32; n * kvh * hd];
+        let mut values = vec![0f32; n * kvh * vd];
+        if let Some(l) = layer_mem {
+            for t in 0..n {
+                for h in 0..kvh {
+                    let r = t * kvh + h;
+                    l.read_token(
+                        h,
+                        start + t as u64,
+                        &mut keys[r * hd..(r + 1) * hd],
+                        &mut values[r * vd..(r + 1) * vd],
+                    );
+                }
+            }
+        }
+        Ok((keys, values))
+    }
+
+    /// Bytes of committed keys and values, over all documents and layers (or one document).
+    pub fn nbytes(&mut self, doc: Option<&str>) -> Result<u64> {
+        let docs: Vec<String> = match doc {
+            Some(d) => vec![d.to_owned()],
+            None => self.documents()?,
+        };
+        let mut total = 0;
+        for d in &docs {
+            for layer in self.config.layers.clone() {
+                total += self.length(d, layer)?;
+            }
+        }
+        Ok(total * self.config.token_bytes())
+    }
+
+    /// Makes everything written so far durable. Appends already commit durably when they return,
+    /// so this only re-syncs the store directory; it is here so callers can be explicit.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.is_readonly() {
+            sync_dir(&self.root.join(DOCS_DIR))?;
+            sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Removes document directories that no manifest entry names (left by a crash between
+    /// creating a directory and committing the manifest, or during a delete).
+    fn remove_orphans(&self) -> Result<()> {
+        let docs = self.root.join(DOCS_DIR);
+        let Ok(entries) = std::fs::read_dir(&docs) else {
+            return Ok(());
+        };
+        let known: std::collections::HashSet<&str> =
+            self.manifest.documents.values().map(|e| e.dir.as_str()).collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !known.contains(name.to_string_lossy().as_ref()) {
+                let path = entry.path();
+                std::fs::remove_dir_all(&path).at(&path)?;
+            }
+        }
+        manifest::remove_temp(&self.root);
+        Ok(())
+    }
+}
