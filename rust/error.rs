@@ -16,6 +16,9 @@ pub enum Error {
     /// The path exists but does not hold a store (or is not empty when creating one).
     #[error("{0}")]
     NotAStore(String),
+    /// A store already exists where one was to be created.
+    #[error("{0}")]
+    Exists(String),
     /// Files of the store are damaged: bad checksum, wrong size, unreadable metadata.
     #[error("corrupt store: {0}")]
     Corrupt(String),
@@ -46,7 +49,7 @@ pub enum Error {
     Value(String),
     /// The layer is not one of the store's memory layers.
     #[error("layer {layer} is not a memory layer of this store (memory layers: {layers:?})")]
-    UnknownLayer { layer: u32, layers: Vec<u32> },
+    UnknownLayer { layer: i64, layers: Vec<u32> },
     /// A token id is outside the committed part of a document-layer.
     #[error("{0}")]
     Index(String),

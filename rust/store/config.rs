@@ -84,7 +84,7 @@ impl StoreConfig {
             Ok(())
         } else {
             Err(Error::UnknownLayer {
-                layer,
+                layer: layer.into(),
                 layers: self.layers.clone(),
             })
         }

@@ -52,7 +52,7 @@ impl MemoryStore {
     pub fn create(root: &Path, config: StoreConfig) -> Result<Self> {
         config.validate()?;
         if root.join(MANIFEST_FILE).exists() {
-            return Err(Error::NotAStore(format!(
+            return Err(Error::Exists(format!(
                 "a fot_mem store already exists at {}; open it with MemoryStore.open",
                 root.display()
             )));

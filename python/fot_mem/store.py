@@ -1,0 +1,262 @@
+"""The Pythonic face of the store: `MemoryStore` (a directory of documents) and `Document` (one
+long-document memory). Arrays go in as numpy or torch and come out as numpy; every call goes to
+the Rust core with the GIL released."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .arrays import as_float_array, as_ids
+from .exceptions import DtypeError, ShapeError
+
+
+
+def _name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise DtypeError(f"document names must be non-empty strings, got {name!r}")
+    return name
+
+
+def _k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise DtypeError(f"k must be an integer, got {k!r}")
+    return int(k)
+
+
+class MemoryStore:
+    """A persistent store of FoT memories: per document and memory layer, the keys
+    `[kv_heads, head_dim]` and values `[kv_heads, value_dim]` of every token appended.
+
+    Open one writer (`open(path)`) and any number of readers (`open(path, readonly=True)`, also
+    from other processes); readers see what the writer has committed. Use as a context manager, or
+    call `close()`.
+    """
+
+    def __init__(self, core: _core.Store) -> None:
+        self._core = core
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        layers: Sequence[int],
+        kv_heads: int,
+        head_dim: int,
+        value_dim: int | None = None,
+        dtype: str = "float32",
+        chunk_tokens: int = _core.DEFAULT_CHUNK_TOKENS,
+    ) -> MemoryStore:
+        """Creates a store in `path` (absent or an empty directory) and opens it read-write.
+
+        `layers`: indices of the model's memory layers. `dtype`: storage type of keys and values,
+        "float32", "float16" or "bfloat16". `value_dim` defaults to `head_dim`. `chunk_tokens`:
+        tokens per chunk file.
+        """
+        if isinstance(dtype, np.dtype) or isinstance(dtype, type):
+            dtype = np.dtype(dtype).name
+        dtype = str(dtype).removeprefix("torch.")
+        return cls(
+            _core.Store.create(
+                os.fspath(path),
+                [int(x) for x in layers],
+                int(kv_heads),
+                int(head_dim),
+                None if value_dim is None else int(value_dim),
+                dtype,
+                int(chunk_tokens),
+            )
+        )
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> MemoryStore:
+        """Opens an existing store. Read-write takes the writer lock (`StoreLockedError` if
+        another handle holds it); read-only never blocks."""
+        return cls(_core.Store.open(os.fspath(path), bool(readonly)))
+
+    # -- what the store is -------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return str(self._core.path)
+
+    @property
+    def readonly(self) -> bool:
+        return self._core.readonly
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """layers, kv_heads, head_dim, value_dim, dtype, chunk_tokens."""
+        return self._core.config
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self._core.config["layers"])
+
+    @property
+    def kv_heads(self) -> int:
+        return int(self._core.config["kv_heads"])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self._core.config["head_dim"])
+
+    @property
+    def value_dim(self) -> int:
+        return int(self._core.config["value_dim"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self._core.config["dtype"])
+
+    @property
+    def chunk_tokens(self) -> int:
+        return int(self._core.config["chunk_tokens"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of committed keys and values over all documents and layers."""
+        return self._core.nbytes(None)
+
+    # -- documents ---------------------------------------------------------------------------
+    def document(self, name: str) -> Document:
+        """A handle on document `name`; the document is created by its first append."""
+        return Document(self, _name(name))
+
+    def documents(self) -> list[str]:
+        """Names of the documents in the store, sorted."""
+        return self._core.documents()
+
+    def delete(self, name: str) -> bool:
+        """Deletes a document and its files; returns False if there was none."""
+        return self._core.delete_document(_name(name))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._core.contains(name)
+
+    def __iter__(self) -> Iterator[Document]:
+        return (Document(self, n) for n in self.documents())
+
+    def __len__(self) -> int:
+        return len(self.documents())
+
+    # -- search over a batch of documents ----------------------------------------------------
+    def search(
+        self,
+        documents: Sequence[str | Document],
+        layer: int,
+        queries: Any,
+        k: int = 32,
+        *,
+        backend: str = "exact",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k search of B documents at once, one per batch slot.
+
+        `queries`: `[B, q, heads, head_dim]`, where `heads` is a multiple of `kv_heads` (query
+        head h searches kv head h // (heads // kv_heads)). Returns `scores` float32 and `ids`
+        int64 (token positions), both `[B, q, heads, k]`, best first; -1 / -inf pad slots beyond
+        a document's length.
+        """
+        names = [d.name if isinstance(d, Document) else _name(d) for d in documents]
+        q = as_float_array(queries, "queries")
+        return self._core.search(names, layer, q, _k(k), backend)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Makes everything written durable (appends already are once they return)."""
+        self._core.flush()
+
+    def refresh(self) -> None:
+        """Read-only handles: see documents another process created or deleted since."""
+        self._core.refresh()
+
+    def close(self) -> None:
+        """Releases the files and the writer lock; later calls raise `StoreClosedError`."""
+        self._core.close()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "closed" if self.closed else ("read-only" if self.readonly else "read-write")
+        c = self._core.config
+        return (
+            f"MemoryStore({self.path!r}, {mode}, layers={c['layers']}, kv_heads={c['kv_heads']}, "
+            f"head_dim={c['head_dim']}, value_dim={c['value_dim']}, dtype={c['dtype']!r}, "
+            f"chunk_tokens={c['chunk_tokens']})"
+        )
+
+
+class Document:
+    """One long-document memory in a store: per memory layer, an append-only run of tokens."""
+
+    def __init__(self, store: MemoryStore, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    @property
+    def exists(self) -> bool:
+        """True once the document has had an append (and has not been deleted)."""
+        return self.name in self.store
+
+    def append(self, layer: int, keys: Any, values: Any) -> int:
+        """Appends tokens to `layer`: `keys [tokens, kv_heads, head_dim]`, `values
+        [tokens, kv_heads, value_dim]` (numpy or torch; float32, float16, bfloat16 or float64).
+        The tokens are durable when this returns. Returns the layer's new length."""
+        k = as_float_array(keys, "keys")
+        v = as_float_array(values, "values")
+        return self.store._core.append(self.name, layer, k, v)
+
+    def length(self, layer: int) -> int:
+        """Committed tokens in `layer` (0 before the first append)."""
+        return self.store._core.length(self.name, layer)
+
+    def search(
+        self, layer: int, queries: Any, k: int = 32, *, backend: str = "exact"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k keys by inner product for `queries [q, heads, head_dim]`. Returns `scores`
+        float32 and `ids` int64, `[q, heads, k]`, best first, -1 / -inf padded."""
+        q = as_float_array(queries, "queries")
+        if q.ndim != 3:
+            raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
+        scores, ids = self.store._core.search([self.name], layer, q[None], _k(k), backend)
+        return scores[0], ids[0]
+
+    def gather(self, layer: int, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values (float32) of token `ids [q, heads, k]` as returned by `search`:
+        `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros."""
+        return self.store._core.gather(self.name, layer, as_ids(ids))
+
+    def read(self, layer: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values (float32) of tokens `start:stop` as `[tokens, kv_heads, dim]`."""
+        if stop is None:
+            stop = self.length(layer)
+        if start < 0 or stop < 0:
+            raise ShapeError(f"read range {start}:{stop} must not be negative")
+        return self.store._core.read(self.name, layer, int(start), int(stop))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of committed keys and values of this document, all layers."""
+        return self.store._core.nbytes(self.name)
+
+    def delete(self) -> bool:
+        """Deletes this document from the store."""
+        return self.store.delete(self.name)
+
+    def __repr__(self) -> str:
+        if self.store.closed:
+            return f"Document({self.name!r}, store closed)"
+        lengths = {layer: self.length(layer) for layer in self.store.layers}
+        return f"Document({self.name!r}, lengths={lengths})"

@@ -1,0 +1,20 @@
+//! The Python extension module `fot_mem._core`: the only code in the crate that knows Python.
+//! Every call goes through `errors::run`, which releases the GIL, turns panics into exceptions and
+//! maps core errors onto `fot_mem.exceptions`.
+
+mod arrays;
+mod errors;
+mod store;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<store::Store>()?;
+    m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;
+    m.add("DEFAULT_CHUNK_TOKENS", crate::store::DEFAULT_CHUNK_TOKENS)?;
+    m.add("MAX_K", crate::search::MAX_K)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
