@@ -1,6 +1,7 @@
 //! Storage element types and the conversions between them. Every element that enters the store is
 //! checked to be finite after conversion, so a search never meets NaN or infinity.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
@@ -102,48 +103,57 @@ impl<'a> Elements<'a> {
     /// if a value is NaN, infinite, or overflows `dtype`.
     pub fn encode_into(&self, dtype: Dtype, out: &mut [u8], what: &str, base: usize) -> Result<()> {
         debug_assert_eq!(out.len(), self.len() * dtype.size());
-        let check = |i: usize, v: f32, stored_finite: bool| -> Result<()> {
-            let i = base + i;
-            if !v.is_finite() {
-                return Err(Error::Value(format!("{what} contain {v} at flat index {i}")));
-            }
-            if !stored_finite {
-                return Err(Error::Value(format!(
-                    "{what} contain {v} at flat index {i}, outside the range of {}",
-                    dtype.name()
-                )));
-            }
-            Ok(())
-        };
-        match dtype {
+        // Convert whole runs (SIMD where `half` has it), then look for non-finite results: a
+        // stored value is finite exactly when the input was finite and in range.
+        let bad = match dtype {
             Dtype::Float32 => {
                 let out: &mut [f32] = bytemuck::cast_slice_mut(out);
-                for i in 0..self.len() {
-                    let v = self.get(i);
-                    check(i, v, true)?;
-                    out[i] = v;
+                match self {
+                    Elements::F32(s) => out.copy_from_slice(s),
+                    other => other.to_f32(out),
                 }
+                out.iter().position(|v| !v.is_finite())
             }
             Dtype::Float16 => {
                 let out: &mut [f16] = bytemuck::cast_slice_mut(out);
-                for i in 0..self.len() {
-                    let v = self.get(i);
-                    let h = f16::from_f32(v);
-                    check(i, v, h.is_finite())?;
-                    out[i] = h;
+                match self {
+                    Elements::F32(s) => out.convert_from_f32_slice(s),
+                    Elements::F16(s) => out.copy_from_slice(s),
+                    Elements::Bf16(s) => out
+                        .iter_mut()
+                        .zip(s.iter())
+                        .for_each(|(o, x)| *o = f16::from_f32(x.to_f32())),
                 }
+                out.iter().position(|v| !v.is_finite())
             }
             Dtype::Bfloat16 => {
                 let out: &mut [bf16] = bytemuck::cast_slice_mut(out);
-                for i in 0..self.len() {
-                    let v = self.get(i);
-                    let b = bf16::from_f32(v);
-                    check(i, v, b.is_finite())?;
-                    out[i] = b;
+                match self {
+                    Elements::F32(s) => out.convert_from_f32_slice(s),
+                    Elements::Bf16(s) => out.copy_from_slice(s),
+                    Elements::F16(s) => out
+                        .iter_mut()
+                        .zip(s.iter())
+                        .for_each(|(o, x)| *o = bf16::from_f32(x.to_f32())),
                 }
+                out.iter().position(|v| !v.is_finite())
+            }
+        };
+        match bad {
+            None => Ok(()),
+            Some(i) => {
+                let v = self.get(i);
+                let at = base + i;
+                Err(Error::Value(if v.is_finite() {
+                    format!(
+                        "{what} contain {v} at flat index {at}, outside the range of {}",
+                        dtype.name()
+                    )
+                } else {
+                    format!("{what} contain {v} at flat index {at}")
+                }))
             }
         }
-        Ok(())
     }
 
     /// Element `i` as f32.
@@ -161,7 +171,9 @@ impl<'a> Elements<'a> {
         for i in 0..self.len() {
             let v = self.get(i);
             if !v.is_finite() {
-                return Err(Error::Value(format!("{what} contain {v} at flat index {i}")));
+                return Err(Error::Value(format!(
+                    "{what} contain {v} at flat index {i}"
+                )));
             }
         }
         Ok(())

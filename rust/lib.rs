@@ -16,5 +16,5 @@ mod bindings;
 
 pub use dtype::{Dtype, Elements};
 pub use error::{Error, Result};
-pub use search::{Backend, SearchResult};
+pub use search::{Backend, Queries, SearchResult};
 pub use store::{MemoryStore, StoreConfig};

@@ -574,7 +574,7 @@ fn create_over_an_existing_store_fails_and_keeps_it() {
     small_store(&root);
     let manifest = std::fs::read(root.join("manifest.json")).unwrap();
     let err = MemoryStore::create(&root, config(Dtype::Float16, 16)).unwrap_err();
-    assert!(matches!(err, Error::NotAStore(_)), "{err}");
+    assert!(matches!(err, Error::Exists(_)), "{err}");
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(std::fs::read(root.join("manifest.json")).unwrap(), manifest);
     // Also while a writer holds it open.
@@ -767,7 +767,7 @@ fn unknown_layers_are_named() {
     );
     check(store.length("a", 2).map(drop));
     check(store.read("a", 2, 0, 0).map(drop));
-    check(store.gather("a", 2, &[0, 1], KV_HEADS).map(drop));
+    check(store.gather("a", 2, &[0, 1], KV_HEADS, 1).map(drop));
     let query = vec![1.0f32; KV_HEADS * HEAD_DIM];
     check(
         store
@@ -1029,7 +1029,7 @@ fn gather_returns_the_searched_tokens() {
             .unwrap();
         let mut ids = found.ids.clone();
         ids[1] = -1;
-        let (gk, gv) = store.gather("doc", 1, &ids, heads).unwrap();
+        let (gk, gv) = store.gather("doc", 1, &ids, heads, topk).unwrap();
         assert_eq!(gk.len(), ids.len() * HEAD_DIM);
         assert_eq!(gv.len(), ids.len() * VALUE_DIM);
         for (flat, &id) in ids.iter().enumerate() {
@@ -1049,12 +1049,78 @@ fn gather_returns_the_searched_tokens() {
             );
         }
         assert!(matches!(
-            store.gather("doc", 1, &[40], KV_HEADS),
+            store.gather("doc", 1, &[0, 40], KV_HEADS, 1),
             Err(Error::Index(_))
         ));
         assert!(matches!(
-            store.gather("doc", 1, &[-2], KV_HEADS),
+            store.gather("doc", 1, &[-2, 0], KV_HEADS, 1),
             Err(Error::Index(_))
         ));
+        // ids must be whole [heads, k] blocks, and heads a multiple of kv_heads.
+        for (ids, h, k) in [
+            (&[0i64, 1, 2][..], KV_HEADS, 1),
+            (&[0, 1, 2, 3][..], KV_HEADS, 3),
+            (&[0, 1][..], KV_HEADS, 0),
+            (&[0, 1, 2][..], 3, 1),
+        ] {
+            assert!(
+                matches!(store.gather("doc", 1, ids, h, k), Err(Error::Shape(_))),
+                "{ids:?} heads {h} k {k}"
+            );
+        }
+        // No ids, no output; a document that does not exist gives zeros for padding.
+        assert_eq!(
+            store.gather("doc", 1, &[], heads, topk).unwrap(),
+            (vec![], vec![])
+        );
+        let (gk, gv) = store.gather("absent", 1, &[-1, -1], KV_HEADS, 1).unwrap();
+        assert!(gk.iter().chain(&gv).all(|&x| x == 0.0));
     }
+}
+
+/// A reader that has a layer open when the writer deletes (and re-creates) its document sees
+/// the change on its next call: no false "corrupt" and no stale data.
+#[test]
+fn reader_sees_a_deletion_without_listing_documents() {
+    let (_tmp, root) = store_dir();
+    small_store(&root);
+    let mut writer = MemoryStore::open(&root, false).unwrap();
+    let mut reader = MemoryStore::open(&root, true).unwrap();
+    let mut rng = Lcg(12);
+    let (kc, vc) = tokens(&mut rng, 2);
+    append_f32(&mut writer, "c", 1, &kc, &vc);
+    assert_eq!(reader.length("a", 1).unwrap(), 17);
+    assert_eq!(reader.length("b", 1).unwrap(), 17);
+    assert_eq!(reader.length("c", 1).unwrap(), 2);
+    assert_eq!(reader.length("c", 3).unwrap(), 0); // an open layer with nothing committed
+
+    writer.delete_document("a").unwrap();
+    assert_eq!(reader.length("a", 1).unwrap(), 0);
+    let query = vec![1.0f32; KV_HEADS * HEAD_DIM];
+    let found = reader
+        .search(
+            &["a", "b"],
+            1,
+            &[query.clone(), query.clone()].concat(),
+            1,
+            KV_HEADS,
+            2,
+            Backend::Exact,
+        )
+        .unwrap();
+    assert!(found.ids[..2 * KV_HEADS].iter().all(|&i| i == -1));
+    assert!(found.ids[2 * KV_HEADS..].iter().all(|&i| i >= 0));
+    // Re-created under the same name: the reader sees the new tokens only.
+    let (k, v) = tokens(&mut rng, 3);
+    append_f32(&mut writer, "a", 1, &k, &v);
+    assert_holds(&mut reader, "a", 1, &k, &v);
+
+    // Deleted and re-created between two calls of the reader, including a layer it had open
+    // empty.
+    writer.delete_document("c").unwrap();
+    let (k3, v3) = tokens(&mut rng, 9);
+    append_f32(&mut writer, "c", 3, &k3, &v3);
+    assert_holds(&mut reader, "c", 3, &k3, &v3);
+    assert_eq!(reader.length("c", 1).unwrap(), 0);
+    assert_eq!(reader.length("b", 1).unwrap(), 17);
 }

@@ -15,7 +15,6 @@ from .arrays import as_float_array, as_ids
 from .exceptions import DtypeError, ShapeError
 
 
-
 def _name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise DtypeError(f"document names must be non-empty strings, got {name!r}")
@@ -238,7 +237,9 @@ class Document:
         `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros."""
         return self.store._core.gather(self.name, layer, as_ids(ids))
 
-    def read(self, layer: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, layer: int, start: int = 0, stop: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values (float32) of tokens `start:stop` as `[tokens, kv_heads, dim]`."""
         if stop is None:
             stop = self.length(layer)

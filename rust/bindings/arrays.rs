@@ -37,7 +37,10 @@ impl Input {
         match self.data {
             Owned::F32(v) => v,
             other => {
-                let tmp = Input { data: other, shape: vec![] };
+                let tmp = Input {
+                    data: other,
+                    shape: vec![],
+                };
                 let e = tmp.elements();
                 let mut out = vec![0f32; e.len()];
                 e.to_f32(&mut out);
@@ -64,7 +67,10 @@ pub fn input(obj: &Bound<'_, PyAny>, what: &str, ndim: usize) -> PyResult<Input>
             py,
             Error::Dtype(format!(
                 "{what} must be a numpy array, got {}",
-                obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                obj.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             )),
         )
     })?;
@@ -97,10 +103,17 @@ pub fn input(obj: &Bound<'_, PyAny>, what: &str, ndim: usize) -> PyResult<Input>
 }
 
 /// Copies an int64 array of `ndim` dimensions.
-pub fn input_i64(obj: &Bound<'_, PyAny>, what: &str, ndim: usize) -> PyResult<(Vec<i64>, Vec<usize>)> {
+pub fn input_i64(
+    obj: &Bound<'_, PyAny>,
+    what: &str,
+    ndim: usize,
+) -> PyResult<(Vec<i64>, Vec<usize>)> {
     let py = obj.py();
     let a = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
-        super::errors::to_py(py, Error::Dtype(format!("{what} must be a numpy int64 array")))
+        super::errors::to_py(
+            py,
+            Error::Dtype(format!("{what} must be a numpy int64 array")),
+        )
     })?;
     if a.ndim() != ndim {
         return Err(super::errors::to_py(

@@ -37,7 +37,9 @@ fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
         .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
     match class {
         Ok(class) => PyErr::from_type(class, message),
-        Err(e) => PyRuntimeError::new_err(format!("{message} (and fot_mem.exceptions failed: {e})")),
+        Err(e) => {
+            PyRuntimeError::new_err(format!("{message} (and fot_mem.exceptions failed: {e})"))
+        }
     }
 }
 

@@ -12,9 +12,10 @@ use super::arrays::{input, input_i64, output};
 use super::errors::{run, to_py};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::search::Backend;
+use crate::search::{Backend, Queries};
 use crate::store::{MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS};
 
+type Scored<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<i64>>);
 type Arrays<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
 
 #[pyclass(module = "fot_mem._core", frozen)]
@@ -68,7 +69,15 @@ impl Store {
         layer_index(layer, &self.config.layers).map_err(|e| to_py(py, e))
     }
 
-    fn check_dim(&self, py: Python<'_>, what: &str, shape: &[usize], axis: usize, name: &str, want: u32) -> PyResult<()> {
+    fn check_dim(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        shape: &[usize],
+        axis: usize,
+        name: &str,
+        want: u32,
+    ) -> PyResult<()> {
         if shape[axis] != want as usize {
             return Err(to_py(
                 py,
@@ -85,6 +94,7 @@ impl Store {
 #[pymethods]
 impl Store {
     #[staticmethod]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     #[pyo3(signature = (path, layers, kv_heads, head_dim, value_dim=None, dtype="float32", chunk_tokens=DEFAULT_CHUNK_TOKENS as i64))]
     fn create(
         py: Python<'_>,
@@ -140,7 +150,10 @@ impl Store {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     #[getter]
@@ -183,7 +196,14 @@ impl Store {
         self.with(py, |s| s.length(doc, layer))
     }
 
-    fn append(&self, py: Python<'_>, doc: &str, layer: i64, keys: &Bound<'_, PyAny>, values: &Bound<'_, PyAny>) -> PyResult<u64> {
+    fn append(
+        &self,
+        py: Python<'_>,
+        doc: &str,
+        layer: i64,
+        keys: &Bound<'_, PyAny>,
+        values: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
         let layer = self.layer(py, layer)?;
         let c = &self.config;
         let k = input(keys, "keys", 3)?;
@@ -213,7 +233,7 @@ impl Store {
         queries: &Bound<'py, PyAny>,
         k: i64,
         backend: &str,
-    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<i64>>)> {
+    ) -> PyResult<Scored<'py>> {
         let layer = self.layer(py, layer)?;
         let backend = Backend::parse(backend).map_err(|e| to_py(py, e))?;
         let q = input(queries, "queries", 4)?;
@@ -230,30 +250,59 @@ impl Store {
         }
         self.check_dim(py, "queries", &shape, 3, "head_dim", self.config.head_dim)?;
         if k <= 0 {
-            return Err(to_py(py, Error::Value(format!("k must be positive, got {k}"))));
+            return Err(to_py(
+                py,
+                Error::Value(format!("k must be positive, got {k}")),
+            ));
         }
         let k = k as usize;
         let queries = q.into_f32();
         let res = self.with(py, |s| {
             let names: Vec<&str> = docs.iter().map(String::as_str).collect();
-            s.search(&names, layer, &queries, shape[1], shape[2], k, backend)
+            let queries = Queries {
+                data: &queries,
+                q: shape[1],
+                heads: shape[2],
+            };
+            s.search(&names, layer, queries, k, backend)
         })?;
         let out = [shape[0], shape[1], shape[2], k];
         Ok((output(py, res.scores, &out)?, output(py, res.ids, &out)?))
     }
 
-    fn gather<'py>(&self, py: Python<'py>, doc: &str, layer: i64, ids: &Bound<'py, PyAny>) -> PyResult<Arrays<'py>> {
+    fn gather<'py>(
+        &self,
+        py: Python<'py>,
+        doc: &str,
+        layer: i64,
+        ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Arrays<'py>> {
         let layer = self.layer(py, layer)?;
         let (ids, shape) = input_i64(ids, "ids", 3)?;
-        let (keys, values) = self.with(py, |s| s.gather(doc, layer, &ids, shape[1]))?;
+        let (keys, values) = self.with(py, |s| s.gather(doc, layer, &ids, shape[1], shape[2]))?;
         let c = &self.config;
         Ok((
-            output(py, keys, &[shape[0], shape[1], shape[2], c.head_dim as usize])?,
-            output(py, values, &[shape[0], shape[1], shape[2], c.value_dim as usize])?,
+            output(
+                py,
+                keys,
+                &[shape[0], shape[1], shape[2], c.head_dim as usize],
+            )?,
+            output(
+                py,
+                values,
+                &[shape[0], shape[1], shape[2], c.value_dim as usize],
+            )?,
         ))
     }
 
-    fn read<'py>(&self, py: Python<'py>, doc: &str, layer: i64, start: u64, stop: u64) -> PyResult<Arrays<'py>> {
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        doc: &str,
+        layer: i64,
+        start: u64,
+        stop: u64,
+    ) -> PyResult<Arrays<'py>> {
         let layer = self.layer(py, layer)?;
         let (keys, values) = self.with(py, |s| s.read(doc, layer, start, stop))?;
         let c = &self.config;

@@ -72,7 +72,10 @@ impl ExactSearch {
             let t = chunk[0];
             let mut merged: Vec<TopK> = partial.next().expect("one result per task");
             for _ in 1..parts {
-                for (m, o) in merged.iter_mut().zip(partial.next().expect("one result per task")) {
+                for (m, o) in merged
+                    .iter_mut()
+                    .zip(partial.next().expect("one result per task"))
+                {
                     m.merge(o);
                 }
             }
@@ -185,7 +188,9 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -197,9 +202,22 @@ mod tests {
             .map(|_| (0..n * dim).map(|_| lcg(&mut seed)).collect())
             .collect();
         let queries: Vec<f32> = (0..q * heads * dim).map(|_| lcg(&mut seed)).collect();
-        let src = InMemory { keys, dim, block: 300 };
-        let shape = SearchShape { batch: 1, q, heads, kv_heads: kvh, dim, k };
-        let got = Backend::Exact.search(&[Some(&src)], &queries, shape).unwrap();
+        let src = InMemory {
+            keys,
+            dim,
+            block: 300,
+        };
+        let shape = SearchShape {
+            batch: 1,
+            q,
+            heads,
+            kv_heads: kvh,
+            dim,
+            k,
+        };
+        let got = Backend::Exact
+            .search(&[Some(&src)], &queries, shape)
+            .unwrap();
         for qi in 0..q {
             for h in 0..heads {
                 let g = h / (heads / kvh);
@@ -212,9 +230,9 @@ mod tests {
                     .collect();
                 all.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let base = (qi * heads + h) * k;
-                for j in 0..k {
-                    assert_eq!(got.ids[base + j], all[j].1, "q {qi} head {h} rank {j}");
-                    assert!((got.scores[base + j] - all[j].0).abs() < 1e-4);
+                for (j, want) in all.iter().take(k).enumerate() {
+                    assert_eq!(got.ids[base + j], want.1, "q {qi} head {h} rank {j}");
+                    assert!((got.scores[base + j] - want.0).abs() < 1e-4);
                 }
             }
         }
@@ -222,8 +240,19 @@ mod tests {
 
     #[test]
     fn pads_when_fewer_than_k_and_for_empty_sources() {
-        let src = InMemory { keys: vec![vec![1.0, 0.0, 0.0, 1.0]], dim: 2, block: 8 };
-        let shape = SearchShape { batch: 2, q: 1, heads: 1, kv_heads: 1, dim: 2, k: 3 };
+        let src = InMemory {
+            keys: vec![vec![1.0, 0.0, 0.0, 1.0]],
+            dim: 2,
+            block: 8,
+        };
+        let shape = SearchShape {
+            batch: 2,
+            q: 1,
+            heads: 1,
+            kv_heads: 1,
+            dim: 2,
+            k: 3,
+        };
         let got = Backend::Exact
             .search(&[Some(&src), None], &[1.0, 0.5, 1.0, 1.0], shape)
             .unwrap();

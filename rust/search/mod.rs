@@ -34,6 +34,14 @@ pub trait KeySource: Sync {
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>>;
 }
 
+/// Queries for one search, flat `[batch, q, heads, dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Queries<'a> {
+    pub data: &'a [f32],
+    pub q: usize,
+    pub heads: usize,
+}
+
 /// The shape of a search: `batch` slots of `queries [q, heads, dim]` against `kv_heads` heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SearchShape {
@@ -54,7 +62,7 @@ impl SearchShape {
                 self.k
             )));
         }
-        if self.heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::Shape(format!(
                 "queries have {} heads, which is not a positive multiple of the store's {} kv_heads",
                 self.heads, self.kv_heads
@@ -119,7 +127,7 @@ impl Backend {
         }
         Elements::F32(queries).check_finite("queries")?;
         match self {
-            Backend::Exact => Ok(ExactSearch::default().search(sources, queries, shape)),
+            Backend::Exact => Ok(ExactSearch.search(sources, queries, shape)),
         }
     }
 }

@@ -114,7 +114,10 @@ mod tests {
         let mut t = TopK::new(4);
         t.push_run(&scores[..3], 0);
         t.push_run(&scores[3..], 3);
-        assert_eq!(t.into_sorted(), vec![(3.0, 5), (2.0, 1), (2.0, 3), (1.0, 2)]);
+        assert_eq!(
+            t.into_sorted(),
+            vec![(3.0, 5), (2.0, 1), (2.0, 3), (1.0, 2)]
+        );
 
         let mut a = TopK::new(2);
         a.push_run(&[1.0, 1.0], 10);

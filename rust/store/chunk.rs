@@ -93,7 +93,9 @@ impl ChunkFile {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         match &mut self.map {
             Mapping::Writable(m) => m,
-            Mapping::ReadOnly(_) => unreachable!("chunk {} is mapped read-only", self.path.display()),
+            Mapping::ReadOnly(_) => {
+                unreachable!("chunk {} is mapped read-only", self.path.display())
+            }
         }
     }
 

@@ -112,7 +112,9 @@ impl CommitFile {
             count,
         };
         let offset = (next.seq % 2) * SLOT as u64;
-        self.file.write_all_at(&encode(next), offset).at(&self.path)?;
+        self.file
+            .write_all_at(&encode(next), offset)
+            .at(&self.path)?;
         self.file.sync_data().at(&self.path)?;
         self.last = next;
         Ok(())

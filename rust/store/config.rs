@@ -41,7 +41,9 @@ impl StoreConfig {
     /// Checks every number, naming the first one that is wrong.
     pub fn validate(&self) -> Result<()> {
         if self.layers.is_empty() {
-            return Err(Error::Value("a store needs at least one memory layer".into()));
+            return Err(Error::Value(
+                "a store needs at least one memory layer".into(),
+            ));
         }
         let mut sorted = self.layers.clone();
         sorted.sort_unstable();

@@ -90,7 +90,8 @@ impl Manifest {
         let fields: Vec<&str> = header.split(' ').collect();
         let (version, crc) = match fields.as_slice() {
             [magic, v, c] if *magic == MAGIC => (
-                v.strip_prefix("version=").and_then(|v| v.parse::<u32>().ok()),
+                v.strip_prefix("version=")
+                    .and_then(|v| v.parse::<u32>().ok()),
                 c.strip_prefix("crc32=")
                     .and_then(|c| u32::from_str_radix(c, 16).ok()),
             ),
@@ -183,7 +184,9 @@ mod tests {
         let m = Manifest::new(StoreConfig::new(vec![0], 1, 4, Dtype::Float32));
         m.save(dir.path()).unwrap();
         let path = dir.path().join(MANIFEST_FILE);
-        let text = fs::read_to_string(&path).unwrap().replacen("version=1", "version=9", 1);
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replacen("version=1", "version=9", 1);
         fs::write(&path, text).unwrap();
         let err = Manifest::load(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Version { found: 9, .. }), "{err}");

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 
 use crate::dtype::Elements;
 use crate::error::{Error, IoContext, Result};
-use crate::search::{Backend, KeySource, SearchResult, SearchShape};
+use crate::search::{Backend, KeySource, Queries, SearchResult, SearchShape};
 use lock::WriterLock;
 use manifest::{sync_dir, Manifest};
 
@@ -98,7 +98,11 @@ impl MemoryStore {
             Some(WriterLock::acquire(root)?)
         };
         // Re-read under the lock: a writer may have changed it between the two reads.
-        let manifest = if lock.is_some() { Manifest::load(root)? } else { manifest };
+        let manifest = if lock.is_some() {
+            Manifest::load(root)?
+        } else {
+            manifest
+        };
         let store = MemoryStore {
             root: root.to_owned(),
             config: Arc::new(manifest.config.clone()),
@@ -138,7 +142,11 @@ impl MemoryStore {
                     self.root.display()
                 )));
             }
-            self.open.retain(|(doc, _), _| manifest.documents.contains_key(doc));
+            // Layers of deleted documents, and of documents deleted and re-created (which get a
+            // new directory), are stale.
+            let old = &self.manifest.documents;
+            self.open
+                .retain(|(doc, _), _| manifest.documents.get(doc) == old.get(doc));
             self.manifest = manifest;
         }
         Ok(())
@@ -161,16 +169,32 @@ impl MemoryStore {
     /// Opens (or refreshes) the layer of an existing document; `None` if the document does not exist.
     fn layer(&mut self, doc: &str, layer: u32) -> Result<Option<&mut LayerMemory>> {
         self.config.check_layer(layer)?;
+        let key = (doc.to_owned(), layer);
+        if self.is_readonly() {
+            if let Some(l) = self.open.get_mut(&key) {
+                let refreshed = l.refresh();
+                // A writer that deleted (and perhaps re-created) the document removed its
+                // directory, count files included: re-read the manifest, which drops the stale
+                // layer, instead of reporting a count that went back as corruption.
+                let doc_dir = self
+                    .root
+                    .join(DOCS_DIR)
+                    .join(&self.manifest.documents[doc].dir);
+                if refreshed.is_err() || !doc_dir.exists() {
+                    self.refresh()?;
+                    if self.open.contains_key(&key) {
+                        refreshed?;
+                    }
+                }
+            }
+        }
         if !self.contains(doc)? {
             return Ok(None);
         }
-        let key = (doc.to_owned(), layer);
         if !self.open.contains_key(&key) {
             let dir = self.layer_dir(doc, layer);
             let l = LayerMemory::open(&dir, Arc::clone(&self.config), !self.is_readonly())?;
             self.open.insert(key.clone(), l);
-        } else if self.is_readonly() {
-            self.open.get_mut(&key).expect("present").refresh()?;
         }
         Ok(self.open.get_mut(&key))
     }
@@ -202,12 +226,22 @@ impl MemoryStore {
     /// Appends tokens to a document-layer, creating the document on its first append. `keys` is
     /// flat `[tokens, kv_heads, head_dim]`, `values` flat `[tokens, kv_heads, value_dim]`.
     /// Returns the new length; on error nothing is committed.
-    pub fn append(&mut self, doc: &str, layer: u32, keys: Elements, values: Elements) -> Result<u64> {
+    pub fn append(
+        &mut self,
+        doc: &str,
+        layer: u32,
+        keys: Elements,
+        values: Elements,
+    ) -> Result<u64> {
         self.require_writable(&format!("append to document {doc:?}"))?;
         self.config.check_layer(layer)?;
         let cfg = &self.config;
-        let (kvh, hd, vd) = (cfg.kv_heads as usize, cfg.head_dim as usize, cfg.value_dim as usize);
-        if keys.len() % (kvh * hd) != 0 {
+        let (kvh, hd, vd) = (
+            cfg.kv_heads as usize,
+            cfg.head_dim as usize,
+            cfg.value_dim as usize,
+        );
+        if !keys.len().is_multiple_of(kvh * hd) {
             return Err(Error::Shape(format!(
                 "keys have {} elements, not a whole number of tokens of [kv_heads {kvh}, head_dim {hd}]",
                 keys.len()
@@ -253,21 +287,19 @@ impl MemoryStore {
         Ok(true)
     }
 
-    /// Top-k search of `docs[b]` with `queries` flat `[batch, q, heads, head_dim]`.
+    /// Top-k search of `docs[b]` with `queries` flat `[batch = docs.len(), q, heads, head_dim]`.
     pub fn search(
         &mut self,
         docs: &[&str],
         layer: u32,
-        queries: &[f32],
-        q: usize,
-        heads: usize,
+        queries: Queries,
         k: usize,
         backend: Backend,
     ) -> Result<SearchResult> {
         let shape = SearchShape {
             batch: docs.len(),
-            q,
-            heads,
+            q: queries.q,
+            heads: queries.heads,
             kv_heads: self.config.kv_heads as usize,
             dim: self.config.head_dim as usize,
             k,
@@ -284,26 +316,34 @@ impl MemoryStore {
                     .map(|l| l as &dyn KeySource)
             })
             .collect();
-        backend.search(&sources, queries, shape)
+        backend.search(&sources, queries.data, shape)
     }
 
-    /// Keys and values (widened to f32) of the tokens `ids`, flat `[q, heads, k]`: outputs are
-    /// `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros.
+    /// Keys and values (widened to f32) of the tokens `ids`, flat `[q, heads, k]` (`heads` and `k`
+    /// are its last two dimensions): outputs are `[q, heads, k, head_dim]` and
+    /// `[q, heads, k, value_dim]`; id -1 gives zeros.
     pub fn gather(
         &mut self,
         doc: &str,
         layer: u32,
         ids: &[i64],
         heads: usize,
+        k: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let (kvh, hd, vd) = (
             self.config.kv_heads as usize,
             self.config.head_dim as usize,
             self.config.value_dim as usize,
         );
-        if heads == 0 || heads % kvh != 0 {
+        if heads == 0 || !heads.is_multiple_of(kvh) {
             return Err(Error::Shape(format!(
                 "ids have {heads} heads, which is not a positive multiple of the store's {kvh} kv_heads"
+            )));
+        }
+        if !ids.len().is_multiple_of(heads * k.max(1)) || (k == 0 && !ids.is_empty()) {
+            return Err(Error::Shape(format!(
+                "{} ids are not a whole number of [heads {heads}, k {k}] blocks",
+                ids.len()
             )));
         }
         let group = heads / kvh;
@@ -315,8 +355,6 @@ impl MemoryStore {
                  (ids run 0..{len}, -1 marks padding)"
             )));
         }
-        let per_head = ids.len() / heads.max(1);
-        let k = if ids.is_empty() { 0 } else { per_head };
         let mut keys = vec![0f32; ids.len() * hd];
         let mut values = vec![0f32; ids.len() * vd];
         if let Some(l) = layer_mem {
@@ -345,7 +383,13 @@ impl MemoryStore {
 
     /// Keys and values of tokens `start..stop`, widened to f32: `[tokens, kv_heads, head_dim]`
     /// and `[tokens, kv_heads, value_dim]`.
-    pub fn read(&mut self, doc: &str, layer: u32, start: u64, stop: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+    pub fn read(
+        &mut self,
+        doc: &str,
+        layer: u32,
+        start: u64,
+        stop: u64,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let (kvh, hd, vd) = (
             self.config.kv_heads as usize,
             self.config.head_dim as usize,
@@ -409,8 +453,12 @@ impl MemoryStore {
         let Ok(entries) = std::fs::read_dir(&docs) else {
             return Ok(());
         };
-        let known: std::collections::HashSet<&str> =
-            self.manifest.documents.values().map(|e| e.dir.as_str()).collect();
+        let known: std::collections::HashSet<&str> = self
+            .manifest
+            .documents
+            .values()
+            .map(|e| e.dir.as_str())
+            .collect();
         for entry in entries.flatten() {
             let name = entry.file_name();
             if !known.contains(name.to_string_lossy().as_ref()) {

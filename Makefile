@@ -1,0 +1,39 @@
+# The two quick-start commands: `make demo` (set up, then run the main job) and `make test`
+# (set up, then run every check CI runs). Both work from a fresh clone; the only prerequisites are
+# Python >= 3.9 with venv, a Rust toolchain (cargo), and access to PyPI and crates.io.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup setup-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Builds the Rust extension (release) and installs fot_mem into the venv, editable.
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: setup
+	$(BIN)/python -m fot_mem.demo
+
+test: setup-test
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	cargo test --release
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(BIN)/pytest -q tests
+
+bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	cargo bench --bench store
+
+clean:
+	rm -rf $(VENV) target demo-store python/fot_mem/*.so

@@ -1,0 +1,60 @@
+"""Type stubs for the Rust extension `fot_mem._core` (checked by `python -m mypy.stubtest`)."""
+
+import os
+from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["DEFAULT_CHUNK_TOKENS", "FORMAT_VERSION", "MAX_K", "Store", "__version__"]
+
+FORMAT_VERSION: int
+DEFAULT_CHUNK_TOKENS: int
+MAX_K: int
+__version__: str
+
+_F32 = npt.NDArray[np.float32]
+
+@final
+class Store:
+    """A thread-safe handle on an open store; `fot_mem.MemoryStore` wraps it."""
+
+    @staticmethod
+    def create(
+        path: str | os.PathLike[str],
+        layers: list[int],
+        kv_heads: int,
+        head_dim: int,
+        value_dim: int | None = None,
+        dtype: str = "float32",
+        chunk_tokens: int = ...,
+    ) -> Store: ...
+    @staticmethod
+    def open(path: str | os.PathLike[str], readonly: bool = False) -> Store: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def readonly(self) -> bool: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    def documents(self) -> list[str]: ...
+    def contains(self, doc: str) -> bool: ...
+    def delete_document(self, doc: str) -> bool: ...
+    def length(self, doc: str, layer: int) -> int: ...
+    def append(self, doc: str, layer: int, keys: np.ndarray, values: np.ndarray) -> int: ...
+    def search(
+        self,
+        docs: list[str],
+        layer: int,
+        queries: np.ndarray,
+        k: int,
+        backend: str = "exact",
+    ) -> tuple[_F32, npt.NDArray[np.int64]]: ...
+    def gather(self, doc: str, layer: int, ids: npt.NDArray[np.int64]) -> tuple[_F32, _F32]: ...
+    def read(self, doc: str, layer: int, start: int, stop: int) -> tuple[_F32, _F32]: ...
+    def nbytes(self, doc: str | None = None) -> int: ...
+    def flush(self) -> None: ...
+    def refresh(self) -> None: ...
