@@ -156,6 +156,17 @@ impl<'a> Elements<'a> {
         }
     }
 
+    /// Fails exactly when `encode_into(dtype, ...)` would, without writing anything.
+    pub fn check_storable(&self, dtype: Dtype, what: &str) -> Result<()> {
+        const RUN: usize = 4096;
+        let mut scratch = vec![0u8; RUN.min(self.len()) * dtype.size()];
+        for start in (0..self.len()).step_by(RUN) {
+            let run = self.slice(start..(start + RUN).min(self.len()));
+            run.encode_into(dtype, &mut scratch[..run.len() * dtype.size()], what, start)?;
+        }
+        Ok(())
+    }
+
     /// Element `i` as f32.
     #[inline]
     pub fn get(&self, i: usize) -> f32 {

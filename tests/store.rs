@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fot_mem::{Backend, Dtype, Elements, Error, MemoryStore, StoreConfig};
+use fot_mem::{Backend, Dtype, Elements, Error, MemoryStore, Queries, StoreConfig};
 use half::{bf16, f16};
 
 const DTYPES: [Dtype; 3] = [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16];
@@ -67,6 +67,11 @@ fn append_f32(store: &mut MemoryStore, doc: &str, layer: u32, keys: &[f32], valu
     store
         .append(doc, layer, Elements::F32(keys), Elements::F32(values))
         .unwrap_or_else(|e| panic!("append to {doc:?} layer {layer}: {e}"))
+}
+
+/// Queries `[batch, q, heads, HEAD_DIM]` for `search`.
+fn qs(data: &[f32], q: usize, heads: usize) -> Queries<'_> {
+    Queries { data, q, heads }
 }
 
 fn store_dir() -> (tempfile::TempDir, PathBuf) {
@@ -202,6 +207,12 @@ fn rejected_appends_commit_nothing() {
         .append("doc", 1, Elements::F32(&k3[1..]), Elements::F32(&v3))
         .unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
+    // A rejected first append does not create the document.
+    let err = store
+        .append("new", 1, Elements::F32(&k2), Elements::F32(&v2))
+        .unwrap_err();
+    assert!(matches!(err, Error::Value(_)), "{err}");
+    assert_eq!(store.documents().unwrap(), vec!["doc".to_string()]);
     assert_holds(
         &mut store,
         "doc",
@@ -317,7 +328,7 @@ fn reader_sees_tokens_the_writer_commits_later() {
     assert_holds(&mut reader, "a", 1, &keys, &values);
     let query = vec![1.0f32; KV_HEADS * HEAD_DIM];
     let found = reader
-        .search(&["a"], 1, &query, 1, KV_HEADS, 64, Backend::Exact)
+        .search(&["a"], 1, qs(&query, 1, KV_HEADS), 64, Backend::Exact)
         .unwrap();
     assert_eq!(found.ids.iter().filter(|&&i| i >= 0).count(), KV_HEADS * 5);
 
@@ -330,7 +341,7 @@ fn reader_sees_tokens_the_writer_commits_later() {
         // The reader's very next call sees the new tokens.
         assert_holds(&mut reader, "a", 1, &keys, &values);
         let found = reader
-            .search(&["a"], 1, &query, 1, KV_HEADS, 64, Backend::Exact)
+            .search(&["a"], 1, qs(&query, 1, KV_HEADS), 64, Backend::Exact)
             .unwrap();
         let expect = KV_HEADS * (keys.len() / (KV_HEADS * HEAD_DIM));
         assert_eq!(found.ids.iter().filter(|&&i| i >= 0).count(), expect);
@@ -470,16 +481,14 @@ fn truncated_chunk_fails_only_its_layer() {
         assert!(err.to_string().contains("000001.keys"), "{err}");
         let query = vec![0.5f32; KV_HEADS * HEAD_DIM];
         let err = store
-            .search(&["a"], 1, &query, 1, KV_HEADS, 4, Backend::Exact)
+            .search(&["a"], 1, qs(&query, 1, KV_HEADS), 4, Backend::Exact)
             .unwrap_err();
         assert!(matches!(err, Error::Corrupt(_)), "{err}");
         let err = store
             .search(
                 &["b", "a"],
                 1,
-                &[query.clone(), query.clone()].concat(),
-                1,
-                KV_HEADS,
+                qs(&[query.clone(), query.clone()].concat(), 1, KV_HEADS),
                 4,
                 Backend::Exact,
             )
@@ -493,7 +502,7 @@ fn truncated_chunk_fails_only_its_layer() {
         assert_eq!(store.length("a", 3).unwrap(), 17);
         assert_eq!(store.length("b", 1).unwrap(), 17);
         let found = store
-            .search(&["b"], 1, &query, 1, KV_HEADS, 4, Backend::Exact)
+            .search(&["b"], 1, qs(&query, 1, KV_HEADS), 4, Backend::Exact)
             .unwrap();
         assert!(
             found.ids.iter().all(|&i| (0..17).contains(&i)),
@@ -688,7 +697,7 @@ fn delete_document_removes_it_and_a_new_one_starts_empty() {
     assert_eq!(store.length("a", 3).unwrap(), 0);
     let query = vec![1.0f32; KV_HEADS * HEAD_DIM];
     let found = store
-        .search(&["a"], 1, &query, 1, KV_HEADS, 3, Backend::Exact)
+        .search(&["a"], 1, qs(&query, 1, KV_HEADS), 3, Backend::Exact)
         .unwrap();
     assert!(found.ids.iter().all(|&i| i == -1));
 
@@ -771,7 +780,7 @@ fn unknown_layers_are_named() {
     let query = vec![1.0f32; KV_HEADS * HEAD_DIM];
     check(
         store
-            .search(&["a"], 2, &query, 1, KV_HEADS, 1, Backend::Exact)
+            .search(&["a"], 2, qs(&query, 1, KV_HEADS), 1, Backend::Exact)
             .map(drop),
     );
     // The failed append of a new document did not create it.
@@ -797,7 +806,7 @@ fn check_search(
     tol: f32,
 ) {
     let found = store
-        .search(docs, 1, queries, q, heads, k, Backend::Exact)
+        .search(docs, 1, qs(queries, q, heads), k, Backend::Exact)
         .unwrap();
     assert_eq!(found.ids.len(), docs.len() * q * heads * k);
     assert_eq!(found.scores.len(), found.ids.len());
@@ -952,9 +961,7 @@ fn search_pads_when_k_exceeds_length() {
         .search(
             &["five", "nine", "absent"],
             1,
-            &queries,
-            q,
-            heads,
+            qs(&queries, q, heads),
             k,
             Backend::Exact,
         )
@@ -993,21 +1000,21 @@ fn search_pads_when_k_exceeds_length() {
     // Bad shapes and k are refused.
     let one = &queries[..heads * HEAD_DIM];
     assert!(matches!(
-        store.search(&["five"], 1, one, 1, heads, 0, Backend::Exact),
+        store.search(&["five"], 1, qs(one, 1, heads), 0, Backend::Exact),
         Err(Error::Value(_))
     ));
     assert!(matches!(
-        store.search(&["five"], 1, one, 1, KV_HEADS + 1, 3, Backend::Exact),
+        store.search(&["five"], 1, qs(one, 1, KV_HEADS + 1), 3, Backend::Exact),
         Err(Error::Shape(_))
     ));
     assert!(matches!(
-        store.search(&["five"], 1, &one[1..], 1, heads, 3, Backend::Exact),
+        store.search(&["five"], 1, qs(&one[1..], 1, heads), 3, Backend::Exact),
         Err(Error::Shape(_))
     ));
     let mut nan = one.to_vec();
     nan[3] = f32::NAN;
     assert!(matches!(
-        store.search(&["five"], 1, &nan, 1, heads, 3, Backend::Exact),
+        store.search(&["five"], 1, qs(&nan, 1, heads), 3, Backend::Exact),
         Err(Error::Value(_))
     ));
 }
@@ -1025,7 +1032,7 @@ fn gather_returns_the_searched_tokens() {
         let (q, topk) = (3, 6);
         let queries = rng.vec(q * heads * HEAD_DIM, 2.0);
         let found = store
-            .search(&["doc"], 1, &queries, q, heads, topk, Backend::Exact)
+            .search(&["doc"], 1, qs(&queries, q, heads), topk, Backend::Exact)
             .unwrap();
         let mut ids = found.ids.clone();
         ids[1] = -1;
@@ -1101,9 +1108,7 @@ fn reader_sees_a_deletion_without_listing_documents() {
         .search(
             &["a", "b"],
             1,
-            &[query.clone(), query.clone()].concat(),
-            1,
-            KV_HEADS,
+            qs(&[query.clone(), query.clone()].concat(), 1, KV_HEADS),
             2,
             Backend::Exact,
         )

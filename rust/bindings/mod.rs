@@ -8,10 +8,18 @@ mod store;
 
 use pyo3::prelude::*;
 
+/// Panics inside the GIL helper, exactly as a bug in the core would; tests use it to prove that a
+/// panic reaches Python as `FotMemError` and the interpreter lives on.
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
+    errors::run(py, move || -> crate::Result<()> { panic!("{message}") })
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::Store>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;
     m.add("DEFAULT_CHUNK_TOKENS", crate::store::DEFAULT_CHUNK_TOKENS)?;
     m.add("MAX_K", crate::search::MAX_K)?;

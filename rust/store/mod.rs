@@ -259,6 +259,9 @@ impl MemoryStore {
             return self.length(doc, layer);
         }
         if !self.manifest.documents.contains_key(doc) {
+            // A failed first append must not leave an empty document behind.
+            keys.check_storable(self.config.dtype, "keys")?;
+            values.check_storable(self.config.dtype, "values")?;
             let mut next = self.manifest.clone();
             let entry = next.add_document(doc);
             let dir = self.root.join(DOCS_DIR).join(&entry.dir);

@@ -1,0 +1,380 @@
+//! Kill-mid-append: a real child process appends deterministic tokens and is killed with SIGKILL
+//! at varying points; the parent then reopens the store and checks that every token the child
+//! reported committed is there, that every token the store reports holds exactly the data it
+//! should, and that appending continues to work.
+//!
+//! The child is this test binary itself, re-executed with `--exact crash_child_appends --ignored`
+//! and `FOT_MEM_CRASH_STORE` naming the store; the test is `#[ignore]`d so it only runs that way.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fot_mem::{Dtype, Elements, MemoryStore, StoreConfig};
+
+const CHILD_TEST: &str = "crash_child_appends";
+const STORE_ENV: &str = "FOT_MEM_CRASH_STORE";
+const SEED_ENV: &str = "FOT_MEM_CRASH_SEED";
+
+const LAYERS: [u32; 2] = [0, 2];
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 16;
+const VALUE_DIM: usize = 8;
+const CHUNK: u32 = 16;
+/// Tokens the child appends to its main document-layer in one run before it stops by itself.
+const CHILD_CAP: u64 = 1500;
+
+fn config(dtype: Dtype) -> StoreConfig {
+    StoreConfig {
+        layers: LAYERS.to_vec(),
+        kv_heads: KV_HEADS as u32,
+        head_dim: HEAD_DIM as u32,
+        value_dim: VALUE_DIM as u32,
+        dtype,
+        chunk_tokens: CHUNK,
+    }
+}
+
+/// Element `e` of token `t`'s keys (`e < KV_HEADS * HEAD_DIM`) and values in `doc`/`layer`.
+/// Multiples of 1/8 below 32 in magnitude, so float16 and bfloat16 hold them exactly, and no two
+/// tokens within 251 of each other share a key row; the first value element is `t / 251`, which
+/// tells further-apart tokens apart.
+fn salt(doc: &str, layer: u32) -> u64 {
+    doc.bytes().map(u64::from).sum::<u64>() * 7 + layer as u64 * 13
+}
+
+fn key_elem(t: u64, e: usize, salt: u64) -> f32 {
+    ((t * 31 + e as u64 * 7 + salt) % 251) as f32 / 8.0 - 15.0
+}
+
+fn value_elem(t: u64, e: usize, salt: u64) -> f32 {
+    if e == 0 {
+        (t / 251) as f32
+    } else {
+        ((t * 13 + e as u64 * 5 + salt) % 241) as f32 / 8.0 - 15.0
+    }
+}
+
+/// Keys `[tokens, KV_HEADS, HEAD_DIM]` and values `[tokens, KV_HEADS, VALUE_DIM]` of tokens
+/// `start..stop`.
+fn expected(doc: &str, layer: u32, start: u64, stop: u64) -> (Vec<f32>, Vec<f32>) {
+    let s = salt(doc, layer);
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for t in start..stop {
+        keys.extend((0..KV_HEADS * HEAD_DIM).map(|e| key_elem(t, e, s)));
+        values.extend((0..KV_HEADS * VALUE_DIM).map(|e| value_elem(t, e, s)));
+    }
+    (keys, values)
+}
+
+fn append_expected(store: &mut MemoryStore, doc: &str, layer: u32, n: u64) -> u64 {
+    let start = store.length(doc, layer).unwrap();
+    let (k, v) = expected(doc, layer, start, start + n);
+    let len = store
+        .append(doc, layer, Elements::F32(&k), Elements::F32(&v))
+        .unwrap_or_else(|e| panic!("append to {doc:?} layer {layer}: {e}"));
+    assert_eq!(len, start + n);
+    len
+}
+
+fn next(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+/// The child: appends until it has added `CHILD_CAP` tokens to ("doc", 0), printing
+/// `committed <length> <doc> <layer>` after every append returns.
+#[test]
+#[ignore = "run by crash::kill_mid_append as its child process"]
+fn crash_child_appends() {
+    let Ok(root) = std::env::var(STORE_ENV) else {
+        return; // run by hand with --ignored: nothing to do
+    };
+    let mut seed: u64 = std::env::var(SEED_ENV).unwrap().parse().unwrap();
+    let run = seed;
+    let mut out = std::io::stdout().lock();
+    let mut store = MemoryStore::open(Path::new(&root), false).unwrap();
+    let side = format!("run{run}");
+    let start = store.length("doc", 0).unwrap();
+    let mut step = 0u64;
+    while store.length("doc", 0).unwrap() < start + CHILD_CAP {
+        // Batches from 1 token to several chunks, so appends start and end anywhere in a chunk.
+        let n = match next(&mut seed) % 8 {
+            0 => 1,
+            1 => CHUNK as u64,
+            2 => 3 * CHUNK as u64 + 5,
+            _ => 1 + next(&mut seed) % (2 * CHUNK as u64),
+        };
+        let mut targets = vec![("doc", 0u32, n), ("doc", 2, n.div_ceil(2))];
+        if step % 4 == 2 {
+            // A document created mid-run: its first append rewrites the manifest.
+            targets.push((side.as_str(), 2, 1 + n % 7));
+        }
+        for (doc, layer, n) in targets {
+            writeln!(out, "begin {doc} {layer}").unwrap();
+            out.flush().unwrap();
+            let len = append_expected(&mut store, doc, layer, n);
+            writeln!(out, "committed {len} {doc} {layer}").unwrap();
+            out.flush().unwrap();
+        }
+        step += 1;
+    }
+    writeln!(out, "done").unwrap();
+    out.flush().unwrap();
+}
+
+/// Kills and reaps the child if the parent panics.
+struct Reaper(Option<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    killed_mid_append: usize,
+    finished: usize,
+    lost: u64,
+    verified_tokens: u64,
+    beyond_report: u64,
+}
+
+/// How the parent decides when to kill the child.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// Right after reading the n-th `committed` line.
+    AfterCommits(usize),
+    /// After this long, wherever the child is.
+    After(Duration),
+}
+
+/// Runs one child against `root` and kills it; returns the last committed length it printed per
+/// (doc, layer), and whether its last line shows it inside an append when it died.
+fn run_child(
+    root: &Path,
+    seed: u64,
+    kill: Kill,
+    reader: &mut MemoryStore,
+) -> (BTreeMap<(String, u32), u64>, bool, bool) {
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new(exe)
+        .args([
+            "--exact",
+            CHILD_TEST,
+            "--nocapture",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(STORE_ENV, root)
+        .env(SEED_ENV, seed.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(Some(child));
+    let child = reaper.0.as_mut().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let (tx, rx) = mpsc::channel::<String>();
+    let out_thread = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut committed: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let mut last_line = String::new();
+    // Records a `committed` line; returns (doc, layer, length) for it.
+    let mut handle = |line: String, committed: &mut BTreeMap<(String, u32), u64>| {
+        let mut f = line.split(' ');
+        let mut commit = None;
+        if f.next() == Some("committed") {
+            let n: u64 = f.next().unwrap().parse().unwrap();
+            let doc = f.next().unwrap().to_owned();
+            let layer: u32 = f.next().unwrap().parse().unwrap();
+            let e = committed.entry((doc.clone(), layer)).or_default();
+            assert!(n > *e, "lengths only grow: {line}");
+            *e = n;
+            commit = Some((doc, layer, n));
+        }
+        if line.starts_with("begin") || line.starts_with("committed") || line == "done" {
+            last_line = line;
+        }
+        commit
+    };
+
+    match kill {
+        Kill::AfterCommits(m) => {
+            let mut seen = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen < m {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let Ok(line) = rx.recv_timeout(wait) else {
+                    break;
+                };
+                if let Some((doc, layer, n)) = handle(line, &mut committed) {
+                    seen += 1;
+                    // A reader in this process sees what the child committed while the child
+                    // goes on writing.
+                    let len = reader.length(&doc, layer).unwrap();
+                    assert!(len >= n, "reader sees {len} < committed {n}");
+                    let got = reader.read(&doc, layer, n - 1, n).unwrap();
+                    assert!(
+                        got == expected(&doc, layer, n - 1, n),
+                        "reader: token {n} differs"
+                    );
+                }
+            }
+            reaper.0.as_mut().unwrap().kill().unwrap();
+        }
+        Kill::After(d) => {
+            std::thread::sleep(d);
+            reaper.0.as_mut().unwrap().kill().unwrap();
+        }
+    }
+    let status = reaper.0.as_mut().unwrap().wait().unwrap();
+    reaper.0 = None;
+    while let Ok(line) = rx.recv() {
+        handle(line, &mut committed);
+    }
+    out_thread.join().unwrap();
+    let stderr = err_thread.join().unwrap();
+    let finished = last_line == "done";
+    assert!(
+        status.signal() == Some(9) || (finished && status.success()),
+        "child exited with {status:?}; stderr:\n{stderr}"
+    );
+    // While the store is quiet, an independent read-only handle agrees with what the child said.
+    for ((doc, layer), &n) in &committed {
+        let len = reader.length(doc, *layer).unwrap();
+        assert!(
+            len >= n,
+            "reader sees {len} < committed {n} for {doc:?} layer {layer}"
+        );
+    }
+    (committed, last_line.starts_with("begin"), finished)
+}
+
+/// Reopens the store read-write and checks every document-layer against the deterministic data.
+fn verify(root: &Path, committed: &mut BTreeMap<(String, u32), u64>, tally: &mut Tally) {
+    let mut store = MemoryStore::open(root, false)
+        .unwrap_or_else(|e| panic!("reopening after the kill failed: {e}"));
+    let docs = store.documents().unwrap();
+    for ((doc, _), &n) in committed.iter() {
+        assert!(
+            n == 0 || docs.contains(doc),
+            "document {doc:?} lost; documents: {docs:?}"
+        );
+    }
+    for doc in &docs {
+        for layer in LAYERS {
+            let len = store.length(doc, layer).unwrap();
+            let promised = committed.get(&(doc.clone(), layer)).copied().unwrap_or(0);
+            tally.lost += promised.saturating_sub(len);
+            assert!(
+                len >= promised,
+                "{doc:?} layer {layer}: {len} tokens, {promised} were committed"
+            );
+            tally.beyond_report += len - promised;
+            let (keys, values) = store.read(doc, layer, 0, len).unwrap();
+            let (want_k, want_v) = expected(doc, layer, 0, len);
+            let row = KV_HEADS * HEAD_DIM;
+            if let Some(bad) = (0..len as usize)
+                .find(|&t| keys[t * row..(t + 1) * row] != want_k[t * row..(t + 1) * row])
+            {
+                panic!("{doc:?} layer {layer} token {bad} of {len}: keys differ");
+            }
+            assert!(values == want_v, "{doc:?} layer {layer}: values differ");
+            tally.verified_tokens += len;
+        }
+    }
+    // The writer can go on: a further append lands after the recovered tokens and reads back.
+    let len = store.length("doc", 0).unwrap();
+    let grown = append_expected(&mut store, "doc", 0, 1 + len % 23);
+    let (k, v) = store.read("doc", 0, len, grown).unwrap();
+    assert!(
+        (k, v) == expected("doc", 0, len, grown),
+        "the parent's append reads back"
+    );
+    committed.insert(("doc".to_owned(), 0), grown);
+    drop(store);
+    let mut ro = MemoryStore::open(root, true).unwrap();
+    assert_eq!(ro.length("doc", 0).unwrap(), grown);
+}
+
+#[test]
+fn kill_mid_append() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dtypes = [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16];
+    let roots: Vec<_> = dtypes
+        .iter()
+        .map(|&d| {
+            let root = tmp.path().join(d.name());
+            drop(MemoryStore::create(&root, config(d)).unwrap());
+            root
+        })
+        .collect();
+    let mut readers: Vec<MemoryStore> = roots
+        .iter()
+        .map(|r| MemoryStore::open(r, true).unwrap())
+        .collect();
+    // Committed lengths promised so far, per store, across runs.
+    let mut promised: Vec<BTreeMap<(String, u32), u64>> = vec![BTreeMap::new(); roots.len()];
+    let mut tally = Tally::default();
+    let runs = 21u64;
+    for run in 0..runs {
+        let s = (run % 3) as usize;
+        let kill = if run % 2 == 0 {
+            // 0 commits: killed in its first append (or before it opened the store).
+            Kill::AfterCommits([0, 1, 2, 3, 5, 8, 13, 21][(run / 2) as usize % 8])
+        } else {
+            Kill::After(Duration::from_millis(5 + (run * 37) % 90))
+        };
+        let (committed, mid_append, finished) = run_child(&roots[s], run, kill, &mut readers[s]);
+        for (key, n) in committed {
+            let e = promised[s].entry(key).or_default();
+            *e = (*e).max(n);
+        }
+        verify(&roots[s], &mut promised[s], &mut tally);
+        tally.runs += 1;
+        tally.killed_mid_append += mid_append as usize;
+        tally.finished += finished as usize;
+    }
+    eprintln!(
+        "kill-mid-append: {} runs, {} committed tokens lost",
+        tally.runs, tally.lost
+    );
+    eprintln!(
+        "  ({} killed inside an append, {} finished before the kill, {} tokens verified, \
+         {} tokens committed but not yet reported when killed, {:.1} s)",
+        tally.killed_mid_append,
+        tally.finished,
+        tally.verified_tokens,
+        tally.beyond_report,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(tally.lost, 0);
+}
