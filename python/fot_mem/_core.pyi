@@ -6,7 +6,14 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_CHUNK_TOKENS", "FORMAT_VERSION", "MAX_K", "Store", "__version__"]
+__all__ = [
+    "DEFAULT_CHUNK_TOKENS",
+    "FORMAT_VERSION",
+    "MAX_K",
+    "Store",
+    "__version__",
+    "_panic_for_tests",
+]
 
 FORMAT_VERSION: int
 DEFAULT_CHUNK_TOKENS: int
@@ -14,6 +21,8 @@ MAX_K: int
 __version__: str
 
 _F32 = npt.NDArray[np.float32]
+
+def _panic_for_tests(message: str) -> None: ...
 
 @final
 class Store:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import DtypeError
+from .exceptions import DtypeError, InvalidValueError
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -37,20 +37,34 @@ def as_float_array(x: Any, what: str) -> np.ndarray:
         if t.dtype in (torch.float32, torch.float16):
             return t.numpy()
         if t.dtype == torch.float64:
-            return t.to(torch.float32).numpy()
+            return _narrow(t.numpy(), what)
         raise DtypeError(
             f"{what} have torch dtype {t.dtype}; expected float32, float16, bfloat16 or float64"
         )
     arr = np.asarray(x)
     if arr.dtype.name == "bfloat16":  # ml_dtypes.bfloat16
         return np.ascontiguousarray(arr).view(np.uint16)
+    if arr.dtype.kind == "f" and not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == np.float64:
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        return _narrow(arr, what)
     if arr.dtype not in _FLOATS:
         raise DtypeError(
             f"{what} have dtype {arr.dtype}; expected float32, float16, bfloat16 or float64"
         )
     return np.ascontiguousarray(arr)
+
+
+def _narrow(arr: np.ndarray, what: str) -> np.ndarray:
+    """float64 -> float32, refusing finite values float32 cannot hold (rather than making inf)."""
+    big = np.isfinite(arr) & (np.abs(arr) > np.finfo(np.float32).max)
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise InvalidValueError(
+            f"{what} contain {float(arr.reshape(-1)[i])} at flat index {i}, "
+            "outside the range of float32"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def as_ids(x: Any, what: str = "ids") -> np.ndarray:

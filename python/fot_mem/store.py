@@ -4,6 +4,7 @@ the Rust core with the GIL released."""
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -12,19 +13,31 @@ import numpy as np
 
 from . import _core
 from .arrays import as_float_array, as_ids
-from .exceptions import DtypeError, ShapeError
+from .exceptions import DtypeError, InvalidValueError, ShapeError, TokenIndexError
 
 
 def _name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise DtypeError(f"document names must be non-empty strings, got {name!r}")
+    if not isinstance(name, str):
+        raise DtypeError(f"document names must be strings, got {name!r}")
+    if not name:
+        raise InvalidValueError("document names must not be empty")
     return name
 
 
-def _k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise DtypeError(f"k must be an integer, got {k!r}")
-    return int(k)
+def _int(value: Any, what: str) -> int:
+    """An integer argument; floats, strings and bools are refused rather than truncated."""
+    if isinstance(value, bool):
+        raise DtypeError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise DtypeError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise DtypeError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class MemoryStore:
@@ -63,12 +76,12 @@ class MemoryStore:
         return cls(
             _core.Store.create(
                 os.fspath(path),
-                [int(x) for x in layers],
-                int(kv_heads),
-                int(head_dim),
-                None if value_dim is None else int(value_dim),
+                [_int(x, "layers") for x in layers],
+                _int(kv_heads, "kv_heads"),
+                _int(head_dim, "head_dim"),
+                None if value_dim is None else _int(value_dim, "value_dim"),
                 dtype,
-                int(chunk_tokens),
+                _int(chunk_tokens, "chunk_tokens"),
             )
         )
 
@@ -76,7 +89,7 @@ class MemoryStore:
     def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> MemoryStore:
         """Opens an existing store. Read-write takes the writer lock (`StoreLockedError` if
         another handle holds it); read-only never blocks."""
-        return cls(_core.Store.open(os.fspath(path), bool(readonly)))
+        return cls(_core.Store.open(os.fspath(path), _bool(readonly, "readonly")))
 
     # -- what the store is -------------------------------------------------------------------
     @property
@@ -164,9 +177,11 @@ class MemoryStore:
         int64 (token positions), both `[B, q, heads, k]`, best first; -1 / -inf pad slots beyond
         a document's length.
         """
+        if isinstance(documents, (str, Document)):
+            raise DtypeError("documents must be a sequence of names, one per batch slot")
         names = [d.name if isinstance(d, Document) else _name(d) for d in documents]
         q = as_float_array(queries, "queries")
-        return self._core.search(names, layer, q, _k(k), backend)
+        return self._core.search(names, _int(layer, "layer"), q, _int(k, "k"), backend)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:
@@ -215,11 +230,11 @@ class Document:
         The tokens are durable when this returns. Returns the layer's new length."""
         k = as_float_array(keys, "keys")
         v = as_float_array(values, "values")
-        return self.store._core.append(self.name, layer, k, v)
+        return self.store._core.append(self.name, _int(layer, "layer"), k, v)
 
     def length(self, layer: int) -> int:
         """Committed tokens in `layer` (0 before the first append)."""
-        return self.store._core.length(self.name, layer)
+        return self.store._core.length(self.name, _int(layer, "layer"))
 
     def search(
         self, layer: int, queries: Any, k: int = 32, *, backend: str = "exact"
@@ -229,23 +244,26 @@ class Document:
         q = as_float_array(queries, "queries")
         if q.ndim != 3:
             raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
-        scores, ids = self.store._core.search([self.name], layer, q[None], _k(k), backend)
+        scores, ids = self.store._core.search(
+            [self.name], _int(layer, "layer"), q[None], _int(k, "k"), backend
+        )
         return scores[0], ids[0]
 
     def gather(self, layer: int, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values (float32) of token `ids [q, heads, k]` as returned by `search`:
         `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros."""
-        return self.store._core.gather(self.name, layer, as_ids(ids))
+        return self.store._core.gather(self.name, _int(layer, "layer"), as_ids(ids))
 
     def read(
         self, layer: int, start: int = 0, stop: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values (float32) of tokens `start:stop` as `[tokens, kv_heads, dim]`."""
-        if stop is None:
-            stop = self.length(layer)
+        layer = _int(layer, "layer")
+        start = _int(start, "start")
+        stop = self.length(layer) if stop is None else _int(stop, "stop")
         if start < 0 or stop < 0:
-            raise ShapeError(f"read range {start}:{stop} must not be negative")
-        return self.store._core.read(self.name, layer, int(start), int(stop))
+            raise TokenIndexError(f"read range {start}:{stop} must not be negative")
+        return self.store._core.read(self.name, layer, start, stop)
 
     @property
     def nbytes(self) -> int:

@@ -2,7 +2,9 @@
 //! `[magic u32][seq u64][count u64][pad u32][crc32 u32][pad u32]` (little endian). A commit writes the
 //! slot the previous commit did not, so a torn write can only damage the slot being written and the
 //! reader falls back to the other one. Readers trust the valid slot with the highest sequence number;
-//! tokens past its count do not exist, whatever the chunk files hold.
+//! tokens past its count do not exist, whatever the chunk files hold. The file is born whole (a
+//! temp file holding a zero commit, renamed into place), so a missing file is an empty layer and
+//! an empty or unreadable one is corruption, never silently zero tokens.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -47,7 +49,7 @@ fn decode(b: &[u8]) -> Option<Commit> {
 }
 
 /// Reads the committed state of the layer whose count file is `path`; a missing file is an empty
-/// layer (the directory was created but nothing was committed yet).
+/// layer (the directory was created but its count file not yet renamed into place).
 pub fn read_commit(path: &Path) -> Result<Commit> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -56,9 +58,6 @@ pub fn read_commit(path: &Path) -> Result<Commit> {
         }
         Err(e) => return Err(Error::io(path, e)),
     };
-    if bytes.is_empty() {
-        return Ok(Commit { seq: 0, count: 0 });
-    }
     let slots = [bytes.get(0..SLOT), bytes.get(SLOT..2 * SLOT)];
     slots
         .into_iter()
@@ -83,12 +82,19 @@ pub struct CommitFile {
 }
 
 impl CommitFile {
-    /// Opens (creating if needed) the count file for writing.
+    /// Opens the count file for writing, creating it (atomically, holding a zero commit) if needed.
     pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            let tmp = path.with_extension("tmp");
+            let mut bytes = [0u8; 2 * SLOT];
+            bytes[..SLOT].copy_from_slice(&encode(Commit { seq: 0, count: 0 }));
+            std::fs::write(&tmp, bytes).at(&tmp)?;
+            File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+            std::fs::rename(&tmp, path).at(path)?;
+            super::manifest::sync_dir(path.parent().unwrap_or(path))?;
+        }
         let last = read_commit(path)?;
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
             .read(true)
             .write(true)
             .open(path)
@@ -142,6 +148,9 @@ mod tests {
         // Both slots damaged: a clear error, never a guess.
         bytes[SLOT + 14] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_commit(&path), Err(Error::Corrupt(_))));
+        // So is a count file emptied behind the store's back.
+        std::fs::write(&path, b"").unwrap();
         assert!(matches!(read_commit(&path), Err(Error::Corrupt(_))));
     }
 }

@@ -57,6 +57,12 @@ impl MemoryStore {
                 root.display()
             )));
         }
+        if root.exists() && !root.is_dir() {
+            return Err(Error::NotAStore(format!(
+                "cannot create a store at {}: it is a file, not a directory",
+                root.display()
+            )));
+        }
         if root.exists() {
             let mut entries = std::fs::read_dir(root).at(root)?;
             if entries.next().is_some() {
@@ -90,6 +96,12 @@ impl MemoryStore {
                 path: root.to_owned(),
                 reason: "no such file or directory".into(),
             });
+        }
+        if !root.is_dir() {
+            return Err(Error::NotAStore(format!(
+                "{} is a file, not a fot_mem store directory",
+                root.display()
+            )));
         }
         let manifest = Manifest::load(root)?;
         let lock = if readonly {
@@ -158,8 +170,15 @@ impl MemoryStore {
         Ok(self.manifest.documents.keys().cloned().collect())
     }
 
-    /// True if the document exists (has had at least one append).
+    /// True if the document exists (has had at least one append). Read-only handles re-read the
+    /// manifest, so they see documents another process created or deleted.
     pub fn contains(&mut self, doc: &str) -> Result<bool> {
+        self.refresh()?;
+        Ok(self.manifest.documents.contains_key(doc))
+    }
+
+    /// `contains` for the hot path: re-reads the manifest only when the name is unknown.
+    fn known(&mut self, doc: &str) -> Result<bool> {
         if !self.manifest.documents.contains_key(doc) {
             self.refresh()?;
         }
@@ -188,7 +207,7 @@ impl MemoryStore {
                 }
             }
         }
-        if !self.contains(doc)? {
+        if !self.known(doc)? {
             return Ok(None);
         }
         if !self.open.contains_key(&key) {
