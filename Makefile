@@ -29,6 +29,7 @@ test: setup-test
 	cargo test --release
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
+	$(BIN)/python -m mypy python/fot_mem
 	$(BIN)/pytest -q tests
 
 bench: setup

@@ -2,30 +2,14 @@
 
 `MemoryStore` keeps, per document and memory layer, the keys and values of every token a model has
 read, in memory-mapped chunk files that survive across runs, and finds the top-k keys of a query by
-inner product.
+inner product. Every error derives from `FotMemError` (see `fot_mem.exceptions`).
 """
 
 from __future__ import annotations
 
 from . import exceptions
 from ._core import DEFAULT_CHUNK_TOKENS, FORMAT_VERSION, MAX_K, __version__
-from .exceptions import (
-    DtypeError,
-    FormatVersionError,
-    FotMemError,
-    InvalidValueError,
-    NotAStoreError,
-    ReadOnlyError,
-    ShapeError,
-    StoreClosedError,
-    StoreCorruptError,
-    StoreExistsError,
-    StoreIOError,
-    StoreLockedError,
-    StoreNotFoundError,
-    TokenIndexError,
-    UnknownLayerError,
-)
+from .exceptions import *  # noqa: F403 (the exception classes, listed in exceptions.__all__)
 from .store import Document, MemoryStore
 
 __all__ = [
@@ -33,22 +17,8 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_K",
     "Document",
-    "DtypeError",
-    "FormatVersionError",
-    "FotMemError",
-    "InvalidValueError",
     "MemoryStore",
-    "NotAStoreError",
-    "ReadOnlyError",
-    "ShapeError",
-    "StoreClosedError",
-    "StoreCorruptError",
-    "StoreExistsError",
-    "StoreIOError",
-    "StoreLockedError",
-    "StoreNotFoundError",
-    "TokenIndexError",
-    "UnknownLayerError",
     "__version__",
     "exceptions",
+    *exceptions.__all__,
 ]
