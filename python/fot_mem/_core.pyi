@@ -13,6 +13,7 @@ __all__ = [
     "Store",
     "__version__",
     "_panic_for_tests",
+    "exact_kernel_info",
 ]
 
 FORMAT_VERSION: int
@@ -23,6 +24,7 @@ __version__: str
 _F32 = npt.NDArray[np.float32]
 
 def _panic_for_tests(message: str) -> None: ...
+def exact_kernel_info() -> dict[str, Any]: ...
 
 @final
 class Store:

@@ -15,11 +15,24 @@ fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
     errors::run(py, move || -> crate::Result<()> { panic!("{message}") })
 }
 
+/// Which exact kernel this process uses, and its counters (rows searched, rows that needed the
+/// f32 fallback to stay exact).
+#[pyfunction]
+fn exact_kernel_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let d = pyo3::types::PyDict::new(py);
+    let s = crate::search::stats();
+    d.set_item("kernel", crate::search::kernel_name())?;
+    d.set_item("rows", s.rows)?;
+    d.set_item("fallback_rows", s.fallback_rows)?;
+    Ok(d)
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::Store>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(exact_kernel_info, m)?)?;
     m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;
     m.add("DEFAULT_CHUNK_TOKENS", crate::store::DEFAULT_CHUNK_TOKENS)?;
     m.add("MAX_K", crate::search::MAX_K)?;

@@ -1,263 +1,101 @@
-//! Exact search: every key is scored with a blocked matrix product (queries x key tile) and the
-//! scores stream through a per-query top-k with a running threshold, so the full score matrix is
-//! never materialised. Work is split into tasks over (batch slot, kv head, block of query rows,
-//! share of the key chunks); tasks run on rayon's pool and shares are merged at the end.
+//! Exact search: picks the fastest kernel this CPU runs (once, at first use) and counts how often
+//! the fast kernel had to fall back to a full f32 scan to stay exact.
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
-use super::topk::TopK;
+use super::portable::PortableSearch;
 use super::{KeySource, SearchResult, SearchShape};
-use crate::dtype::Elements;
 
-/// Query rows (query x head-in-group pairs) scored together against one key tile.
-const ROW_BLOCK: usize = 256;
-/// Keys scored per matrix product; the tile of scores (`ROW_BLOCK x KEY_TILE` f32) stays in L2.
-const KEY_TILE: usize = 512;
-
-/// Brute-force inner-product search.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ExactSearch;
-
-#[derive(Clone, Copy, Debug)]
-struct Task {
-    slot: usize,
-    kv_head: usize,
-    rows: (usize, usize),
-    part: usize,
+/// The exact kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExactKernel {
+    /// f32 blocked matrix products on any CPU.
+    Portable,
+    /// AVX-512 BF16 dot products fused with top-k, certified exact by an f32 rescoring pass.
+    Avx512Bf16,
 }
 
-impl ExactSearch {
-    /// Searches; inputs are already validated by [`super::Backend::search`].
-    pub fn search(
-        &self,
-        sources: &[Option<&dyn KeySource>],
-        queries: &[f32],
-        shape: SearchShape,
-    ) -> SearchResult {
-        let group = shape.group();
-        let rows = shape.q * group;
-        let mut tasks = Vec::new();
-        for slot in 0..shape.batch {
-            for kv_head in 0..shape.kv_heads {
-                for r0 in (0..rows).step_by(ROW_BLOCK) {
-                    tasks.push(Task {
-                        slot,
-                        kv_head,
-                        rows: (r0, (r0 + ROW_BLOCK).min(rows)),
-                        part: 0,
-                    });
-                }
-            }
-        }
-        // Few tasks (small query batches) would leave threads idle: split the chunks among parts.
-        let wanted = rayon::current_num_threads() * 4;
-        let parts = wanted.div_ceil(tasks.len().max(1)).max(1);
-        let tasks: Vec<Task> = tasks
-            .into_iter()
-            .flat_map(|t| (0..parts).map(move |part| Task { part, ..t }))
-            .collect();
+/// Counters of the fast kernel (process-wide, monotonic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactStats {
+    /// Query rows searched by the fast kernel.
+    pub rows: u64,
+    /// Rows whose bf16 candidates could not be certified and were rescanned in f32.
+    pub fallback_rows: u64,
+}
 
-        let partial: Vec<Vec<TopK>> = tasks
-            .par_iter()
-            .map(|t| match sources[t.slot] {
-                Some(src) => run_task(src, queries, shape, *t, parts),
-                None => vec![TopK::new(shape.k); t.rows.1 - t.rows.0],
-            })
-            .collect();
+pub(crate) static ROWS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FALLBACK_ROWS: AtomicU64 = AtomicU64::new(0);
 
-        let mut scores = vec![f32::NEG_INFINITY; shape.out_len()];
-        let mut ids = vec![-1i64; shape.out_len()];
-        let mut partial = partial.into_iter();
-        for chunk in tasks.chunks(parts) {
-            let t = chunk[0];
-            let mut merged: Vec<TopK> = partial.next().expect("one result per task");
-            for _ in 1..parts {
-                for (m, o) in merged
-                    .iter_mut()
-                    .zip(partial.next().expect("one result per task"))
-                {
-                    m.merge(o);
-                }
-            }
-            for (i, top) in merged.into_iter().enumerate() {
-                let r = t.rows.0 + i;
-                let (qi, h) = (r / group, t.kv_head * group + r % group);
-                let base = ((t.slot * shape.q + qi) * shape.heads + h) * shape.k;
-                for (j, (s, id)) in top.into_sorted().into_iter().enumerate() {
-                    scores[base + j] = s;
-                    ids[base + j] = id;
-                }
-            }
-        }
-        SearchResult { scores, ids }
+/// The counters so far.
+pub fn stats() -> ExactStats {
+    ExactStats {
+        rows: ROWS.load(Ordering::Relaxed),
+        fallback_rows: FALLBACK_ROWS.load(Ordering::Relaxed),
     }
 }
 
-fn run_task(
-    src: &dyn KeySource,
+/// True when this CPU runs the AVX-512 BF16 kernel.
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn detect() -> ExactKernel {
+    let forced = std::env::var("FOT_MEM_EXACT_KERNEL").unwrap_or_default();
+    if has_avx512_bf16() && forced != "portable" {
+        ExactKernel::Avx512Bf16
+    } else {
+        ExactKernel::Portable
+    }
+}
+
+/// The kernel exact searches use in this process (`FOT_MEM_EXACT_KERNEL=portable` forces the
+/// portable one).
+pub fn kernel() -> ExactKernel {
+    static KERNEL: OnceLock<ExactKernel> = OnceLock::new();
+    *KERNEL.get_or_init(detect)
+}
+
+/// The kernel's name, for reports.
+pub fn kernel_name() -> &'static str {
+    match kernel() {
+        ExactKernel::Portable => "portable-f32",
+        ExactKernel::Avx512Bf16 => "avx512-bf16",
+    }
+}
+
+/// Searches with the selected kernel; inputs are validated by [`super::Backend::search`].
+pub fn search(
+    sources: &[Option<&dyn KeySource>],
     queries: &[f32],
     shape: SearchShape,
-    t: Task,
-    parts: usize,
-) -> Vec<TopK> {
-    let (dim, group) = (shape.dim, shape.group());
-    let m = t.rows.1 - t.rows.0;
-    // Gather this task's query rows into one row-major [m, dim] matrix.
-    let mut qbuf = vec![0f32; m * dim];
-    for (i, r) in (t.rows.0..t.rows.1).enumerate() {
-        let (qi, h) = (r / group, t.kv_head * group + r % group);
-        let from = ((t.slot * shape.q + qi) * shape.heads + h) * dim;
-        qbuf[i * dim..(i + 1) * dim].copy_from_slice(&queries[from..from + dim]);
-    }
-    let mut tops = vec![TopK::new(shape.k); m];
-    let mut widened = Vec::new();
-    let mut sbuf = vec![0f32; m * KEY_TILE];
-    let blocks = src.blocks(t.kv_head);
-    for block in blocks.iter().skip(t.part).step_by(parts) {
-        let n_rows = block.keys.len() / dim;
-        for t0 in (0..n_rows).step_by(KEY_TILE) {
-            let n = KEY_TILE.min(n_rows - t0);
-            let tile = block.keys.slice(t0 * dim..(t0 + n) * dim);
-            let keys: &[f32] = match tile {
-                Elements::F32(s) => s,
-                other => {
-                    widened.resize(n * dim, 0.0);
-                    other.to_f32(&mut widened);
-                    &widened
-                }
-            };
-            scores_into(&qbuf, m, keys, n, dim, &mut sbuf[..m * n]);
-            let first = (block.first_id as usize + t0) as i64;
-            for (i, top) in tops.iter_mut().enumerate() {
-                top.push_run(&sbuf[i * n..(i + 1) * n], first);
-            }
-        }
-    }
-    tops
+) -> SearchResult {
+    search_with(kernel(), sources, queries, shape)
 }
 
-/// `out[i, j] = q[i, :] . keys[j, :]` for `q [m, dim]`, `keys [n, dim]`, `out [m, n]`.
-fn scores_into(q: &[f32], m: usize, keys: &[f32], n: usize, dim: usize, out: &mut [f32]) {
-    assert!(q.len() >= m * dim && keys.len() >= n * dim && out.len() >= m * n);
-    // SAFETY: the assert above bounds every access sgemm makes with these strides.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            dim,
-            n,
-            1.0,
-            q.as_ptr(),
-            dim as isize,
-            1,
-            keys.as_ptr(),
-            1,
-            dim as isize,
-            0.0,
-            out.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::search::{Backend, KeyBlock};
-
-    struct InMemory {
-        keys: Vec<Vec<f32>>, // per kv head, [n, dim]
-        dim: usize,
-        block: usize,
-    }
-
-    impl KeySource for InMemory {
-        fn len(&self) -> u64 {
-            (self.keys[0].len() / self.dim) as u64
+/// Searches with a given kernel (tests compare them); a kernel this CPU lacks falls back to the
+/// portable one.
+pub fn search_with(
+    kernel: ExactKernel,
+    sources: &[Option<&dyn KeySource>],
+    queries: &[f32],
+    shape: SearchShape,
+) -> SearchResult {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        ExactKernel::Avx512Bf16 if has_avx512_bf16() => {
+            super::fast::search(sources, queries, shape)
         }
-        fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {
-            self.keys[kv_head]
-                .chunks(self.block * self.dim)
-                .enumerate()
-                .map(|(i, c)| KeyBlock {
-                    first_id: (i * self.block) as u64,
-                    keys: Elements::F32(c),
-                })
-                .collect()
-        }
-    }
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    }
-
-    #[test]
-    fn matches_naive_scan_with_grouped_heads() {
-        let (kvh, heads, dim, n, q, k) = (2, 4, 8, 1100, 3, 7);
-        let mut seed = 7;
-        let keys: Vec<Vec<f32>> = (0..kvh)
-            .map(|_| (0..n * dim).map(|_| lcg(&mut seed)).collect())
-            .collect();
-        let queries: Vec<f32> = (0..q * heads * dim).map(|_| lcg(&mut seed)).collect();
-        let src = InMemory {
-            keys,
-            dim,
-            block: 300,
-        };
-        let shape = SearchShape {
-            batch: 1,
-            q,
-            heads,
-            kv_heads: kvh,
-            dim,
-            k,
-        };
-        let got = Backend::Exact
-            .search(&[Some(&src)], &queries, shape)
-            .unwrap();
-        for qi in 0..q {
-            for h in 0..heads {
-                let g = h / (heads / kvh);
-                let qv = &queries[(qi * heads + h) * dim..][..dim];
-                let mut all: Vec<(f32, i64)> = (0..n)
-                    .map(|j| {
-                        let kv = &src.keys[g][j * dim..][..dim];
-                        (qv.iter().zip(kv).map(|(a, b)| a * b).sum(), j as i64)
-                    })
-                    .collect();
-                all.sort_by(|a, b| b.0.total_cmp(&a.0));
-                let base = (qi * heads + h) * k;
-                for (j, want) in all.iter().take(k).enumerate() {
-                    assert_eq!(got.ids[base + j], want.1, "q {qi} head {h} rank {j}");
-                    assert!((got.scores[base + j] - want.0).abs() < 1e-4);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn pads_when_fewer_than_k_and_for_empty_sources() {
-        let src = InMemory {
-            keys: vec![vec![1.0, 0.0, 0.0, 1.0]],
-            dim: 2,
-            block: 8,
-        };
-        let shape = SearchShape {
-            batch: 2,
-            q: 1,
-            heads: 1,
-            kv_heads: 1,
-            dim: 2,
-            k: 3,
-        };
-        let got = Backend::Exact
-            .search(&[Some(&src), None], &[1.0, 0.5, 1.0, 1.0], shape)
-            .unwrap();
-        assert_eq!(got.ids, vec![0, 1, -1, -1, -1, -1]);
-        assert_eq!(got.scores[..2], [1.0, 0.5]);
-        assert!(got.scores[2..].iter().all(|s| *s == f32::NEG_INFINITY));
+        _ => PortableSearch.search(sources, queries, shape),
     }
 }

@@ -4,9 +4,14 @@
 //! Query head `h` searches kv head `h / (heads / kv_heads)` (grouped-query attention).
 
 mod exact;
+#[cfg(target_arch = "x86_64")]
+mod fast;
+mod portable;
 mod topk;
 
-pub use exact::ExactSearch;
+pub use exact::{
+    has_avx512_bf16, kernel, kernel_name, search_with, stats, ExactKernel, ExactStats,
+};
 pub use topk::TopK;
 
 use crate::dtype::Elements;
@@ -32,6 +37,8 @@ pub trait KeySource: Sync {
     }
     /// The keys of `kv_head`, as blocks in ascending token order covering `0..len()`.
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>>;
+    /// The key of token `id` (< `len()`) of `kv_head`, `dim` elements.
+    fn row(&self, kv_head: usize, id: u64) -> Elements<'_>;
 }
 
 /// Queries for one search, flat `[batch, q, heads, dim]`.
@@ -127,7 +134,7 @@ impl Backend {
         }
         Elements::F32(queries).check_finite("queries")?;
         match self {
-            Backend::Exact => Ok(ExactSearch.search(sources, queries, shape)),
+            Backend::Exact => Ok(exact::search(sources, queries, shape)),
         }
     }
 }

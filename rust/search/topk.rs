@@ -58,6 +58,36 @@ impl TopK {
         }
     }
 
+    /// The score a candidate must beat to enter: the worst kept score once full, else -inf.
+    #[inline]
+    pub fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap[0].0
+        }
+    }
+
+    /// Number of kept entries.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// True once k entries are kept.
+    pub fn is_full(&self) -> bool {
+        self.heap.len() == self.k
+    }
+
+    /// The kept entries, in no particular order.
+    pub fn entries(&self) -> &[(f32, i64)] {
+        &self.heap
+    }
+
     /// Takes every entry of `other`.
     pub fn merge(&mut self, other: TopK) {
         for (s, id) in other.heap {

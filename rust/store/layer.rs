@@ -207,6 +207,18 @@ impl KeySource for LayerMemory {
         self.count
     }
 
+    fn row(&self, kv_head: usize, id: u64) -> Elements<'_> {
+        let cfg = &self.config;
+        let ct = cfg.chunk_tokens as usize;
+        let (hd, es) = (cfg.head_dim as usize, cfg.dtype.size());
+        let (c, s) = ((id as usize) / ct, (id as usize) % ct);
+        let start = (kv_head * ct + s) * hd * es;
+        Elements::from_bytes(
+            cfg.dtype,
+            &self.chunks[c].keys.bytes()[start..start + hd * es],
+        )
+    }
+
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {
         let cfg = &self.config;
         let ct = cfg.chunk_tokens as usize;

@@ -1,0 +1,448 @@
+//! The AVX-512 BF16 exact kernel. Queries and keys are rounded to bfloat16 and scored with
+//! VDPBF16PS (twice the f32 FMA rate, half the bytes of f32 keys), fused with a per-row top-k'
+//! (k' > k). The k' candidates are then rescored in f32 and a bound on the bf16 rounding error
+//! certifies that no other key can enter the top-k: every key left out scored at most t (the
+//! k'-th best bf16 score), so its f32 score is at most t + E, and if the k-th rescored score beats
+//! that, the result is the exact top-k. Rows that cannot be certified are rescanned in f32, so the
+//! results are always those of an exact f32 search (ties and f32 summation order aside).
+
+mod kernel;
+mod pack;
+
+use std::sync::atomic::Ordering;
+
+use rayon::prelude::*;
+
+use super::exact::{FALLBACK_ROWS, ROWS};
+use super::portable::exact_rows;
+use super::topk::TopK;
+use super::{KeySource, SearchResult, SearchShape};
+use crate::dtype::Elements;
+
+/// Keys packed and scored per tile (a multiple of the kernel's 48-key groups; ~120 KiB at d 128).
+const TILE_KEYS: usize = 480;
+/// The fewest keys worth a task of their own.
+const SEGMENT_MIN: usize = 8192;
+/// The fewest query rows worth a task of their own (fewer would repack keys for little work).
+const ROWS_MIN: usize = 128;
+
+/// Candidates kept per row for a top-k: more when the keys themselves were rounded to bf16
+/// (f32 or f16 storage), whose error bound is wider.
+fn candidates(k: usize, keys_rounded: bool) -> usize {
+    if keys_rounded {
+        (4 * k).max(k + 96)
+    } else {
+        (2 * k).max(k + 32)
+    }
+}
+
+/// The query rows searched against one (slot, kv head): f32 rows, their bf16 pairs, and the norms
+/// that bound the rounding error.
+struct QueryRows {
+    rows: Vec<f32>,
+    pairs: Vec<u32>,
+    /// `|q - bf16(q)|` per row.
+    delta: Vec<f32>,
+    /// `|bf16(q)|` per row.
+    norm: Vec<f32>,
+}
+
+fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize) -> QueryRows {
+    let (dim, group) = (shape.dim, shape.group());
+    let m = shape.q * group;
+    let mut rows = vec![0f32; m * dim];
+    for r in 0..m {
+        let (qi, h) = (r / group, kv_head * group + r % group);
+        let from = ((slot * shape.q + qi) * shape.heads + h) * dim;
+        rows[r * dim..(r + 1) * dim].copy_from_slice(&queries[from..from + dim]);
+    }
+    let mut pairs = Vec::new();
+    pack::pack_queries(&rows, dim, &mut pairs);
+    let d2 = dim.div_ceil(2);
+    let (mut delta, mut norm) = (vec![0f32; m], vec![0f32; m]);
+    for r in 0..m {
+        let (mut dd, mut nn) = (0f64, 0f64);
+        for i in 0..dim {
+            let rounded = pack::pair_element(pairs[r * d2 + i / 2], i % 2) as f64;
+            dd += (rows[r * dim + i] as f64 - rounded).powi(2);
+            nn += rounded * rounded;
+        }
+        delta[r] = dd.sqrt() as f32;
+        norm[r] = nn.sqrt() as f32;
+    }
+    QueryRows {
+        rows,
+        pairs,
+        delta,
+        norm,
+    }
+}
+
+/// One task: a share of the keys of (slot, kv head) against a block of its query rows.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    slot: usize,
+    kv_head: usize,
+    keys: (u64, u64),
+    rows: (usize, usize),
+}
+
+struct ItemResult {
+    tops: Vec<TopK>,
+    norms: pack::TileNorms,
+}
+
+fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
+    let want = rayon::current_num_threads() * 4;
+    let base = (shape.batch * shape.kv_heads).max(1);
+    let m = shape.q * shape.group();
+    let mut items = Vec::new();
+    for slot in 0..shape.batch {
+        let n = sources[slot].map_or(0, |s| s.len());
+        // Prefer splitting rows (each row's top-k then sees every key once, so its threshold
+        // rises early); split keys when there are too few rows to share out.
+        let row_blocks = want.div_ceil(base).clamp(1, m.div_ceil(ROWS_MIN).max(1));
+        let segments = if base * row_blocks < want {
+            want.div_ceil(base * row_blocks).clamp(1, (n as usize / SEGMENT_MIN).max(1))
+        } else {
+            1
+        };
+        for kv_head in 0..shape.kv_heads {
+            for s in 0..segments as u64 {
+                let keys = (n * s / segments as u64, n * (s + 1) / segments as u64);
+                for b in 0..row_blocks {
+                    let rows = (m * b / row_blocks, m * (b + 1) / row_blocks);
+                    items.push(Item {
+                        slot,
+                        kv_head,
+                        keys,
+                        rows,
+                    });
+                }
+            }
+        }
+    }
+    items
+}
+
+fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, kc: usize) -> ItemResult {
+    let d2 = dim.div_ceil(2);
+    let m = it.rows.1 - it.rows.0;
+    let mut tops = vec![TopK::new(kc); m];
+    let mut thresholds = vec![f32::NEG_INFINITY; m];
+    let qpairs = &q.pairs[it.rows.0 * d2..it.rows.1 * d2];
+    let mut packed = Vec::new();
+    let mut norms = pack::TileNorms::default();
+    for block in src.blocks(it.kv_head) {
+        let rows = (block.keys.len() / dim) as u64;
+        let lo = it.keys.0.max(block.first_id);
+        let hi = it.keys.1.min(block.first_id + rows);
+        let mut start = lo;
+        while start < hi {
+            let end = hi.min(start + TILE_KEYS as u64);
+            let (a, b) = (
+                (start - block.first_id) as usize,
+                (end - block.first_id) as usize,
+            );
+            let tile = block.keys.slice(a * dim..b * dim);
+            // SAFETY: this module is only used when the CPU has AVX-512 F/BW/BF16
+            // (`exact::has_avx512_bf16`), and `packed` is the packed tile of `b - a` keys.
+            unsafe {
+                let t = pack::pack_tile(tile, dim, &mut packed);
+                norms.max_sq = norms.max_sq.max(t.max_sq);
+                norms.max_err_sq = norms.max_err_sq.max(t.max_err_sq);
+                kernel::score_tile(
+                    qpairs,
+                    d2,
+                    &packed,
+                    b - a,
+                    start as i64,
+                    &mut tops,
+                    &mut thresholds,
+                );
+            }
+            start = end;
+        }
+    }
+    ItemResult { tops, norms }
+}
+
+fn dot(q: &[f32], key: Elements, buf: &mut [f32]) -> f32 {
+    key.to_f32(buf);
+    q.iter().zip(buf.iter()).map(|(a, b)| a * b).sum()
+}
+
+/// The bound on |f32 score - bf16 score| for one (slot, kv head), from its measured norms.
+#[derive(Clone, Copy, Debug)]
+struct ErrorBound {
+    kmax: f32,
+    key_err: f32,
+    sum_err: f32,
+}
+
+impl ErrorBound {
+    fn new(norms: pack::TileNorms, dim: usize) -> Self {
+        // Slack for the f32 arithmetic of the norms themselves.
+        ErrorBound {
+            kmax: norms.max_sq.sqrt() * 1.001,
+            key_err: norms.max_err_sq.sqrt() * 1.001,
+            // f32 accumulation of d products, in the bf16 score and in the rescored one.
+            sum_err: 2.0 * (dim as f32 + 2.0) * f32::EPSILON,
+        }
+    }
+
+    /// |q.k - bf16(q).bf16(k)| <= |q - bf16(q)| |k| + |bf16(q)| |k - bf16(k)| + rounding.
+    fn for_row(&self, q: &QueryRows, r: usize) -> f32 {
+        q.delta[r] * self.kmax + q.norm[r] * self.key_err + self.sum_err * q.norm[r] * self.kmax
+    }
+}
+
+/// Searches; inputs are validated by [`super::super::Backend::search`].
+pub fn search(
+    sources: &[Option<&dyn KeySource>],
+    queries: &[f32],
+    shape: SearchShape,
+) -> SearchResult {
+    let (dim, group, k) = (shape.dim, shape.group(), shape.k);
+    let m = shape.q * group;
+    let rounded = sources
+        .iter()
+        .flatten()
+        .any(|s| s.len() > 0 && !matches!(s.row(0, 0), Elements::Bf16(_)));
+    let kc = candidates(k, rounded);
+    let pairs: Vec<(usize, usize)> = (0..shape.batch)
+        .flat_map(|s| (0..shape.kv_heads).map(move |g| (s, g)))
+        .collect();
+    let qrows: Vec<QueryRows> = pairs
+        .par_iter()
+        .map(|&(s, g)| query_rows(queries, &shape, s, g))
+        .collect();
+    let items = plan(sources, &shape);
+    let results: Vec<ItemResult> = items
+        .par_iter()
+        .map(|it| match sources[it.slot] {
+            Some(src) => run_item(
+                src,
+                &qrows[it.slot * shape.kv_heads + it.kv_head],
+                *it,
+                dim,
+                kc,
+            ),
+            None => ItemResult {
+                tops: vec![TopK::new(kc); it.rows.1 - it.rows.0],
+                norms: pack::TileNorms::default(),
+            },
+        })
+        .collect();
+
+    // Merge the shares of each (slot, kv head, row), and the largest key norm of each (slot, kv head).
+    let mut merged: Vec<Vec<TopK>> = pairs.iter().map(|_| vec![TopK::new(kc); m]).collect();
+    let mut norms = vec![pack::TileNorms::default(); pairs.len()];
+    for (it, res) in items.iter().zip(results) {
+        let sg = it.slot * shape.kv_heads + it.kv_head;
+        norms[sg].max_sq = norms[sg].max_sq.max(res.norms.max_sq);
+        norms[sg].max_err_sq = norms[sg].max_err_sq.max(res.norms.max_err_sq);
+        for (i, top) in res.tops.into_iter().enumerate() {
+            merged[sg][it.rows.0 + i].merge(top);
+        }
+    }
+
+    // Rescore in f32 and certify; rows that fail are rescanned in f32, together per (slot, head).
+    let finals: Vec<Vec<Vec<(f32, i64)>>> = merged
+        .into_par_iter()
+        .enumerate()
+        .map(|(sg, tops)| {
+            let (slot, g) = pairs[sg];
+            let Some(src) = sources[slot] else {
+                return vec![Vec::new(); m];
+            };
+            let q = &qrows[sg];
+            let bound = ErrorBound::new(norms[sg], dim);
+            let mut rows: Vec<Option<Vec<(f32, i64)>>> = tops
+                .into_iter()
+                .enumerate()
+                .map(|(r, top)| certified_row(src, g, q, r, top, k, bound.for_row(q, r)))
+                .collect();
+            let failed: Vec<usize> = (0..m).filter(|&r| rows[r].is_none()).collect();
+            if !failed.is_empty() {
+                FALLBACK_ROWS.fetch_add(failed.len() as u64, Ordering::Relaxed);
+                let mut qf = Vec::with_capacity(failed.len() * dim);
+                for &r in &failed {
+                    qf.extend_from_slice(&q.rows[r * dim..(r + 1) * dim]);
+                }
+                for (r, top) in failed.iter().zip(exact_rows(src, g, &qf, dim, k)) {
+                    rows[*r] = Some(top.into_sorted());
+                }
+            }
+            rows.into_iter()
+                .map(|r| r.expect("every row filled"))
+                .collect()
+        })
+        .collect();
+    ROWS.fetch_add((shape.batch * shape.kv_heads * m) as u64, Ordering::Relaxed);
+
+    let mut scores = vec![f32::NEG_INFINITY; shape.out_len()];
+    let mut ids = vec![-1i64; shape.out_len()];
+    for (sg, rows) in finals.into_iter().enumerate() {
+        let (slot, g) = pairs[sg];
+        for (r, best) in rows.into_iter().enumerate() {
+            let (qi, h) = (r / group, g * group + r % group);
+            let base = ((slot * shape.q + qi) * shape.heads + h) * k;
+            for (j, (s, id)) in best.into_iter().enumerate() {
+                scores[base + j] = s;
+                ids[base + j] = id;
+            }
+        }
+    }
+    SearchResult { scores, ids }
+}
+
+/// Rescores row `r`'s candidates in f32; `None` when the result cannot be certified exact.
+fn certified_row(
+    src: &dyn KeySource,
+    kv_head: usize,
+    q: &QueryRows,
+    r: usize,
+    candidates: TopK,
+    k: usize,
+    bound: f32,
+) -> Option<Vec<(f32, i64)>> {
+    let dim = q.rows.len() / q.delta.len();
+    let query = &q.rows[r * dim..(r + 1) * dim];
+    let mut buf = vec![0f32; dim];
+    let mut exact = TopK::new(k);
+    for &(_, id) in candidates.entries() {
+        exact.push(dot(query, src.row(kv_head, id as u64), &mut buf), id);
+    }
+    let best = exact.into_sorted();
+    // Every key was a candidate, or none left out can beat the k-th.
+    let certain = !candidates.is_full()
+        || (best.len() == k && best[k - 1].0 > candidates.threshold() + bound);
+    certain.then_some(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    struct Rows {
+        keys: Vec<f32>,
+        dim: usize,
+    }
+
+    impl KeySource for Rows {
+        fn len(&self) -> u64 {
+            (self.keys.len() / self.dim) as u64
+        }
+        fn blocks(&self, _: usize) -> Vec<crate::search::KeyBlock<'_>> {
+            self.keys
+                .chunks(1000 * self.dim)
+                .enumerate()
+                .map(|(i, c)| crate::search::KeyBlock {
+                    first_id: (i * 1000) as u64,
+                    keys: Elements::F32(c),
+                })
+                .collect()
+        }
+        fn row(&self, _: usize, id: u64) -> Elements<'_> {
+            Elements::F32(&self.keys[id as usize * self.dim..][..self.dim])
+        }
+    }
+
+    fn both(src: &Rows, queries: &[f32], k: usize) -> (SearchResult, SearchResult) {
+        let shape = SearchShape {
+            batch: 1,
+            q: queries.len() / src.dim,
+            heads: 1,
+            kv_heads: 1,
+            dim: src.dim,
+            k,
+        };
+        let s: [Option<&dyn KeySource>; 1] = [Some(src)];
+        (
+            search(&s, queries, shape),
+            crate::search::search_with(crate::search::ExactKernel::Portable, &s, queries, shape),
+        )
+    }
+
+    #[test]
+    fn near_ties_below_bf16_resolution_fall_back_and_stay_exact() {
+        if !crate::search::has_avx512_bf16() {
+            return;
+        }
+        // 3000 keys equal to one vector up to 1e-5 relative noise: bf16 cannot tell them apart,
+        // so no row can be certified and every row must be rescanned in f32.
+        let (dim, n) = (24, 3000);
+        let mut seed = 11;
+        let base: Vec<f32> = (0..dim).map(|_| lcg(&mut seed)).collect();
+        let keys = (0..n)
+            .flat_map(|_| {
+                base.iter()
+                    .map(|&b| b * (1.0 + 1e-5 * lcg(&mut seed)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let src = Rows { keys, dim };
+        let queries: Vec<f32> = (0..3 * dim).map(|_| lcg(&mut seed)).collect();
+        let before = crate::search::stats().fallback_rows;
+        let (fast, portable) = both(&src, &queries, 5);
+        assert!(crate::search::stats().fallback_rows >= before + 3);
+        assert_eq!(fast.ids, portable.ids);
+    }
+
+    #[test]
+    fn well_separated_scores_are_certified_without_fallback() {
+        if !crate::search::has_avx512_bf16() {
+            return;
+        }
+        let (dim, n) = (64, 5000);
+        let mut seed = 5;
+        let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
+        let src = Rows { keys, dim };
+        let queries: Vec<f32> = (0..4 * dim).map(|_| lcg(&mut seed)).collect();
+        let (fast, portable) = both(&src, &queries, 8);
+        assert_eq!(fast.ids, portable.ids);
+        for (a, b) in fast.scores.iter().zip(&portable.scores) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn packing_matches_the_scalar_reference() {
+        if !crate::search::has_avx512_bf16() {
+            return;
+        }
+        let mut seed = 3;
+        for (n, dim) in [(1, 1), (5, 3), (16, 32), (47, 33), (50, 64), (97, 130)] {
+            let f: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed) * 8.0).collect();
+            let h: Vec<f16> = f.iter().map(|&x| f16::from_f32(x)).collect();
+            let b: Vec<bf16> = f.iter().map(|&x| bf16::from_f32(x)).collect();
+            for keys in [Elements::F32(&f), Elements::F16(&h), Elements::Bf16(&b)] {
+                let mut out = Vec::new();
+                // SAFETY: checked the CPU above.
+                let norms = unsafe { pack::pack_tile(keys, dim, &mut out) };
+                let max_sq = norms.max_sq;
+                assert_eq!(
+                    out,
+                    pack::pack_tile_reference(keys, dim),
+                    "n {n} dim {dim} {keys:?}"
+                );
+                let want = (0..n)
+                    .map(|i| (0..dim).map(|j| keys.get(i * dim + j).powi(2)).sum::<f32>())
+                    .fold(0f32, f32::max);
+                assert!(
+                    (max_sq - want).abs() <= 1e-4 * want.max(1.0),
+                    "{max_sq} vs {want}"
+                );
+            }
+        }
+    }
+}
