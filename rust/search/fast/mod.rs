@@ -97,13 +97,14 @@ fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
     let base = (shape.batch * shape.kv_heads).max(1);
     let m = shape.q * shape.group();
     let mut items = Vec::new();
-    for slot in 0..shape.batch {
-        let n = sources[slot].map_or(0, |s| s.len());
+    for (slot, src) in sources.iter().enumerate() {
+        let n = src.map_or(0, |s| s.len());
         // Prefer splitting rows (each row's top-k then sees every key once, so its threshold
         // rises early); split keys when there are too few rows to share out.
         let row_blocks = want.div_ceil(base).clamp(1, m.div_ceil(ROWS_MIN).max(1));
         let segments = if base * row_blocks < want {
-            want.div_ceil(base * row_blocks).clamp(1, (n as usize / SEGMENT_MIN).max(1))
+            want.div_ceil(base * row_blocks)
+                .clamp(1, (n as usize / SEGMENT_MIN).max(1))
         } else {
             1
         };
@@ -208,7 +209,7 @@ pub fn search(
     let rounded = sources
         .iter()
         .flatten()
-        .any(|s| s.len() > 0 && !matches!(s.row(0, 0), Elements::Bf16(_)));
+        .any(|s| !s.is_empty() && !matches!(s.row(0, 0), Elements::Bf16(_)));
     let kc = candidates(k, rounded);
     let pairs: Vec<(usize, usize)> = (0..shape.batch)
         .flat_map(|s| (0..shape.kv_heads).map(move |g| (s, g)))
