@@ -8,6 +8,7 @@
 
 mod kernel;
 mod pack;
+mod small;
 
 use std::sync::atomic::Ordering;
 
@@ -219,6 +220,9 @@ pub fn search(
         .map(|&(s, g)| query_rows(queries, &shape, s, g))
         .collect();
     let items = plan(sources, &shape);
+    if m <= small::SMALL_ROWS {
+        return search_small(sources, &qrows, &items, shape);
+    }
     let results: Vec<ItemResult> = items
         .par_iter()
         .map(|it| match sources[it.slot] {
@@ -290,6 +294,73 @@ pub fn search(
             let (qi, h) = (r / group, g * group + r % group);
             let base = ((slot * shape.q + qi) * shape.heads + h) * k;
             for (j, (s, id)) in best.into_iter().enumerate() {
+                scores[base + j] = s;
+                ids[base + j] = id;
+            }
+        }
+    }
+    SearchResult { scores, ids }
+}
+
+/// Few rows: exact f32 scores straight from the mapped keys, no packing, no rescoring.
+fn search_small(
+    sources: &[Option<&dyn KeySource>],
+    qrows: &[QueryRows],
+    items: &[Item],
+    shape: SearchShape,
+) -> SearchResult {
+    let (dim, group, k) = (shape.dim, shape.group(), shape.k);
+    let m = shape.q * group;
+    let shares: Vec<Vec<TopK>> = items
+        .par_iter()
+        .map(|it| {
+            let mut tops = vec![TopK::new(k); m];
+            let mut thresholds = vec![f32::NEG_INFINITY; m];
+            let Some(src) = sources[it.slot] else {
+                return tops;
+            };
+            let q = &qrows[it.slot * shape.kv_heads + it.kv_head].rows;
+            for block in src.blocks(it.kv_head) {
+                let rows = (block.keys.len() / dim) as u64;
+                let lo = it.keys.0.max(block.first_id);
+                let hi = it.keys.1.min(block.first_id + rows);
+                if lo < hi {
+                    let (a, b) = (
+                        (lo - block.first_id) as usize,
+                        (hi - block.first_id) as usize,
+                    );
+                    // SAFETY: this module runs only on CPUs with AVX-512 F/BW/VL.
+                    unsafe {
+                        small::score_block(
+                            block.keys.slice(a * dim..b * dim),
+                            dim,
+                            lo as i64,
+                            q,
+                            &mut tops,
+                            &mut thresholds,
+                        );
+                    }
+                }
+            }
+            tops
+        })
+        .collect();
+    let mut scores = vec![f32::NEG_INFINITY; shape.out_len()];
+    let mut ids = vec![-1i64; shape.out_len()];
+    let mut merged: Vec<Vec<TopK>> = (0..shape.batch * shape.kv_heads)
+        .map(|_| vec![TopK::new(k); m])
+        .collect();
+    for (it, share) in items.iter().zip(shares) {
+        for (r, top) in share.into_iter().enumerate() {
+            merged[it.slot * shape.kv_heads + it.kv_head][r].merge(top);
+        }
+    }
+    for (sg, tops) in merged.into_iter().enumerate() {
+        let (slot, g) = (sg / shape.kv_heads, sg % shape.kv_heads);
+        for (r, top) in tops.into_iter().enumerate() {
+            let (qi, h) = (r / group, g * group + r % group);
+            let base = ((slot * shape.q + qi) * shape.heads + h) * k;
+            for (j, (s, id)) in top.into_sorted().into_iter().enumerate() {
                 scores[base + j] = s;
                 ids[base + j] = id;
             }
@@ -392,10 +463,12 @@ mod tests {
             })
             .collect();
         let src = Rows { keys, dim };
-        let queries: Vec<f32> = (0..3 * dim).map(|_| lcg(&mut seed)).collect();
+        // More rows than the small path takes, so the bf16 kernel runs.
+        let rows = small::SMALL_ROWS + 3;
+        let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
         let before = crate::search::stats().fallback_rows;
         let (fast, portable) = both(&src, &queries, 5);
-        assert!(crate::search::stats().fallback_rows >= before + 3);
+        assert!(crate::search::stats().fallback_rows >= before + rows as u64);
         assert_eq!(fast.ids, portable.ids);
     }
 
@@ -408,11 +481,14 @@ mod tests {
         let mut seed = 5;
         let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
         let src = Rows { keys, dim };
-        let queries: Vec<f32> = (0..4 * dim).map(|_| lcg(&mut seed)).collect();
-        let (fast, portable) = both(&src, &queries, 8);
-        assert_eq!(fast.ids, portable.ids);
-        for (a, b) in fast.scores.iter().zip(&portable.scores) {
-            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        // Both paths: the small one (few rows) and the packed bf16 one.
+        for rows in [1, 3, small::SMALL_ROWS, small::SMALL_ROWS + 1, 9, 40] {
+            let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
+            let (fast, portable) = both(&src, &queries, 8);
+            assert_eq!(fast.ids, portable.ids, "{rows} rows");
+            for (a, b) in fast.scores.iter().zip(&portable.scores) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+            }
         }
     }
 

@@ -41,22 +41,33 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileN
     out.clear();
     out.resize(packed_len(n, d2), 0);
     let mut norms = TileNorms::default();
+    let blocks = d2.div_ceil(16);
+    // One panel's keys, converted row by row (sequential reads of the mapped keys), then
+    // transposed from this L1-resident stage: [16 keys][blocks][16 pairs].
+    let mut stage = vec![_mm512_setzero_si512(); 16 * blocks];
     for panel in 0..n.div_ceil(16) {
         let (group, c) = (panel / PANELS, panel % PANELS);
         let base = group * d2 * GROUP_KEYS + c * 16;
-        let mut sq = [_mm512_setzero_ps(); 16];
-        let mut err = [_mm512_setzero_ps(); 16];
-        for b in 0..d2.div_ceil(16) {
-            let first = 32 * b;
-            let count = (dim - first).min(32);
-            let mut rows = [_mm512_setzero_si512(); 16];
-            for (i, row) in rows.iter_mut().enumerate() {
-                let key = panel * 16 + i;
-                if key < n {
-                    let at = key * dim + first;
-                    *row = load_pairs(keys, at, count, &mut sq[i], &mut err[i]);
-                }
+        let keys_here = (n - panel * 16).min(16);
+        for i in 0..16 {
+            let row = &mut stage[i * blocks..(i + 1) * blocks];
+            if i >= keys_here {
+                row.fill(_mm512_setzero_si512());
+                continue;
             }
+            let (mut sq, mut err) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let key = panel * 16 + i;
+            prefetch_row(keys, (key + 16).min(n - 1) * dim, dim);
+            for (b, slot) in row.iter_mut().enumerate() {
+                let first = 32 * b;
+                let count = (dim - first).min(32);
+                *slot = load_pairs(keys, key * dim + first, count, &mut sq, &mut err);
+            }
+            norms.max_sq = norms.max_sq.max(_mm512_reduce_add_ps(sq));
+            norms.max_err_sq = norms.max_err_sq.max(_mm512_reduce_add_ps(err));
+        }
+        for b in 0..blocks {
+            let rows: [__m512i; 16] = std::array::from_fn(|i| stage[i * blocks + b]);
             let cols = transpose16(rows);
             for (j, col) in cols.iter().enumerate() {
                 let p = 16 * b + j;
@@ -64,10 +75,6 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileN
                     _mm512_storeu_si512(out.as_mut_ptr().add(base + p * GROUP_KEYS).cast(), *col);
                 }
             }
-        }
-        for (s, e) in sq.into_iter().zip(err) {
-            norms.max_sq = norms.max_sq.max(_mm512_reduce_add_ps(s));
-            norms.max_err_sq = norms.max_err_sq.max(_mm512_reduce_add_ps(e));
         }
     }
     norms
@@ -109,6 +116,19 @@ unsafe fn load_pairs(
             *sq = _mm512_fmadd_ps(even, even, _mm512_fmadd_ps(odd, odd, *sq));
             v
         }
+    }
+}
+
+/// Asks for a key row ahead of its use: packing streams keys from memory.
+#[inline(always)]
+unsafe fn prefetch_row(keys: Elements, at: usize, dim: usize) {
+    let (ptr, bytes) = match keys {
+        Elements::F32(s) => (s.as_ptr().add(at).cast::<i8>(), dim * 4),
+        Elements::F16(s) => (s.as_ptr().add(at).cast::<i8>(), dim * 2),
+        Elements::Bf16(s) => (s.as_ptr().add(at).cast::<i8>(), dim * 2),
+    };
+    for line in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ptr.add(line));
     }
 }
 

@@ -1,0 +1,133 @@
+//! Few query rows (generation time, 1 to `SMALL_ROWS` rows per kv head): every key is scored
+//! straight from its mapped row in f32 (16-wide FMAs, the key widened on load), so there is no
+//! packing and no bf16 rounding, and the scores are exact f32. This path is bound by memory
+//! bandwidth, which bf16 storage halves.
+
+use std::arch::x86_64::*;
+
+use crate::dtype::Elements;
+use crate::search::topk::TopK;
+
+/// The most query rows per (slot, kv head) that take this path.
+pub const SMALL_ROWS: usize = 4;
+/// How many keys ahead the scan prefetches.
+const PREFETCH_KEYS: usize = 8;
+const ELEM_BYTES: [usize; 3] = [4, 2, 2];
+
+/// Scores the keys of one block against `queries` (`[m][dim]`, m <= SMALL_ROWS), offering every
+/// score above a row's threshold to its top-k.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn score_block(
+    keys: Elements,
+    dim: usize,
+    first_id: i64,
+    queries: &[f32],
+    tops: &mut [TopK],
+    thresholds: &mut [f32],
+) {
+    match tops.len() {
+        1 => rows::<1>(keys, dim, first_id, queries, tops, thresholds),
+        2 => rows::<2>(keys, dim, first_id, queries, tops, thresholds),
+        3 => rows::<3>(keys, dim, first_id, queries, tops, thresholds),
+        _ => rows::<SMALL_ROWS>(keys, dim, first_id, queries, tops, thresholds),
+    }
+}
+
+#[inline(always)]
+unsafe fn rows<const M: usize>(
+    keys: Elements,
+    dim: usize,
+    first_id: i64,
+    queries: &[f32],
+    tops: &mut [TopK],
+    thresholds: &mut [f32],
+) {
+    match keys {
+        Elements::F32(s) => scan::<M, 0>(
+            s.as_ptr().cast(),
+            s.len() / dim,
+            dim,
+            first_id,
+            queries,
+            tops,
+            thresholds,
+        ),
+        Elements::F16(s) => scan::<M, 1>(
+            s.as_ptr().cast(),
+            s.len() / dim,
+            dim,
+            first_id,
+            queries,
+            tops,
+            thresholds,
+        ),
+        Elements::Bf16(s) => scan::<M, 2>(
+            s.as_ptr().cast(),
+            s.len() / dim,
+            dim,
+            first_id,
+            queries,
+            tops,
+            thresholds,
+        ),
+    }
+}
+
+/// 16 elements (masked) at element `at` of `T` (0 f32, 1 f16, 2 bf16), widened to f32.
+#[inline(always)]
+unsafe fn load<const T: u8>(ptr: *const u8, at: usize, mask: u16) -> __m512 {
+    match T {
+        0 => _mm512_maskz_loadu_ps(mask, ptr.cast::<f32>().add(at)),
+        1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, ptr.cast::<i16>().add(at))),
+        _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+            _mm256_maskz_loadu_epi16(mask, ptr.cast::<i16>().add(at)),
+        ))),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one monomorphised scan per (rows, dtype)
+unsafe fn scan<const M: usize, const T: u8>(
+    ptr: *const u8,
+    n: usize,
+    dim: usize,
+    first_id: i64,
+    queries: &[f32],
+    tops: &mut [TopK],
+    thresholds: &mut [f32],
+) {
+    let chunks = dim.div_ceil(16);
+    let tail = dim - 16 * (chunks - 1);
+    let last_mask: u16 = if tail == 16 {
+        u16::MAX
+    } else {
+        (1u16 << tail) - 1
+    };
+    for j in 0..n {
+        // Pull the rows a few keys ahead into cache: the scan is bound by memory latency.
+        let ahead = (j + PREFETCH_KEYS).min(n.saturating_sub(1)) * dim * ELEM_BYTES[T as usize];
+        for line in (0..dim * ELEM_BYTES[T as usize]).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ptr.add(ahead + line).cast());
+        }
+        // Two partial sums per row halve the FMA dependency chain.
+        let mut acc = [[_mm512_setzero_ps(); 2]; M];
+        for c in 0..chunks {
+            let mask = if c + 1 == chunks { last_mask } else { u16::MAX };
+            let k = load::<T>(ptr, j * dim + 16 * c, mask);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let q = _mm512_maskz_loadu_ps(mask, queries.as_ptr().add(r * dim + 16 * c));
+                a[c & 1] = _mm512_fmadd_ps(k, q, a[c & 1]);
+            }
+        }
+        for r in 0..M {
+            let s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+            if s > thresholds[r] {
+                tops[r].push(s, first_id + j as i64);
+                thresholds[r] = tops[r].threshold();
+            }
+        }
+    }
+}
