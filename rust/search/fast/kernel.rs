@@ -27,8 +27,9 @@ pub unsafe fn score_tile(
     thresholds: &mut [f32],
 ) {
     let rows = tops.len();
-    debug_assert!(qpairs.len() >= rows * d2 && thresholds.len() == rows);
-    debug_assert!(tile.len() >= n_keys.div_ceil(GROUP_KEYS) * d2 * GROUP_KEYS);
+    // The loads below trust these bounds.
+    assert!(qpairs.len() >= rows * d2 && thresholds.len() == rows);
+    assert!(tile.len() >= n_keys.div_ceil(GROUP_KEYS) * d2 * GROUP_KEYS);
     for g in 0..n_keys.div_ceil(GROUP_KEYS) {
         let keys = tile.as_ptr().add(g * d2 * GROUP_KEYS);
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);

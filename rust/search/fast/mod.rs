@@ -207,6 +207,12 @@ pub fn search(
 ) -> SearchResult {
     let (dim, group, k) = (shape.dim, shape.group(), shape.k);
     let m = shape.q * group;
+    if shape.out_len() == 0 {
+        return SearchResult {
+            scores: Vec::new(),
+            ids: Vec::new(),
+        };
+    }
     let rounded = sources
         .iter()
         .flatten()

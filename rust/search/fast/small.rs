@@ -28,7 +28,11 @@ pub unsafe fn score_block(
     tops: &mut [TopK],
     thresholds: &mut [f32],
 ) {
+    // The loads below trust these bounds.
+    assert!(tops.len() <= SMALL_ROWS && thresholds.len() == tops.len());
+    assert!(queries.len() >= tops.len() * dim && keys.len() % dim.max(1) == 0);
     match tops.len() {
+        0 => {}
         1 => rows::<1>(keys, dim, first_id, queries, tops, thresholds),
         2 => rows::<2>(keys, dim, first_id, queries, tops, thresholds),
         3 => rows::<3>(keys, dim, first_id, queries, tops, thresholds),
