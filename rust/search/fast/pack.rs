@@ -37,7 +37,7 @@ pub struct TileNorms {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
 pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileNorms {
     // The masked loads below trust whole rows.
-    assert!(dim > 0 && keys.len() % dim == 0);
+    assert!(dim > 0 && keys.len().is_multiple_of(dim));
     let n = keys.len() / dim;
     let d2 = dim.div_ceil(2);
     out.clear();

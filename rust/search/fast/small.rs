@@ -30,7 +30,7 @@ pub unsafe fn score_block(
 ) {
     // The loads below trust these bounds.
     assert!(tops.len() <= SMALL_ROWS && thresholds.len() == tops.len());
-    assert!(queries.len() >= tops.len() * dim && keys.len() % dim.max(1) == 0);
+    assert!(queries.len() >= tops.len() * dim && keys.len().is_multiple_of(dim.max(1)));
     match tops.len() {
         0 => {}
         1 => rows::<1>(keys, dim, first_id, queries, tops, thresholds),
