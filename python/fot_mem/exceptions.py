@@ -8,6 +8,7 @@ Where a builtin exception fits, the class derives from it too, so `except FileNo
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailableError",
     "DtypeError",
     "FormatVersionError",
     "FotMemError",
@@ -84,3 +85,7 @@ class TokenIndexError(FotMemError, IndexError):
 
 class StoreIOError(FotMemError, OSError):
     """The operating system refused a read or write of a store file."""
+
+
+class BackendUnavailableError(FotMemError, ImportError):
+    """A search backend whose optional dependency (faiss, hnswlib) is not installed."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, backends
 from .arrays import as_float_array, as_ids
 from .exceptions import DtypeError, InvalidValueError, ShapeError, TokenIndexError
 
@@ -181,6 +181,20 @@ class MemoryStore:
             raise DtypeError("documents must be a sequence of names, one per batch slot")
         names = [d.name if isinstance(d, Document) else _name(d) for d in documents]
         q = as_float_array(queries, "queries")
+        if backend in backends.PYTHON_BACKENDS:
+            if q.ndim != 4 or q.shape[0] != len(names):
+                raise ShapeError(
+                    f"queries must be [B={len(names)}, q, heads, head_dim], got {tuple(q.shape)}"
+                )
+            results = [
+                self.document(n).search(layer, q[b], k, backend=backend)
+                for b, n in enumerate(names)
+            ]
+            shape = (0, *q.shape[1:3], _int(k, "k"))
+            return (
+                np.stack([r[0] for r in results]) if results else np.zeros(shape, np.float32),
+                np.stack([r[1] for r in results]) if results else np.zeros(shape, np.int64),
+            )
         return self._core.search(names, _int(layer, "layer"), q, _int(k, "k"), backend)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -244,6 +258,14 @@ class Document:
         q = as_float_array(queries, "queries")
         if q.ndim != 3:
             raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
+        if backend in backends.PYTHON_BACKENDS:
+            # The native path validates layer, shapes and k (an empty batch scans nothing).
+            self.store._core.search([], _int(layer, "layer"), q[None][:0], _int(k, "k"), "exact")
+            if not np.isfinite(q).all():
+                raise InvalidValueError("queries contain NaN or infinite values")
+            return backends.search(
+                self.store._core, self.name, int(layer), np.asarray(q, np.float32), int(k), backend
+            )
         scores, ids = self.store._core.search(
             [self.name], _int(layer, "layer"), q[None], _int(k, "k"), backend
         )

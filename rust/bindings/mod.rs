@@ -31,6 +31,7 @@ fn exact_kernel_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>>
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::Store>()?;
+    m.add_class::<store::MappedKeys>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(exact_kernel_info, m)?)?;
     m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;

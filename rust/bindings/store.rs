@@ -13,10 +13,16 @@ use super::errors::{run, to_py};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::search::{Backend, Queries};
-use crate::store::{MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS};
+use crate::store::{KeyView, MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS};
 
 type Scored<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<i64>>);
 type Arrays<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
+
+/// Keeps a chunk mapped while a numpy view of it lives (the view's base object).
+#[pyclass(module = "fot_mem._core", frozen)]
+pub struct MappedKeys {
+    _view: KeyView,
+}
 
 #[pyclass(module = "fot_mem._core", frozen)]
 pub struct Store {
@@ -89,6 +95,48 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn key_view<'py>(
+    py: Python<'py>,
+    v: KeyView,
+    hd: usize,
+    dtype: Dtype,
+) -> PyResult<Bound<'py, PyAny>> {
+    use numpy::ndarray::ArrayView2;
+    use numpy::PyArray2;
+    let rows = v.rows;
+    let holder = Bound::new(py, MappedKeys { _view: v.clone() })?.into_any();
+    let bytes = v.bytes(hd * dtype.size());
+    let shape_err =
+        |e: numpy::ndarray::ShapeError| pyo3::exceptions::PyRuntimeError::new_err(e.to_string());
+    // SAFETY: the data lives in a mapping that `holder` (the array's base) keeps alive, and the
+    // committed rows it covers are never written again.
+    let array = unsafe {
+        match dtype {
+            Dtype::Float32 => {
+                let a = ArrayView2::from_shape((rows, hd), bytemuck::cast_slice::<u8, f32>(bytes))
+                    .map_err(shape_err)?;
+                PyArray2::borrow_from_array(&a, holder).into_any()
+            }
+            Dtype::Float16 => {
+                let a = ArrayView2::from_shape(
+                    (rows, hd),
+                    bytemuck::cast_slice::<u8, half::f16>(bytes),
+                )
+                .map_err(shape_err)?;
+                PyArray2::borrow_from_array(&a, holder).into_any()
+            }
+            Dtype::Bfloat16 => {
+                let a = ArrayView2::from_shape((rows, hd), bytemuck::cast_slice::<u8, u16>(bytes))
+                    .map_err(shape_err)?;
+                PyArray2::borrow_from_array(&a, holder).into_any()
+            }
+        }
+    };
+    // The mapping may be read-only: a write through the view must be refused, not fault.
+    array.getattr("flags")?.setattr("writeable", false)?;
+    Ok(array)
 }
 
 #[pymethods]
@@ -311,6 +359,25 @@ impl Store {
             output(py, keys, &[n, c.kv_heads as usize, c.head_dim as usize])?,
             output(py, values, &[n, c.kv_heads as usize, c.value_dim as usize])?,
         ))
+    }
+
+    /// Read-only, zero-copy numpy views `[rows, head_dim]` of the committed keys of `kv_head`,
+    /// one per chunk, as `(first_token_id, array)`; dtype float32, float16, or uint16 holding
+    /// bfloat16 bits. Each view keeps its chunk mapped, even after `close()`.
+    fn key_views<'py>(
+        &self,
+        py: Python<'py>,
+        doc: &str,
+        layer: i64,
+        kv_head: usize,
+    ) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
+        let layer = self.layer(py, layer)?;
+        let views = self.with(py, |s| s.key_views(doc, layer, kv_head))?;
+        let (hd, dtype) = (self.config.head_dim as usize, self.config.dtype);
+        views
+            .into_iter()
+            .map(|v| Ok((v.first_id, key_view(py, v, hd, dtype)?)))
+            .collect()
     }
 
     #[pyo3(signature = (doc=None))]

@@ -3,25 +3,23 @@
 //! (`[kv_heads][chunk_tokens][dim]`) so one head's keys are one contiguous run. Writers preallocate
 //! the whole file at creation; a file of any other size is refused before it is mapped, so a
 //! truncated file is an error, never a SIGBUS.
+//!
+//! The mapping is raw (no Rust borrow of the whole file) so that it can be shared: searches and
+//! zero-copy numpy views read committed rows, which never change again, while the one writer
+//! writes rows past the committed count, which nobody reads.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, IoContext, Result};
-
-/// A mapped chunk file.
-#[derive(Debug)]
-enum Mapping {
-    ReadOnly(Mmap),
-    Writable(MmapMut),
-}
 
 /// One mapped chunk file with its path.
 #[derive(Debug)]
 pub struct ChunkFile {
-    map: Mapping,
+    map: MmapRaw,
+    writable: bool,
     path: PathBuf,
 }
 
@@ -77,45 +75,58 @@ impl ChunkFile {
         let map = map_file(&file, path, writable)?;
         Ok(ChunkFile {
             map,
+            writable,
             path: path.to_owned(),
         })
     }
 
-    /// The whole mapped file.
-    pub fn bytes(&self) -> &[u8] {
-        match &self.map {
-            Mapping::ReadOnly(m) => m,
-            Mapping::Writable(m) => m,
-        }
+    /// Bytes `start..start + len` of the file, for reading. They must be committed (never written
+    /// again); the bounds are checked.
+    pub fn range(&self, start: usize, len: usize) -> &[u8] {
+        assert!(
+            start + len <= self.map.len(),
+            "range past the end of {}",
+            self.path.display()
+        );
+        // SAFETY: in bounds (checked), mapped for the life of `self`, and committed bytes are
+        // never written again, so no write can race with this borrow.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) }
     }
 
-    /// The whole mapped file, writable (writers only).
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        match &mut self.map {
-            Mapping::Writable(m) => m,
-            Mapping::ReadOnly(_) => {
-                unreachable!("chunk {} is mapped read-only", self.path.display())
-            }
-        }
+    /// Bytes `start..start + len`, for the writer to fill.
+    ///
+    /// # Safety
+    /// The range must lie past the committed count (nobody reads it) and the caller must be the
+    /// store's one writer, holding no other borrow of the range.
+    #[allow(clippy::mut_from_ref)] // a raw shared mapping; exclusivity is the caller's contract
+    pub unsafe fn range_mut(&self, start: usize, len: usize) -> &mut [u8] {
+        assert!(
+            self.writable,
+            "chunk {} is mapped read-only",
+            self.path.display()
+        );
+        assert!(
+            start + len <= self.map.len(),
+            "range past the end of {}",
+            self.path.display()
+        );
+        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len)
     }
 
     /// Writes `len` bytes at `offset` back to disk (msync) before a commit.
     pub fn flush_range(&self, offset: usize, len: usize) -> Result<()> {
-        match &self.map {
-            Mapping::Writable(m) if len > 0 => m.flush_range(offset, len).at(&self.path),
-            _ => Ok(()),
+        if self.writable && len > 0 {
+            self.map.flush_range(offset, len).at(&self.path)
+        } else {
+            Ok(())
         }
     }
 }
 
-fn map_file(file: &File, path: &Path, writable: bool) -> Result<Mapping> {
-    // SAFETY: chunk files are only written through this crate's single writer (enforced by the
-    // store lock), and only in the region past the committed count, which readers never read.
-    unsafe {
-        if writable {
-            MmapMut::map_mut(file).map(Mapping::Writable).at(path)
-        } else {
-            Mmap::map(file).map(Mapping::ReadOnly).at(path)
-        }
+fn map_file(file: &File, path: &Path, writable: bool) -> Result<MmapRaw> {
+    if writable {
+        MmapOptions::new().map_raw(file).at(path)
+    } else {
+        MmapOptions::new().map_raw_read_only(file).at(path)
     }
 }

@@ -13,11 +13,36 @@ use crate::dtype::Elements;
 use crate::error::{Error, IoContext, Result};
 use crate::search::{KeyBlock, KeySource};
 
-/// The keys and values file of one chunk.
+/// The keys and values file of one chunk, shared with zero-copy views that may outlive the layer.
 #[derive(Debug)]
-struct Chunk {
+pub struct Chunk {
     keys: ChunkFile,
     values: ChunkFile,
+}
+
+impl Chunk {
+    /// Committed key bytes `start..start + len` (see [`ChunkFile::range`]).
+    pub fn key_bytes(&self, start: usize, len: usize) -> &[u8] {
+        self.keys.range(start, len)
+    }
+}
+
+/// A run of one kv head's committed keys inside a chunk, `[rows, head_dim]` of the store dtype,
+/// that keeps its chunk mapped for as long as it lives.
+#[derive(Clone, Debug)]
+pub struct KeyView {
+    pub first_id: u64,
+    pub rows: usize,
+    pub chunk: Arc<Chunk>,
+    /// Byte offset of the first row in the keys file.
+    pub offset: usize,
+}
+
+impl KeyView {
+    /// The viewed bytes.
+    pub fn bytes(&self, row_bytes: usize) -> &[u8] {
+        self.chunk.key_bytes(self.offset, self.rows * row_bytes)
+    }
 }
 
 /// An open document-layer.
@@ -25,7 +50,7 @@ struct Chunk {
 pub struct LayerMemory {
     dir: PathBuf,
     config: Arc<StoreConfig>,
-    chunks: Vec<Chunk>,
+    chunks: Vec<Arc<Chunk>>,
     count: u64,
     /// The commit file, open for writing; `None` for read-only handles.
     commit: Option<CommitFile>,
@@ -82,7 +107,7 @@ impl LayerMemory {
         let writable = self.commit.is_some();
         while self.chunks.len() < needed {
             let c = self.open_chunk(self.chunks.len(), OpenMode::Committed { writable })?;
-            self.chunks.push(c);
+            self.chunks.push(Arc::new(c));
         }
         self.count = count;
         Ok(())
@@ -139,29 +164,27 @@ impl LayerMemory {
         let end = start + tokens;
         while self.chunks.len() < end.div_ceil(ct) {
             let c = self.open_chunk(self.chunks.len(), OpenMode::Fresh)?;
-            self.chunks.push(c);
+            self.chunks.push(Arc::new(c));
         }
         let es = cfg.dtype.size();
         for t in 0..tokens {
             let (c, s) = ((start + t) / ct, (start + t) % ct);
-            let chunk = &mut self.chunks[c];
+            let chunk = &self.chunks[c];
             for h in 0..kvh {
                 let src = (t * kvh + h) * hd;
                 let dst = (h * ct + s) * hd * es;
-                keys.slice(src..src + hd).encode_into(
-                    cfg.dtype,
-                    &mut chunk.keys.bytes_mut()[dst..dst + hd * es],
-                    "keys",
-                    src,
-                )?;
+                // SAFETY: token start + t is past the committed count and `&mut self` makes this
+                // the only writer.
+                let out = unsafe { chunk.keys.range_mut(dst, hd * es) };
+                keys.slice(src..src + hd)
+                    .encode_into(cfg.dtype, out, "keys", src)?;
                 let src = (t * kvh + h) * vd;
                 let dst = (h * ct + s) * vd * es;
-                values.slice(src..src + vd).encode_into(
-                    cfg.dtype,
-                    &mut chunk.values.bytes_mut()[dst..dst + vd * es],
-                    "values",
-                    src,
-                )?;
+                // SAFETY: as above.
+                let out = unsafe { chunk.values.range_mut(dst, vd * es) };
+                values
+                    .slice(src..src + vd)
+                    .encode_into(cfg.dtype, out, "values", src)?;
             }
         }
         // Data first, then the count: the commit point.
@@ -196,9 +219,28 @@ impl LayerMemory {
         );
         let chunk = &self.chunks[c];
         let k0 = (head * ct + s) * hd * es;
-        Elements::from_bytes(cfg.dtype, &chunk.keys.bytes()[k0..k0 + hd * es]).to_f32(key);
+        Elements::from_bytes(cfg.dtype, chunk.keys.range(k0, hd * es)).to_f32(key);
         let v0 = (head * ct + s) * vd * es;
-        Elements::from_bytes(cfg.dtype, &chunk.values.bytes()[v0..v0 + vd * es]).to_f32(value);
+        Elements::from_bytes(cfg.dtype, chunk.values.range(v0, vd * es)).to_f32(value);
+    }
+
+    /// Zero-copy views of the committed keys of `kv_head`, one per chunk, in token order.
+    pub fn key_views(&self, kv_head: usize) -> Vec<KeyView> {
+        let cfg = &self.config;
+        let ct = cfg.chunk_tokens as usize;
+        let row = cfg.head_dim as usize * cfg.dtype.size();
+        let count = self.count as usize;
+        self.chunks
+            .iter()
+            .take(count.div_ceil(ct))
+            .enumerate()
+            .map(|(c, chunk)| KeyView {
+                first_id: (c * ct) as u64,
+                rows: (count - c * ct).min(ct),
+                chunk: Arc::clone(chunk),
+                offset: kv_head * ct * row,
+            })
+            .collect()
     }
 }
 
@@ -213,10 +255,7 @@ impl KeySource for LayerMemory {
         let (hd, es) = (cfg.head_dim as usize, cfg.dtype.size());
         let (c, s) = ((id as usize) / ct, (id as usize) % ct);
         let start = (kv_head * ct + s) * hd * es;
-        Elements::from_bytes(
-            cfg.dtype,
-            &self.chunks[c].keys.bytes()[start..start + hd * es],
-        )
+        Elements::from_bytes(cfg.dtype, self.chunks[c].keys.range(start, hd * es))
     }
 
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {
@@ -233,10 +272,7 @@ impl KeySource for LayerMemory {
                 let start = kv_head * ct * hd * es;
                 KeyBlock {
                     first_id: (c * ct) as u64,
-                    keys: Elements::from_bytes(
-                        cfg.dtype,
-                        &chunk.keys.bytes()[start..start + rows * hd * es],
-                    ),
+                    keys: Elements::from_bytes(cfg.dtype, chunk.keys.range(start, rows * hd * es)),
                 }
             })
             .collect()

@@ -19,7 +19,7 @@ mod lock;
 mod manifest;
 
 pub use config::{StoreConfig, DEFAULT_CHUNK_TOKENS};
-pub use layer::LayerMemory;
+pub use layer::{KeyView, LayerMemory};
 pub use manifest::{FORMAT_VERSION, MANIFEST_FILE};
 
 use std::collections::HashMap;
@@ -401,6 +401,20 @@ impl MemoryStore {
                 });
         }
         Ok((keys, values))
+    }
+
+    /// Zero-copy views of the committed keys of one kv head of a document-layer, one per chunk,
+    /// each keeping its chunk mapped while it lives (empty for a document that does not exist).
+    pub fn key_views(&mut self, doc: &str, layer: u32, kv_head: usize) -> Result<Vec<KeyView>> {
+        let kvh = self.config.kv_heads as usize;
+        if kv_head >= kvh {
+            return Err(Error::Index(format!(
+                "kv head {kv_head} does not exist: the store has {kvh} kv_heads"
+            )));
+        }
+        Ok(self
+            .layer(doc, layer)?
+            .map_or_else(Vec::new, |l| l.key_views(kv_head)))
     }
 
     /// Keys and values of tokens `start..stop`, widened to f32: `[tokens, kv_heads, head_dim]`
