@@ -32,9 +32,11 @@ test: setup-test
 	$(BIN)/python -m mypy python/fot_mem
 	$(BIN)/pytest -q tests
 
+# Retrieval benchmarks: criterion (Rust) and fot_mem vs faiss / numpy in one run (writes JSON).
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
-	cargo bench --bench store
+	cargo bench --bench exact --bench store
+	$(BIN)/python benches/compare_exact.py --json bench-results/compare_exact.json
 
 clean:
 	rm -rf $(VENV) target demo-store python/fot_mem/*.so

@@ -68,7 +68,7 @@ def numpy_topk(keys: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 def sgemm_pass(keys: np.ndarray, queries: np.ndarray) -> None:
-    """The matrix product alone, in blocks of keys so the score matrix stays in cache-sized bites."""
+    """The matrix product alone, in blocks of keys so the scores stay in cache-sized bites."""
     out = np.empty((queries.shape[0], 8192), np.float32)
     for s in range(0, len(keys), 8192):
         blk = keys[s : s + 8192]
@@ -84,13 +84,76 @@ def fot_store(root: Path, keys: np.ndarray, dtype: str):
     import fot_mem
 
     path = root / f"store-{dtype}-{len(keys)}-{keys.shape[1]}"
-    store = fot_mem.MemoryStore.create(path, layers=[0], kv_heads=1, head_dim=keys.shape[1],
-                                       dtype=dtype, chunk_tokens=65536)
+    store = fot_mem.MemoryStore.create(
+        path, layers=[0], kv_heads=1, head_dim=keys.shape[1], dtype=dtype, chunk_tokens=65536
+    )
     doc = store.document("bench")
     for s in range(0, len(keys), 65536):
         blk = keys[s : s + 65536, None, :]
         doc.append(0, blk, blk[:, :, :1].repeat(keys.shape[1], axis=2))
     return store, doc
+
+
+def bench_size(n: int, queries: np.ndarray, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """Every method on `n` keys; prints and returns one row per method."""
+    import faiss
+    import fot_mem
+
+    d, nq, k = args.dim, args.batch, args.k
+    keys = key_set(args.set, n, d, seed=2)
+    flops = 2.0 * n * d * nq
+    rows: list[dict] = []
+
+    def row(method: str, seconds: float, rec: float | None, base: float | None) -> None:
+        r = {
+            "keys": n,
+            "dim": d,
+            "batch": nq,
+            "k": k,
+            "set": args.set,
+            "method": method,
+            "seconds": seconds,
+            "queries_per_s": nq / seconds,
+            "gflops": flops / seconds / 1e9,
+            "ratio_to_faiss_knn": (base / seconds) if base else None,
+            "recall": rec,
+        }
+        rows.append(r)
+        ratio = f"{r['ratio_to_faiss_knn']:.2f}" if base else "-"
+        rc = f"{rec:.4f}" if rec is not None else "-"
+        print(
+            f"{n:>9} {method:<31} {seconds:>9.4f} {r['queries_per_s']:>10.0f} "
+            f"{r['gflops']:>8.1f} {ratio:>11} {rc:>7}",
+            flush=True,
+        )
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    t_knn, (_, ref) = timed(lambda: faiss.knn(queries, keys, k, metric=ip), args.repeats)
+    row("faiss.knn (float32)", t_knn, 1.0, t_knn)
+    index = faiss.IndexFlatIP(d)
+    index.add(keys)
+    t, (_, ids) = timed(lambda: index.search(queries, k), args.repeats)
+    row("faiss IndexFlatIP (float32)", t, recall(ids, ref), t_knn)
+    index.reset()
+    t, _ = timed(lambda: sgemm_pass(keys, queries), args.repeats)
+    row("numpy sgemm alone (no top-k)", t, None, t_knn)
+    if n <= args.numpy_max:
+        t, (_, ids) = timed(lambda: numpy_topk(keys, queries, k), 1)
+        row("numpy matmul + argpartition", t, recall(ids, ref), t_knn)
+    q3 = queries[:, None, :]
+    for dtype in args.dtypes.split(","):
+        store, doc = fot_store(tmp, keys, dtype)
+        t, (_, ids) = timed(lambda doc=doc: doc.search(0, q3, k=k), args.repeats)
+        row(f"fot_mem exact ({dtype})", t, recall(ids[:, 0], ref), t_knn)
+        if not args.no_fot_faiss and dtype == "float32":
+            t, (_, ids) = timed(
+                lambda doc=doc: doc.search(0, q3, k=k, backend="faiss"), args.repeats
+            )
+            row(f"fot_mem faiss backend ({dtype})", t, recall(ids[:, 0], ref), t_knn)
+        store.close()
+    info = fot_mem._core.exact_kernel_info()
+    print(f"# kernel {info['kernel']}, fallback rows so far {info['fallback_rows']}/{info['rows']}")
+    return rows
 
 
 def main() -> None:
@@ -103,74 +166,52 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float16,bfloat16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--numpy-max", type=int, default=262144,
-                    help="skip numpy matmul + argpartition above this many keys (it takes ~40 s at 1M)")
+    ap.add_argument(
+        "--numpy-max",
+        type=int,
+        default=262144,
+        help="skip numpy matmul + argpartition above this many keys (~40 s at 1M)",
+    )
     ap.add_argument("--no-fot-faiss", action="store_true", help="skip fot_mem's faiss backend")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
     import faiss
-
     import fot_mem
 
     faiss.omp_set_num_threads(args.threads)
     rows: list[dict] = []
     d, nq, k = args.dim, args.batch, args.k
     queries = key_set(args.set, nq, d, seed=1)
-    print(f"# exact top-{k} inner product, d={d}, {nq} queries, {args.set} keys, "
-          f"{args.threads} threads, medians of {args.repeats}; fot_mem {fot_mem.__version__}, "
-          f"faiss {faiss.__version__}, numpy {np.__version__}")
-    header = f"{'keys':>9} {'method':<28} {'seconds':>9} {'queries/s':>10} {'GFLOP/s':>8} " \
-             f"{'x faiss.knn':>11} {'recall':>7}"
+    print(
+        f"# exact top-{k} inner product, d={d}, {nq} queries, {args.set} keys, "
+        f"{args.threads} threads, medians of {args.repeats}; fot_mem {fot_mem.__version__}, "
+        f"faiss {faiss.__version__}, numpy {np.__version__}"
+    )
+    header = (
+        f"{'keys':>9} {'method':<31} {'seconds':>9} {'queries/s':>10} {'GFLOP/s':>8} "
+        f"{'x faiss.knn':>11} {'recall':>7}"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(x) for x in args.keys.split(",")]:
-            keys = key_set(args.set, n, d, seed=2)
-            flops = 2.0 * n * d * nq
-
-            def row(method: str, seconds: float, rec: float | None, base: float | None) -> None:
-                r = {"keys": n, "dim": d, "batch": nq, "k": k, "set": args.set, "method": method,
-                     "seconds": seconds, "queries_per_s": nq / seconds,
-                     "gflops": flops / seconds / 1e9,
-                     "ratio_to_faiss_knn": (base / seconds) if base else None, "recall": rec}
-                rows.append(r)
-                ratio = f"{r['ratio_to_faiss_knn']:.2f}" if base else "-"
-                rc = f"{rec:.4f}" if rec is not None else "-"
-                print(f"{n:>9} {method:<28} {seconds:>9.4f} {r['queries_per_s']:>10.0f} "
-                      f"{r['gflops']:>8.1f} {ratio:>11} {rc:>7}", flush=True)
-
-            t_knn, (_, ref) = timed(
-                lambda: faiss.knn(queries, keys, k, metric=faiss.METRIC_INNER_PRODUCT),
-                args.repeats)
-            row("faiss.knn (float32)", t_knn, 1.0, t_knn)
-            index = faiss.IndexFlatIP(d)
-            index.add(keys)
-            t, (_, ids) = timed(lambda: index.search(queries, k), args.repeats)
-            row("faiss IndexFlatIP (float32)", t, recall(ids, ref), t_knn)
-            del index
-            t, _ = timed(lambda: sgemm_pass(keys, queries), args.repeats)
-            row("numpy sgemm alone (no top-k)", t, None, t_knn)
-            if n <= args.numpy_max:
-                t, (_, ids) = timed(lambda: numpy_topk(keys, queries, k), 1)
-                row("numpy matmul + argpartition", t, recall(ids, ref), t_knn)
-            for dtype in args.dtypes.split(","):
-                store, doc = fot_store(Path(tmp), keys, dtype)
-                q3 = queries[:, None, :]
-                t, (_, ids) = timed(lambda: doc.search(0, q3, k=k), args.repeats)
-                row(f"fot_mem exact ({dtype})", t, recall(ids[:, 0], ref), t_knn)
-                if not args.no_fot_faiss and dtype == "float32" and hasattr(fot_mem, "backends"):
-                    t, (_, ids) = timed(lambda: doc.search(0, q3, k=k, backend="faiss"),
-                                        args.repeats)
-                    row(f"fot_mem faiss backend ({dtype})", t, recall(ids[:, 0], ref), t_knn)
-                store.close()
-            del keys
+            rows += bench_size(n, queries, args, Path(tmp))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                        "python": sys.version.split()[0]},
-            "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": {
+                        "cpu": platform.processor() or platform.machine(),
+                        "threads": args.threads,
+                        "python": sys.version.split()[0],
+                    },
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
         print(f"wrote {args.json}")
 
 
