@@ -323,9 +323,12 @@ def test_k_must_be_an_int(doc, k) -> None:
         doc.store.search(["d"], 6, q[None], k=k)
 
 
-def test_unknown_backend(doc) -> None:
-    with raises(InvalidValueError, "backend", "faiss"):
-        doc.search(6, np.ones((1, 2, 8), np.float32), k=1, backend="faiss")
+@pytest.mark.parametrize("backend", ["annoy", "", "EXACT"])
+def test_unknown_backend(doc, backend) -> None:
+    with raises(InvalidValueError, "backend", repr(backend)):
+        doc.search(6, np.ones((1, 2, 8), np.float32), k=1, backend=backend)
+    with raises(InvalidValueError, "backend"):
+        doc.store.search(["d"], 6, np.ones((1, 1, 2, 8), np.float32), k=1, backend=backend)
 
 
 @pytest.mark.parametrize("layer", [7, 0, -6, -1, 2**40])

@@ -17,6 +17,16 @@ from . import _core
 from .exceptions import BackendUnavailableError, InvalidValueError
 
 PYTHON_BACKENDS = ("faiss",)
+BACKENDS = ("exact", *PYTHON_BACKENDS)
+
+
+def check(backend: object) -> str:
+    """The backend name, or `InvalidValueError` naming the ones there are."""
+    if backend not in BACKENDS:
+        raise InvalidValueError(
+            f"unknown search backend {backend!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    return str(backend)
 
 
 def _faiss() -> Any:
@@ -41,10 +51,7 @@ def search(
     core: _core.Store, doc: str, layer: int, queries: np.ndarray, k: int, backend: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of `queries [q, heads, head_dim]` (float32) in one document-layer with `backend`."""
-    if backend != "faiss":
-        raise InvalidValueError(
-            f"unknown search backend {backend!r}; expected 'exact' or one of {PYTHON_BACKENDS}"
-        )
+    check(backend)
     faiss = _faiss()
     q, heads, dim = queries.shape
     kv_heads = int(core.config["kv_heads"])

@@ -181,7 +181,7 @@ class MemoryStore:
             raise DtypeError("documents must be a sequence of names, one per batch slot")
         names = [d.name if isinstance(d, Document) else _name(d) for d in documents]
         q = as_float_array(queries, "queries")
-        if backend in backends.PYTHON_BACKENDS:
+        if backends.check(backend) in backends.PYTHON_BACKENDS:
             if q.ndim != 4 or q.shape[0] != len(names):
                 raise ShapeError(
                     f"queries must be [B={len(names)}, q, heads, head_dim], got {tuple(q.shape)}"
@@ -258,7 +258,7 @@ class Document:
         q = as_float_array(queries, "queries")
         if q.ndim != 3:
             raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
-        if backend in backends.PYTHON_BACKENDS:
+        if backends.check(backend) in backends.PYTHON_BACKENDS:
             # The native path validates layer, shapes and k (an empty batch scans nothing).
             self.store._core.search([], _int(layer, "layer"), q[None][:0], _int(k, "k"), "exact")
             if not np.isfinite(q).all():

@@ -97,8 +97,16 @@ impl TopK {
 
     /// The kept entries, best first.
     pub fn into_sorted(mut self) -> Vec<(f32, i64)> {
-        self.heap
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        // The same order as `worse` (so -0.0 and +0.0 tie, and ties go to the lower id).
+        self.heap.sort_unstable_by(|&a, &b| {
+            if worse(b, a) {
+                std::cmp::Ordering::Less
+            } else if worse(a, b) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
         self.heap
     }
 

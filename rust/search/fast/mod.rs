@@ -42,10 +42,10 @@ fn candidates(k: usize, keys_rounded: bool) -> usize {
 struct QueryRows {
     rows: Vec<f32>,
     pairs: Vec<u32>,
-    /// `|q - bf16(q)|` per row.
-    delta: Vec<f32>,
+    /// `|q - bf16(q)|` per row (bf16 as VDPBF16PS reads it).
+    delta: Vec<f64>,
     /// `|bf16(q)|` per row.
-    norm: Vec<f32>,
+    norm: Vec<f64>,
 }
 
 fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize) -> QueryRows {
@@ -60,7 +60,7 @@ fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize)
     let mut pairs = Vec::new();
     pack::pack_queries(&rows, dim, &mut pairs);
     let d2 = dim.div_ceil(2);
-    let (mut delta, mut norm) = (vec![0f32; m], vec![0f32; m]);
+    let (mut delta, mut norm) = (vec![0f64; m], vec![0f64; m]);
     for r in 0..m {
         let (mut dd, mut nn) = (0f64, 0f64);
         for i in 0..dim {
@@ -68,8 +68,8 @@ fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize)
             dd += (rows[r * dim + i] as f64 - rounded).powi(2);
             nn += rounded * rounded;
         }
-        delta[r] = dd.sqrt() as f32;
-        norm[r] = nn.sqrt() as f32;
+        delta[r] = dd.sqrt();
+        norm[r] = nn.sqrt();
     }
     QueryRows {
         rows,
@@ -150,9 +150,7 @@ fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, kc: usize)
             // SAFETY: this module is only used when the CPU has AVX-512 F/BW/BF16
             // (`exact::has_avx512_bf16`), and `packed` is the packed tile of `b - a` keys.
             unsafe {
-                let t = pack::pack_tile(tile, dim, &mut packed);
-                norms.max_sq = norms.max_sq.max(t.max_sq);
-                norms.max_err_sq = norms.max_err_sq.max(t.max_err_sq);
+                norms.merge(pack::pack_tile(tile, dim, &mut packed));
                 kernel::score_tile(
                     qpairs,
                     d2,
@@ -171,31 +169,63 @@ fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, kc: usize)
 
 fn dot(q: &[f32], key: Elements, buf: &mut [f32]) -> f32 {
     key.to_f32(buf);
-    q.iter().zip(buf.iter()).map(|(a, b)| a * b).sum()
+    // From +0.0 (`sum()` starts at -0.0), as the other kernels do.
+    q.iter()
+        .zip(buf.iter())
+        .fold(0.0, |acc, (a, b)| acc + a * b)
 }
 
-/// The bound on |f32 score - bf16 score| for one (slot, kv head), from its measured norms.
+/// The bound on |f32 score - bf16 score| for one (slot, kv head), from its measured norms. All
+/// in f64: the terms can be far below f32's range.
 #[derive(Clone, Copy, Debug)]
 struct ErrorBound {
-    kmax: f32,
-    key_err: f32,
-    sum_err: f32,
+    kmax: f64,
+    key_err: f64,
+    sum_err: f64,
+    /// Per unit of |bf16(q)|: subnormal key elements, which VDPBF16PS reads as zero.
+    flushed_keys: f64,
+    /// Subnormal products and partial sums, which VDPBF16PS flushes to zero.
+    flushed_sums: f64,
 }
 
 impl ErrorBound {
     fn new(norms: pack::TileNorms, dim: usize) -> Self {
-        // Slack for the f32 arithmetic of the norms themselves.
+        let root_d = (dim as f64).sqrt();
+        let tiny = f32::MIN_POSITIVE as f64;
+        let amax = norms.max_abs as f64;
+        // Below ~1e-18 the f32 squares behind the norms may have underflowed: fall back to
+        // |k| <= sqrt(d) max|k_i| and |k - bf16(k)| <= |k|.
+        let (kmax, key_err) = if amax < 1e-18 {
+            (root_d * amax, root_d * amax)
+        } else {
+            (
+                (norms.max_sq as f64).sqrt(),
+                (norms.max_err_sq as f64).sqrt(),
+            )
+        };
         ErrorBound {
-            kmax: norms.max_sq.sqrt() * 1.001,
-            key_err: norms.max_err_sq.sqrt() * 1.001,
+            // Slack for the f32 arithmetic of the norms themselves.
+            kmax: kmax * 1.001,
+            key_err: key_err * 1.001,
             // f32 accumulation of d products, in the bf16 score and in the rescored one.
-            sum_err: 2.0 * (dim as f32 + 2.0) * f32::EPSILON,
+            sum_err: 2.0 * (dim as f64 + 2.0) * f32::EPSILON as f64,
+            flushed_keys: root_d * tiny,
+            flushed_sums: 2.0 * (dim as f64 + 2.0) * tiny,
         }
     }
 
-    /// |q.k - bf16(q).bf16(k)| <= |q - bf16(q)| |k| + |bf16(q)| |k - bf16(k)| + rounding.
-    fn for_row(&self, q: &QueryRows, r: usize) -> f32 {
-        q.delta[r] * self.kmax + q.norm[r] * self.key_err + self.sum_err * q.norm[r] * self.kmax
+    /// |q.k - bf16(q).bf16(k)| <= |q - bf16(q)| |k| + |bf16(q)| |k - bf16(k)| + rounding;
+    /// infinite when any term is (the row then falls back).
+    fn for_row(&self, q: &QueryRows, r: usize) -> f64 {
+        let (delta, norm) = (q.delta[r], q.norm[r]);
+        let b = delta * self.kmax
+            + norm * (self.key_err + self.flushed_keys + self.sum_err * self.kmax)
+            + self.flushed_sums;
+        if b.is_nan() {
+            f64::INFINITY
+        } else {
+            b
+        }
     }
 }
 
@@ -251,8 +281,7 @@ pub fn search(
     let mut norms = vec![pack::TileNorms::default(); pairs.len()];
     for (it, res) in items.iter().zip(results) {
         let sg = it.slot * shape.kv_heads + it.kv_head;
-        norms[sg].max_sq = norms[sg].max_sq.max(res.norms.max_sq);
-        norms[sg].max_err_sq = norms[sg].max_err_sq.max(res.norms.max_err_sq);
+        norms[sg].merge(res.norms);
         for (i, top) in res.tops.into_iter().enumerate() {
             merged[sg][it.rows.0 + i].merge(top);
         }
@@ -383,7 +412,7 @@ fn certified_row(
     r: usize,
     candidates: TopK,
     k: usize,
-    bound: f32,
+    bound: f64,
 ) -> Option<Vec<(f32, i64)>> {
     let dim = q.rows.len() / q.delta.len();
     let query = &q.rows[r * dim..(r + 1) * dim];
@@ -393,9 +422,10 @@ fn certified_row(
         exact.push(dot(query, src.row(kv_head, id as u64), &mut buf), id);
     }
     let best = exact.into_sorted();
-    // Every key was a candidate, or none left out can beat the k-th.
-    let certain = !candidates.is_full()
-        || (best.len() == k && best[k - 1].0 > candidates.threshold() + bound);
+    // Every key was a candidate (a key whose bf16 score is NaN or -inf never becomes one), or no
+    // key left out can beat the k-th.
+    let certain = candidates.len() as u64 == src.len()
+        || (best.len() == k && best[k - 1].0 as f64 > candidates.threshold() as f64 + bound);
     certain.then_some(best)
 }
 
@@ -474,7 +504,13 @@ mod tests {
         let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
         let before = crate::search::stats().fallback_rows;
         let (fast, portable) = both(&src, &queries, 5);
-        assert!(crate::search::stats().fallback_rows >= before + rows as u64);
+        let after = crate::search::stats().fallback_rows;
+        assert!(
+            after >= before + rows as u64,
+            "{before} -> {after}, {:?} vs {:?}",
+            fast.ids,
+            portable.ids
+        );
         assert_eq!(fast.ids, portable.ids);
     }
 
@@ -513,6 +549,8 @@ mod tests {
                 // SAFETY: checked the CPU above.
                 let norms = unsafe { pack::pack_tile(keys, dim, &mut out) };
                 let max_sq = norms.max_sq;
+                let max_abs = (0..n * dim).map(|i| keys.get(i).abs()).fold(0f32, f32::max);
+                assert_eq!(norms.max_abs, max_abs);
                 assert_eq!(
                     out,
                     pack::pack_tile_reference(keys, dim),

@@ -27,6 +27,17 @@ pub fn packed_len(n: usize, d2: usize) -> usize {
 pub struct TileNorms {
     pub max_sq: f32,
     pub max_err_sq: f32,
+    /// The largest |element|: squares of tiny keys underflow, and this says when they may have.
+    pub max_abs: f32,
+}
+
+impl TileNorms {
+    /// Takes the maxima of `other` too.
+    pub fn merge(&mut self, other: TileNorms) {
+        self.max_sq = self.max_sq.max(other.max_sq);
+        self.max_err_sq = self.max_err_sq.max(other.max_err_sq);
+        self.max_abs = self.max_abs.max(other.max_abs);
+    }
 }
 
 /// Packs `keys` (`n` rows of `dim`) into `out` (resized) and measures the tile's norms (in f32,
@@ -57,16 +68,23 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileN
                 row.fill(_mm512_setzero_si512());
                 continue;
             }
-            let (mut sq, mut err) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let (mut sq, mut err, mut amax) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
             let key = panel * 16 + i;
             prefetch_row(keys, (key + 16).min(n - 1) * dim, dim);
             for (b, slot) in row.iter_mut().enumerate() {
                 let first = 32 * b;
                 let count = (dim - first).min(32);
-                *slot = load_pairs(keys, key * dim + first, count, &mut sq, &mut err);
+                *slot = load_pairs(keys, key * dim + first, count, &mut sq, &mut err, &mut amax);
             }
-            norms.max_sq = norms.max_sq.max(_mm512_reduce_add_ps(sq));
-            norms.max_err_sq = norms.max_err_sq.max(_mm512_reduce_add_ps(err));
+            norms.merge(TileNorms {
+                max_sq: _mm512_reduce_add_ps(sq),
+                max_err_sq: _mm512_reduce_add_ps(err),
+                max_abs: _mm512_reduce_max_ps(amax),
+            });
         }
         for b in 0..blocks {
             let rows: [__m512i; 16] = std::array::from_fn(|i| stage[i * blocks + b]);
@@ -83,7 +101,8 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileN
 }
 
 /// Loads `count` (<= 32) elements at `at` as 16 bf16 pairs, zero-padded, adding their squares (as
-/// given, in f32) to `sq` and the squares of their rounding errors to `err`.
+/// given, in f32) to `sq`, the squares of their rounding errors to `err`, and their largest
+/// magnitude to `amax`.
 #[inline(always)]
 unsafe fn load_pairs(
     keys: Elements,
@@ -91,6 +110,7 @@ unsafe fn load_pairs(
     count: usize,
     sq: &mut __m512,
     err: &mut __m512,
+    amax: &mut __m512,
 ) -> __m512i {
     let m32: u32 = if count >= 32 {
         u32::MAX
@@ -103,12 +123,14 @@ unsafe fn load_pairs(
             let p = s.as_ptr().add(at);
             let lo = _mm512_maskz_loadu_ps(m_lo, p);
             let hi = _mm512_maskz_loadu_ps(m_hi, p.add(16));
+            *amax = _mm512_max_ps(*amax, _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
             rounded(lo, hi, sq, err)
         }
         Elements::F16(s) => {
             let p = s.as_ptr().add(at).cast::<i16>();
             let lo = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m_lo, p));
             let hi = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m_hi, p.add(16)));
+            *amax = _mm512_max_ps(*amax, _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
             rounded(lo, hi, sq, err)
         }
         Elements::Bf16(s) => {
@@ -116,6 +138,10 @@ unsafe fn load_pairs(
             let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
             let odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(-65536)));
             *sq = _mm512_fmadd_ps(even, even, _mm512_fmadd_ps(odd, odd, *sq));
+            *amax = _mm512_max_ps(
+                *amax,
+                _mm512_max_ps(_mm512_abs_ps(even), _mm512_abs_ps(odd)),
+            );
             v
         }
     }
@@ -177,6 +203,16 @@ unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     o
 }
 
+/// `x` rounded to bf16 (nearest even) as VDPBF16PS will read it: subnormals count as zero.
+fn to_bf16_bits(x: f32) -> u32 {
+    let b = bf16::from_f32(x).to_bits();
+    if b & 0x7f80 == 0 {
+        (b & 0x8000) as u32
+    } else {
+        b as u32
+    }
+}
+
 /// Packs query rows (`[m][dim]` f32) as bf16 pairs `[m][d2]`, rounding to nearest even.
 pub fn pack_queries(rows: &[f32], dim: usize, out: &mut Vec<u32>) {
     let d2 = dim.div_ceil(2);
@@ -185,10 +221,8 @@ pub fn pack_queries(rows: &[f32], dim: usize, out: &mut Vec<u32>) {
     out.resize(m * d2, 0);
     for (r, row) in rows.chunks_exact(dim).enumerate() {
         for p in 0..d2 {
-            let lo = bf16::from_f32(row[2 * p]).to_bits() as u32;
-            let hi = row
-                .get(2 * p + 1)
-                .map_or(0, |&x| bf16::from_f32(x).to_bits() as u32);
+            let lo = to_bf16_bits(row[2 * p]);
+            let hi = row.get(2 * p + 1).map_or(0, |&x| to_bf16_bits(x));
             out[r * d2 + p] = lo | (hi << 16);
         }
     }
