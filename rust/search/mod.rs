@@ -87,6 +87,31 @@ impl SearchShape {
     pub fn out_len(&self) -> usize {
         self.batch * self.q * self.heads * self.k
     }
+
+    /// The flat index (in vectors) of query row `r` of kv head `kv_head` in batch slot `slot`.
+    /// A kv head's rows are its queries times the heads of its group: row `r` is query
+    /// `r / group` at head `kv_head * group + r % group`.
+    pub fn row_index(&self, slot: usize, kv_head: usize, r: usize) -> usize {
+        let group = self.group();
+        (slot * self.q + r / group) * self.heads + kv_head * group + r % group
+    }
+
+    /// Query rows `rows` of (slot, kv head), gathered into one row-major `[m, dim]` matrix.
+    pub fn gather_rows(
+        &self,
+        queries: &[f32],
+        slot: usize,
+        kv_head: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        let dim = self.dim;
+        let mut out = Vec::with_capacity(rows.len() * dim);
+        for r in rows {
+            let from = self.row_index(slot, kv_head, r) * dim;
+            out.extend_from_slice(&queries[from..from + dim]);
+        }
+        out
+    }
 }
 
 /// Scores and ids, `[batch, q, heads, k]`, best first.
@@ -94,6 +119,32 @@ impl SearchShape {
 pub struct SearchResult {
     pub scores: Vec<f32>,
     pub ids: Vec<i64>,
+}
+
+impl SearchResult {
+    /// All padding: ids -1, scores -inf.
+    pub fn padding(shape: &SearchShape) -> Self {
+        SearchResult {
+            scores: vec![f32::NEG_INFINITY; shape.out_len()],
+            ids: vec![-1; shape.out_len()],
+        }
+    }
+
+    /// Writes the best entries of query row `r` of (slot, kv head), best first.
+    pub fn set_row(
+        &mut self,
+        shape: &SearchShape,
+        slot: usize,
+        kv_head: usize,
+        r: usize,
+        best: impl IntoIterator<Item = (f32, i64)>,
+    ) {
+        let base = shape.row_index(slot, kv_head, r) * shape.k;
+        for (j, (s, id)) in best.into_iter().take(shape.k).enumerate() {
+            self.scores[base + j] = s;
+            self.ids[base + j] = id;
+        }
+    }
 }
 
 /// The search implementations, chosen by name.

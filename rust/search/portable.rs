@@ -66,8 +66,7 @@ impl PortableSearch {
             })
             .collect();
 
-        let mut scores = vec![f32::NEG_INFINITY; shape.out_len()];
-        let mut ids = vec![-1i64; shape.out_len()];
+        let mut out = SearchResult::padding(&shape);
         let mut partial = partial.into_iter();
         for chunk in tasks.chunks(parts) {
             let t = chunk[0];
@@ -81,16 +80,10 @@ impl PortableSearch {
                 }
             }
             for (i, top) in merged.into_iter().enumerate() {
-                let r = t.rows.0 + i;
-                let (qi, h) = (r / group, t.kv_head * group + r % group);
-                let base = ((t.slot * shape.q + qi) * shape.heads + h) * shape.k;
-                for (j, (s, id)) in top.into_sorted().into_iter().enumerate() {
-                    scores[base + j] = s;
-                    ids[base + j] = id;
-                }
+                out.set_row(&shape, t.slot, t.kv_head, t.rows.0 + i, top.into_sorted());
             }
         }
-        SearchResult { scores, ids }
+        out
     }
 }
 
@@ -101,15 +94,8 @@ fn run_task(
     t: Task,
     parts: usize,
 ) -> Vec<TopK> {
-    let (dim, group) = (shape.dim, shape.group());
-    let m = t.rows.1 - t.rows.0;
-    // Gather this task's query rows into one row-major [m, dim] matrix.
-    let mut qbuf = vec![0f32; m * dim];
-    for (i, r) in (t.rows.0..t.rows.1).enumerate() {
-        let (qi, h) = (r / group, t.kv_head * group + r % group);
-        let from = ((t.slot * shape.q + qi) * shape.heads + h) * dim;
-        qbuf[i * dim..(i + 1) * dim].copy_from_slice(&queries[from..from + dim]);
-    }
+    let dim = shape.dim;
+    let qbuf = shape.gather_rows(queries, t.slot, t.kv_head, t.rows.0..t.rows.1);
     let blocks = src.blocks(t.kv_head);
     let mine: Vec<_> = blocks.into_iter().skip(t.part).step_by(parts).collect();
     scan(&mine, &qbuf, dim, shape.k)

@@ -51,12 +51,7 @@ struct QueryRows {
 fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize) -> QueryRows {
     let (dim, group) = (shape.dim, shape.group());
     let m = shape.q * group;
-    let mut rows = vec![0f32; m * dim];
-    for r in 0..m {
-        let (qi, h) = (r / group, kv_head * group + r % group);
-        let from = ((slot * shape.q + qi) * shape.heads + h) * dim;
-        rows[r * dim..(r + 1) * dim].copy_from_slice(&queries[from..from + dim]);
-    }
+    let rows = shape.gather_rows(queries, slot, kv_head, 0..m);
     let mut pairs = Vec::new();
     pack::pack_queries(&rows, dim, &mut pairs);
     let d2 = dim.div_ceil(2);
@@ -321,20 +316,14 @@ pub fn search(
         .collect();
     ROWS.fetch_add((shape.batch * shape.kv_heads * m) as u64, Ordering::Relaxed);
 
-    let mut scores = vec![f32::NEG_INFINITY; shape.out_len()];
-    let mut ids = vec![-1i64; shape.out_len()];
+    let mut out = SearchResult::padding(&shape);
     for (sg, rows) in finals.into_iter().enumerate() {
         let (slot, g) = pairs[sg];
         for (r, best) in rows.into_iter().enumerate() {
-            let (qi, h) = (r / group, g * group + r % group);
-            let base = ((slot * shape.q + qi) * shape.heads + h) * k;
-            for (j, (s, id)) in best.into_iter().enumerate() {
-                scores[base + j] = s;
-                ids[base + j] = id;
-            }
+            out.set_row(&shape, slot, g, r, best);
         }
     }
-    SearchResult { scores, ids }
+    out
 }
 
 /// Few rows: exact f32 scores straight from the mapped keys, no packing, no rescoring.
@@ -380,8 +369,6 @@ fn search_small(
             tops
         })
         .collect();
-    let mut scores = vec![f32::NEG_INFINITY; shape.out_len()];
-    let mut ids = vec![-1i64; shape.out_len()];
     let mut merged: Vec<Vec<TopK>> = (0..shape.batch * shape.kv_heads)
         .map(|_| vec![TopK::new(k); m])
         .collect();
@@ -390,18 +377,14 @@ fn search_small(
             merged[it.slot * shape.kv_heads + it.kv_head][r].merge(top);
         }
     }
+    let mut out = SearchResult::padding(&shape);
     for (sg, tops) in merged.into_iter().enumerate() {
         let (slot, g) = (sg / shape.kv_heads, sg % shape.kv_heads);
         for (r, top) in tops.into_iter().enumerate() {
-            let (qi, h) = (r / group, g * group + r % group);
-            let base = ((slot * shape.q + qi) * shape.heads + h) * k;
-            for (j, (s, id)) in top.into_sorted().into_iter().enumerate() {
-                scores[base + j] = s;
-                ids[base + j] = id;
-            }
+            out.set_row(&shape, slot, g, r, top.into_sorted());
         }
     }
-    SearchResult { scores, ids }
+    out
 }
 
 /// Rescores row `r`'s candidates in f32; `None` when the result cannot be certified exact.
