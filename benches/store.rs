@@ -6,16 +6,16 @@
 //!   (msync + fsync) before it returns; throughput is `Bytes` of keys + values. Covered: every
 //!   dtype at dim 128 with 8 kv heads (a 7B-class layer), bf16 at dim 64 with 3 kv heads
 //!   (SmolLM2-135M), and bf16 dim 128 in 4096-token chunks (a new chunk file every 2 appends, the
-//!   chunk overhead). The stores use 65,536-token chunks otherwise; every 32 appends (65,536 tokens)
-//!   the document is deleted, outside the timing, to bound the disk footprint, so creating a
-//!   document and its first chunk is part of one append in 32.
+//!   chunk overhead). The stores use 65,536-token chunks otherwise; every 32 appends (65,536
+//!   tokens) the document is deleted, outside the timing, to bound the disk footprint, so creating
+//!   a document and its first chunk is part of one append in 32.
 //! - `reopen/bf16/<keys> keys/dim 128/chunk <c>/<mode>`: `MemoryStore::open` plus mapping the
 //!   document-layer (`length`), read-only or read-write (taking the writer lock, sweeping orphans),
 //!   and read-only + the first search (batch 1, k 32): what a fresh process pays before its first
 //!   answer. The files are in the page cache (a warm reopen); dropping the store is not timed. On
 //!   1M keys in 65,536-token chunks (16 chunks) and in 4096-token chunks (256 chunks).
 //!
-//! `cargo bench --bench store` (about a minute); `FOT_MEM_BENCH_QUICK=1` runs one append and two
+//! `cargo bench --bench store` (under a minute); `FOT_MEM_BENCH_QUICK=1` runs one append and two
 //! reopens of a 64k-key store with short timings.
 
 mod common;
