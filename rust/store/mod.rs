@@ -17,6 +17,7 @@ mod config;
 mod layer;
 mod lock;
 mod manifest;
+mod read;
 
 pub use config::{StoreConfig, DEFAULT_CHUNK_TOKENS};
 pub use layer::{KeyView, LayerMemory};
@@ -26,11 +27,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::dtype::Elements;
 use crate::error::{Error, IoContext, Result};
-use crate::search::{Backend, KeySource, Queries, SearchResult, SearchShape};
 use lock::WriterLock;
 use manifest::{sync_dir, Manifest};
 
@@ -186,7 +184,7 @@ impl MemoryStore {
     }
 
     /// Opens (or refreshes) the layer of an existing document; `None` if the document does not exist.
-    fn layer(&mut self, doc: &str, layer: u32) -> Result<Option<&mut LayerMemory>> {
+    pub(super) fn layer(&mut self, doc: &str, layer: u32) -> Result<Option<&mut LayerMemory>> {
         self.config.check_layer(layer)?;
         let key = (doc.to_owned(), layer);
         if self.is_readonly() {
@@ -307,154 +305,6 @@ impl MemoryStore {
         let dir = self.root.join(DOCS_DIR).join(entry.dir);
         std::fs::remove_dir_all(&dir).at(&dir)?;
         Ok(true)
-    }
-
-    /// Top-k search of `docs[b]` with `queries` flat `[batch = docs.len(), q, heads, head_dim]`.
-    pub fn search(
-        &mut self,
-        docs: &[&str],
-        layer: u32,
-        queries: Queries,
-        k: usize,
-        backend: Backend,
-    ) -> Result<SearchResult> {
-        let shape = SearchShape {
-            batch: docs.len(),
-            q: queries.q,
-            heads: queries.heads,
-            kv_heads: self.config.kv_heads as usize,
-            dim: self.config.head_dim as usize,
-            k,
-        };
-        shape.validate()?;
-        for doc in docs {
-            self.layer(doc, layer)?;
-        }
-        let sources: Vec<Option<&dyn KeySource>> = docs
-            .iter()
-            .map(|d| {
-                self.open
-                    .get(&(d.to_string(), layer))
-                    .map(|l| l as &dyn KeySource)
-            })
-            .collect();
-        backend.search(&sources, queries.data, shape)
-    }
-
-    /// Keys and values (widened to f32) of the tokens `ids`, flat `[q, heads, k]` (`heads` and `k`
-    /// are its last two dimensions): outputs are `[q, heads, k, head_dim]` and
-    /// `[q, heads, k, value_dim]`; id -1 gives zeros.
-    pub fn gather(
-        &mut self,
-        doc: &str,
-        layer: u32,
-        ids: &[i64],
-        heads: usize,
-        k: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (kvh, hd, vd) = (
-            self.config.kv_heads as usize,
-            self.config.head_dim as usize,
-            self.config.value_dim as usize,
-        );
-        if heads == 0 || !heads.is_multiple_of(kvh) {
-            return Err(Error::Shape(format!(
-                "ids have {heads} heads, which is not a positive multiple of the store's {kvh} kv_heads"
-            )));
-        }
-        if !ids.len().is_multiple_of(heads * k.max(1)) || (k == 0 && !ids.is_empty()) {
-            return Err(Error::Shape(format!(
-                "{} ids are not a whole number of [heads {heads}, k {k}] blocks",
-                ids.len()
-            )));
-        }
-        let group = heads / kvh;
-        let layer_mem = self.layer(doc, layer)?;
-        let len = layer_mem.as_ref().map_or(0, |l| l.len());
-        if let Some(bad) = ids.iter().find(|&&i| i < -1 || i >= len as i64) {
-            return Err(Error::Index(format!(
-                "token id {bad} is out of range: document {doc:?} layer {layer} holds {len} tokens \
-                 (ids run 0..{len}, -1 marks padding)"
-            )));
-        }
-        let mut keys = vec![0f32; ids.len() * hd];
-        let mut values = vec![0f32; ids.len() * vd];
-        if let Some(l) = layer_mem {
-            let l: &LayerMemory = l;
-            keys.par_chunks_mut(hd.max(1) * 1024)
-                .zip(values.par_chunks_mut(vd.max(1) * 1024))
-                .enumerate()
-                .for_each(|(c, (kout, vout))| {
-                    for j in 0..kout.len() / hd {
-                        let flat = c * 1024 + j;
-                        let id = ids[flat];
-                        if id >= 0 {
-                            let h = (flat / k.max(1)) % heads;
-                            l.read_token(
-                                h / group,
-                                id as u64,
-                                &mut kout[j * hd..(j + 1) * hd],
-                                &mut vout[j * vd..(j + 1) * vd],
-                            );
-                        }
-                    }
-                });
-        }
-        Ok((keys, values))
-    }
-
-    /// Zero-copy views of the committed keys of one kv head of a document-layer, one per chunk,
-    /// each keeping its chunk mapped while it lives (empty for a document that does not exist).
-    pub fn key_views(&mut self, doc: &str, layer: u32, kv_head: usize) -> Result<Vec<KeyView>> {
-        let kvh = self.config.kv_heads as usize;
-        if kv_head >= kvh {
-            return Err(Error::Index(format!(
-                "kv head {kv_head} does not exist: the store has {kvh} kv_heads"
-            )));
-        }
-        Ok(self
-            .layer(doc, layer)?
-            .map_or_else(Vec::new, |l| l.key_views(kv_head)))
-    }
-
-    /// Keys and values of tokens `start..stop`, widened to f32: `[tokens, kv_heads, head_dim]`
-    /// and `[tokens, kv_heads, value_dim]`.
-    pub fn read(
-        &mut self,
-        doc: &str,
-        layer: u32,
-        start: u64,
-        stop: u64,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (kvh, hd, vd) = (
-            self.config.kv_heads as usize,
-            self.config.head_dim as usize,
-            self.config.value_dim as usize,
-        );
-        let layer_mem = self.layer(doc, layer)?;
-        let len = layer_mem.as_ref().map_or(0, |l| l.len());
-        if start > stop || stop > len {
-            return Err(Error::Index(format!(
-                "cannot read tokens {start}..{stop}: document {doc:?} layer {layer} holds {len} tokens"
-            )));
-        }
-        let n = (stop - start) as usize;
-        let mut keys = vec![0f32; n * kvh * hd];
-        let mut values = vec![0f32; n * kvh * vd];
-        if let Some(l) = layer_mem {
-            for t in 0..n {
-                for h in 0..kvh {
-                    let r = t * kvh + h;
-                    l.read_token(
-                        h,
-                        start + t as u64,
-                        &mut keys[r * hd..(r + 1) * hd],
-                        &mut values[r * vd..(r + 1) * vd],
-                    );
-                }
-            }
-        }
-        Ok((keys, values))
     }
 
     /// Bytes of committed keys and values, over all documents and layers (or one document).

@@ -6,6 +6,7 @@
 //! that, the result is the exact top-k. Rows that cannot be certified are rescanned in f32, so the
 //! results are always those of an exact f32 search (ties and f32 summation order aside).
 
+mod certify;
 mod kernel;
 mod pack;
 mod small;
@@ -19,6 +20,7 @@ use super::portable::exact_rows;
 use super::topk::TopK;
 use super::{KeySource, SearchResult, SearchShape};
 use crate::dtype::Elements;
+use certify::{certified_row, ErrorBound};
 
 /// Keys packed and scored per tile (a multiple of the kernel's 48-key groups; ~120 KiB at d 128).
 const TILE_KEYS: usize = 480;
@@ -160,68 +162,6 @@ fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, kc: usize)
         }
     }
     ItemResult { tops, norms }
-}
-
-fn dot(q: &[f32], key: Elements, buf: &mut [f32]) -> f32 {
-    key.to_f32(buf);
-    // From +0.0 (`sum()` starts at -0.0), as the other kernels do.
-    q.iter()
-        .zip(buf.iter())
-        .fold(0.0, |acc, (a, b)| acc + a * b)
-}
-
-/// The bound on |f32 score - bf16 score| for one (slot, kv head), from its measured norms. All
-/// in f64: the terms can be far below f32's range.
-#[derive(Clone, Copy, Debug)]
-struct ErrorBound {
-    kmax: f64,
-    key_err: f64,
-    sum_err: f64,
-    /// Per unit of |bf16(q)|: subnormal key elements, which VDPBF16PS reads as zero.
-    flushed_keys: f64,
-    /// Subnormal products and partial sums, which VDPBF16PS flushes to zero.
-    flushed_sums: f64,
-}
-
-impl ErrorBound {
-    fn new(norms: pack::TileNorms, dim: usize) -> Self {
-        let root_d = (dim as f64).sqrt();
-        let tiny = f32::MIN_POSITIVE as f64;
-        let amax = norms.max_abs as f64;
-        // Below ~1e-18 the f32 squares behind the norms may have underflowed: fall back to
-        // |k| <= sqrt(d) max|k_i| and |k - bf16(k)| <= |k|.
-        let (kmax, key_err) = if amax < 1e-18 {
-            (root_d * amax, root_d * amax)
-        } else {
-            (
-                (norms.max_sq as f64).sqrt(),
-                (norms.max_err_sq as f64).sqrt(),
-            )
-        };
-        ErrorBound {
-            // Slack for the f32 arithmetic of the norms themselves.
-            kmax: kmax * 1.001,
-            key_err: key_err * 1.001,
-            // f32 accumulation of d products, in the bf16 score and in the rescored one.
-            sum_err: 2.0 * (dim as f64 + 2.0) * f32::EPSILON as f64,
-            flushed_keys: root_d * tiny,
-            flushed_sums: 2.0 * (dim as f64 + 2.0) * tiny,
-        }
-    }
-
-    /// |q.k - bf16(q).bf16(k)| <= |q - bf16(q)| |k| + |bf16(q)| |k - bf16(k)| + rounding;
-    /// infinite when any term is (the row then falls back).
-    fn for_row(&self, q: &QueryRows, r: usize) -> f64 {
-        let (delta, norm) = (q.delta[r], q.norm[r]);
-        let b = delta * self.kmax
-            + norm * (self.key_err + self.flushed_keys + self.sum_err * self.kmax)
-            + self.flushed_sums;
-        if b.is_nan() {
-            f64::INFINITY
-        } else {
-            b
-        }
-    }
 }
 
 /// Searches; inputs are validated by [`super::super::Backend::search`].
@@ -385,31 +325,6 @@ fn search_small(
         }
     }
     out
-}
-
-/// Rescores row `r`'s candidates in f32; `None` when the result cannot be certified exact.
-fn certified_row(
-    src: &dyn KeySource,
-    kv_head: usize,
-    q: &QueryRows,
-    r: usize,
-    candidates: TopK,
-    k: usize,
-    bound: f64,
-) -> Option<Vec<(f32, i64)>> {
-    let dim = q.rows.len() / q.delta.len();
-    let query = &q.rows[r * dim..(r + 1) * dim];
-    let mut buf = vec![0f32; dim];
-    let mut exact = TopK::new(k);
-    for &(_, id) in candidates.entries() {
-        exact.push(dot(query, src.row(kv_head, id as u64), &mut buf), id);
-    }
-    let best = exact.into_sorted();
-    // Every key was a candidate (a key whose bf16 score is NaN or -inf never becomes one), or no
-    // key left out can beat the k-th.
-    let certain = candidates.len() as u64 == src.len()
-        || (best.len() == k && best[k - 1].0 as f64 > candidates.threshold() as f64 + bound);
-    certain.then_some(best)
 }
 
 #[cfg(test)]
