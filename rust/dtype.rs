@@ -93,8 +93,9 @@ impl<'a> Elements<'a> {
         debug_assert_eq!(out.len(), self.len());
         match self {
             Elements::F32(s) => out.copy_from_slice(s),
-            Elements::F16(s) => s.iter().zip(out).for_each(|(x, o)| *o = x.to_f32()),
-            Elements::Bf16(s) => s.iter().zip(out).for_each(|(x, o)| *o = x.to_f32()),
+            // `half`'s slice conversions use F16C / SIMD where the CPU has them.
+            Elements::F16(s) => s.convert_to_f32_slice(out),
+            Elements::Bf16(s) => s.convert_to_f32_slice(out),
         }
     }
 

@@ -1,11 +1,20 @@
 //! Bounded selection of the k best (score, id) pairs. "Better" is a higher score, then a lower id,
 //! so results are deterministic whatever order candidates arrive in.
+//!
+//! Candidates that beat the current threshold are appended to a buffer of 2k; when it fills, a
+//! linear-time selection keeps the k best and raises the threshold to the worst of them. That is
+//! amortised O(1) per accepted candidate, against O(log k) for a heap, which matters while the
+//! threshold is still low. The threshold is always a lower bound of the k-th best score seen (it
+//! may lag until the next compaction), so rejecting at or below it never loses a result.
 
-/// A min-heap of at most k entries whose root is the worst kept entry.
+use std::cmp::Ordering;
+
+/// The k best candidates offered so far.
 #[derive(Clone, Debug)]
 pub struct TopK {
     k: usize,
-    heap: Vec<(f32, i64)>,
+    buf: Vec<(f32, i64)>,
+    threshold: f32,
 }
 
 #[inline]
@@ -13,132 +22,120 @@ fn worse(a: (f32, i64), b: (f32, i64)) -> bool {
     a.0 < b.0 || (a.0 == b.0 && a.1 > b.1)
 }
 
+/// Best first, the order `worse` defines (-0.0 and +0.0 tie; ties go to the lower id).
+fn better_first(a: &(f32, i64), b: &(f32, i64)) -> Ordering {
+    if worse(*b, *a) {
+        Ordering::Less
+    } else if worse(*a, *b) {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }
+}
+
 impl TopK {
     /// An empty selection of capacity `k`.
     pub fn new(k: usize) -> Self {
         TopK {
             k,
-            heap: Vec::with_capacity(k),
+            buf: Vec::new(),
+            threshold: f32::NEG_INFINITY,
         }
     }
 
-    /// Offers one candidate.
+    /// Offers one candidate (any id order).
     #[inline]
     pub fn push(&mut self, score: f32, id: i64) {
-        let e = (score, id);
-        if self.heap.len() < self.k {
-            self.heap.push(e);
-            self.sift_up(self.heap.len() - 1);
-        } else if worse(self.heap[0], e) {
-            self.heap[0] = e;
-            self.sift_down(0);
+        // Equal to the threshold may still win on a lower id; compaction decides. (NaN never
+        // enters; with a -inf threshold everything else does.)
+        if score >= self.threshold {
+            self.accept(score, id);
         }
     }
 
-    /// Offers `scores[i]` with id `first_id + i`, for ids ascending past every id seen so far.
-    /// Because ids ascend, a tie with the worst kept entry never wins, so one float comparison
-    /// rejects almost every candidate.
+    #[inline]
+    fn accept(&mut self, score: f32, id: i64) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(2 * self.k.max(1));
+        }
+        self.buf.push((score, id));
+        if self.buf.len() >= 2 * self.k.max(1) {
+            self.compact();
+        }
+    }
+
+    /// Keeps the k best and sets the threshold to the worst of them (-inf while fewer than k).
+    fn compact(&mut self) {
+        if self.buf.len() > self.k {
+            if self.k == 0 {
+                self.buf.clear();
+            } else {
+                self.buf.select_nth_unstable_by(self.k - 1, better_first);
+                self.buf.truncate(self.k);
+            }
+        }
+        self.threshold = if self.buf.len() == self.k && self.k > 0 {
+            self.buf
+                .iter()
+                .copied()
+                .reduce(|w, e| if worse(e, w) { e } else { w })
+                .map_or(f32::NEG_INFINITY, |w| w.0)
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+
+    /// Offers `scores[i]` with id `first_id + i`, for ids ascending past every id seen so far:
+    /// then a tie with the threshold never wins, so one float comparison rejects almost every
+    /// candidate.
     #[inline]
     pub fn push_run(&mut self, scores: &[f32], first_id: i64) {
-        let mut i = 0;
-        while self.heap.len() < self.k && i < scores.len() {
-            self.push(scores[i], first_id + i as i64);
-            i += 1;
-        }
-        if i == scores.len() {
-            return;
-        }
-        let mut threshold = self.heap[0].0;
-        for (j, &s) in scores.iter().enumerate().skip(i) {
-            if s > threshold {
-                self.heap[0] = (s, first_id + j as i64);
-                self.sift_down(0);
-                threshold = self.heap[0].0;
+        for (j, &s) in scores.iter().enumerate() {
+            if s > self.threshold || (self.threshold == f32::NEG_INFINITY && !s.is_nan()) {
+                self.accept(s, first_id + j as i64);
             }
         }
     }
 
-    /// The score a candidate must beat to enter: the worst kept score once full, else -inf.
+    /// The score a candidate must beat to be kept: a lower bound of the k-th best score seen, or
+    /// -inf while fewer than k were seen. Exact after [`TopK::settle`].
     #[inline]
     pub fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::NEG_INFINITY
-        } else {
-            self.heap[0].0
-        }
+        self.threshold
     }
 
-    /// Number of kept entries.
+    /// Drops all but the k best, so `len`, `entries` and `threshold` are exact.
+    pub fn settle(&mut self) {
+        self.compact();
+    }
+
+    /// Number of kept entries (call [`TopK::settle`] first for an exact count).
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.buf.len()
     }
 
     /// True when nothing is kept.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.buf.is_empty()
     }
 
-    /// True once k entries are kept.
-    pub fn is_full(&self) -> bool {
-        self.heap.len() == self.k
-    }
-
-    /// The kept entries, in no particular order.
+    /// The kept entries, in no particular order (call [`TopK::settle`] first).
     pub fn entries(&self) -> &[(f32, i64)] {
-        &self.heap
+        &self.buf
     }
 
     /// Takes every entry of `other`.
     pub fn merge(&mut self, other: TopK) {
-        for (s, id) in other.heap {
+        for (s, id) in other.buf {
             self.push(s, id);
         }
     }
 
-    /// The kept entries, best first.
+    /// The k best entries, best first.
     pub fn into_sorted(mut self) -> Vec<(f32, i64)> {
-        // The same order as `worse` (so -0.0 and +0.0 tie, and ties go to the lower id).
-        self.heap.sort_unstable_by(|&a, &b| {
-            if worse(b, a) {
-                std::cmp::Ordering::Less
-            } else if worse(a, b) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        });
-        self.heap
-    }
-
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let p = (i - 1) / 2;
-            if worse(self.heap[i], self.heap[p]) {
-                self.heap.swap(i, p);
-                i = p;
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        let n = self.heap.len();
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut m = i;
-            if l < n && worse(self.heap[l], self.heap[m]) {
-                m = l;
-            }
-            if r < n && worse(self.heap[r], self.heap[m]) {
-                m = r;
-            }
-            if m == i {
-                break;
-            }
-            self.heap.swap(i, m);
-            i = m;
-        }
+        self.compact();
+        self.buf.sort_unstable_by(better_first);
+        self.buf
     }
 }
 
