@@ -34,19 +34,13 @@ impl Input {
 
     /// The elements as f32 (queries are always scored in f32).
     pub fn into_f32(self) -> Vec<f32> {
-        match self.data {
-            Owned::F32(v) => v,
-            other => {
-                let tmp = Input {
-                    data: other,
-                    shape: vec![],
-                };
-                let e = tmp.elements();
-                let mut out = vec![0f32; e.len()];
-                e.to_f32(&mut out);
-                out
-            }
+        if let Owned::F32(v) = self.data {
+            return v;
         }
+        let e = self.elements();
+        let mut out = vec![0f32; e.len()];
+        e.to_f32(&mut out);
+        out
     }
 }
 

@@ -210,35 +210,53 @@ impl LayerMemory {
     /// Copies the key and value of token `pos` of kv head `head`, widened to f32, into the outputs.
     pub fn read_token(&self, head: usize, pos: u64, key: &mut [f32], value: &mut [f32]) {
         let cfg = &self.config;
+        self.token_row(|c| &c.keys, cfg.head_dim, head, pos)
+            .to_f32(key);
+        self.token_row(|c| &c.values, cfg.value_dim, head, pos)
+            .to_f32(value);
+    }
+
+    /// Row `pos` of kv head `head` in the keys or values files (`file` picks which).
+    fn token_row(
+        &self,
+        file: impl Fn(&Chunk) -> &ChunkFile,
+        dim: u32,
+        head: usize,
+        pos: u64,
+    ) -> Elements<'_> {
+        let cfg = &self.config;
         let ct = cfg.chunk_tokens as usize;
+        let row = dim as usize * cfg.dtype.size();
         let (c, s) = ((pos as usize) / ct, (pos as usize) % ct);
-        let (hd, vd, es) = (
-            cfg.head_dim as usize,
-            cfg.value_dim as usize,
-            cfg.dtype.size(),
-        );
-        let chunk = &self.chunks[c];
-        let k0 = (head * ct + s) * hd * es;
-        Elements::from_bytes(cfg.dtype, chunk.keys.range(k0, hd * es)).to_f32(key);
-        let v0 = (head * ct + s) * vd * es;
-        Elements::from_bytes(cfg.dtype, chunk.values.range(v0, vd * es)).to_f32(value);
+        Elements::from_bytes(
+            cfg.dtype,
+            file(&self.chunks[c]).range((head * ct + s) * row, row),
+        )
+    }
+
+    /// Per chunk holding committed tokens: its index, first token and committed rows.
+    fn committed_runs(&self) -> impl Iterator<Item = (usize, u64, usize)> + '_ {
+        let ct = self.config.chunk_tokens as usize;
+        let count = self.count as usize;
+        (0..count.div_ceil(ct)).map(move |c| (c, (c * ct) as u64, (count - c * ct).min(ct)))
+    }
+
+    /// Byte offset of kv head `head`'s keys in a keys file, and the bytes of one key row.
+    fn head_offset(&self, head: usize) -> (usize, usize) {
+        let cfg = &self.config;
+        let row = cfg.head_dim as usize * cfg.dtype.size();
+        (head * cfg.chunk_tokens as usize * row, row)
     }
 
     /// Zero-copy views of the committed keys of `kv_head`, one per chunk, in token order.
     pub fn key_views(&self, kv_head: usize) -> Vec<KeyView> {
-        let cfg = &self.config;
-        let ct = cfg.chunk_tokens as usize;
-        let row = cfg.head_dim as usize * cfg.dtype.size();
-        let count = self.count as usize;
-        self.chunks
-            .iter()
-            .take(count.div_ceil(ct))
-            .enumerate()
-            .map(|(c, chunk)| KeyView {
-                first_id: (c * ct) as u64,
-                rows: (count - c * ct).min(ct),
-                chunk: Arc::clone(chunk),
-                offset: kv_head * ct * row,
+        let (offset, _) = self.head_offset(kv_head);
+        self.committed_runs()
+            .map(|(c, first_id, rows)| KeyView {
+                first_id,
+                rows,
+                chunk: Arc::clone(&self.chunks[c]),
+                offset,
             })
             .collect()
     }
@@ -250,30 +268,18 @@ impl KeySource for LayerMemory {
     }
 
     fn row(&self, kv_head: usize, id: u64) -> Elements<'_> {
-        let cfg = &self.config;
-        let ct = cfg.chunk_tokens as usize;
-        let (hd, es) = (cfg.head_dim as usize, cfg.dtype.size());
-        let (c, s) = ((id as usize) / ct, (id as usize) % ct);
-        let start = (kv_head * ct + s) * hd * es;
-        Elements::from_bytes(cfg.dtype, self.chunks[c].keys.range(start, hd * es))
+        self.token_row(|c| &c.keys, self.config.head_dim, kv_head, id)
     }
 
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {
-        let cfg = &self.config;
-        let ct = cfg.chunk_tokens as usize;
-        let (hd, es) = (cfg.head_dim as usize, cfg.dtype.size());
-        let count = self.count as usize;
-        self.chunks
-            .iter()
-            .enumerate()
-            .take(count.div_ceil(ct))
-            .map(|(c, chunk)| {
-                let rows = (count - c * ct).min(ct);
-                let start = kv_head * ct * hd * es;
-                KeyBlock {
-                    first_id: (c * ct) as u64,
-                    keys: Elements::from_bytes(cfg.dtype, chunk.keys.range(start, rows * hd * es)),
-                }
+        let (offset, row) = self.head_offset(kv_head);
+        self.committed_runs()
+            .map(|(c, first_id, rows)| KeyBlock {
+                first_id,
+                keys: Elements::from_bytes(
+                    self.config.dtype,
+                    self.chunks[c].keys.range(offset, rows * row),
+                ),
             })
             .collect()
     }

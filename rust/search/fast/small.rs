@@ -49,34 +49,17 @@ unsafe fn rows<const M: usize>(
     tops: &mut [TopK],
     thresholds: &mut [f32],
 ) {
-    match keys {
-        Elements::F32(s) => scan::<M, 0>(
-            s.as_ptr().cast(),
-            s.len() / dim,
-            dim,
-            first_id,
-            queries,
-            tops,
-            thresholds,
-        ),
-        Elements::F16(s) => scan::<M, 1>(
-            s.as_ptr().cast(),
-            s.len() / dim,
-            dim,
-            first_id,
-            queries,
-            tops,
-            thresholds,
-        ),
-        Elements::Bf16(s) => scan::<M, 2>(
-            s.as_ptr().cast(),
-            s.len() / dim,
-            dim,
-            first_id,
-            queries,
-            tops,
-            thresholds,
-        ),
+    let n = keys.len() / dim;
+    let (ptr, t) = match keys {
+        Elements::F32(s) => (s.as_ptr().cast::<u8>(), 0),
+        Elements::F16(s) => (s.as_ptr().cast::<u8>(), 1),
+        Elements::Bf16(s) => (s.as_ptr().cast::<u8>(), 2),
+    };
+    let args = (ptr, n, dim, first_id, queries);
+    match t {
+        0 => scan::<M, 0>(args, tops, thresholds),
+        1 => scan::<M, 1>(args, tops, thresholds),
+        _ => scan::<M, 2>(args, tops, thresholds),
     }
 }
 
@@ -92,14 +75,13 @@ unsafe fn load<const T: u8>(ptr: *const u8, at: usize, mask: u16) -> __m512 {
     }
 }
 
+/// One monomorphised scan per (rows, dtype): the keys (`ptr`, `n` rows of `dim`), the first id,
+/// and the queries.
+type ScanArgs<'a> = (*const u8, usize, usize, i64, &'a [f32]);
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // one monomorphised scan per (rows, dtype)
 unsafe fn scan<const M: usize, const T: u8>(
-    ptr: *const u8,
-    n: usize,
-    dim: usize,
-    first_id: i64,
-    queries: &[f32],
+    (ptr, n, dim, first_id, queries): ScanArgs,
     tops: &mut [TopK],
     thresholds: &mut [f32],
 ) {
