@@ -380,6 +380,14 @@ impl Store {
             .collect()
     }
 
+    /// The directory holding a document-layer's files (unique per incarnation of the document),
+    /// or None when the document does not exist.
+    fn layer_path(&self, py: Python<'_>, doc: &str, layer: i64) -> PyResult<Option<String>> {
+        let layer = self.layer(py, layer)?;
+        let path = self.with(py, |s| s.layer_path(doc, layer))?;
+        Ok(path.map(|p| p.to_string_lossy().into_owned()))
+    }
+
     #[pyo3(signature = (doc=None))]
     fn nbytes(&self, py: Python<'_>, doc: Option<&str>) -> PyResult<u64> {
         self.with(py, |s| s.nbytes(doc))

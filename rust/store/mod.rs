@@ -216,6 +216,17 @@ impl MemoryStore {
         Ok(self.open.get_mut(&key))
     }
 
+    /// The directory of a document-layer (unique per incarnation of the document), or `None` when
+    /// the document does not exist. Derived indexes (hnswlib's) are kept there.
+    pub fn layer_path(&mut self, doc: &str, layer: u32) -> Result<Option<PathBuf>> {
+        self.config.check_layer(layer)?;
+        Ok(if self.known(doc)? {
+            Some(self.layer_dir(doc, layer))
+        } else {
+            None
+        })
+    }
+
     fn layer_dir(&self, doc: &str, layer: u32) -> PathBuf {
         let entry = &self.manifest.documents[doc];
         self.root
