@@ -65,6 +65,24 @@ impl<'a> Elements<'a> {
         }
     }
 
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Elements::F32(_) => Dtype::Float32,
+            Elements::F16(_) => Dtype::Float16,
+            Elements::Bf16(_) => Dtype::Bfloat16,
+        }
+    }
+
+    /// The elements' bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Elements::F32(s) => bytemuck::cast_slice(s),
+            Elements::F16(s) => bytemuck::cast_slice(s),
+            Elements::Bf16(s) => bytemuck::cast_slice(s),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {

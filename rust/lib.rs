@@ -6,6 +6,7 @@
 //! inner product. The core never touches Python: the bindings live in `bindings` behind the
 //! `python` feature.
 
+pub mod ann;
 pub mod dtype;
 pub mod error;
 pub mod search;

@@ -63,13 +63,25 @@ class MemoryStore:
         value_dim: int | None = None,
         dtype: str = "float32",
         chunk_tokens: int = _core.DEFAULT_CHUNK_TOKENS,
+        hnsw: bool | dict[str, Any] | None = None,
     ) -> MemoryStore:
         """Creates a store in `path` (absent or an empty directory) and opens it read-write.
 
         `layers`: indices of the model's memory layers. `dtype`: storage type of keys and values,
         "float32", "float16" or "bfloat16". `value_dim` defaults to `head_dim`. `chunk_tokens`:
         tokens per chunk file.
+
+        `hnsw`: keep HNSW indexes for `backend="hnsw"`: True for the defaults, or a dict of
+        `m` (16), `ef_construction` (100), `ef_search` (128), `span_tokens` (65536 rounded up to
+        whole chunks) and `linking` ("angular"; or "ip", "reduction"). Each span of
+        `span_tokens` tokens gets its graphs (one per kv head) in the background once it is full.
         """
+        if hnsw is True:
+            hnsw = {}
+        elif hnsw is False:
+            hnsw = None
+        elif hnsw is not None and not isinstance(hnsw, dict):
+            raise DtypeError(f"hnsw must be True, None or a dict of options, got {hnsw!r}")
         if isinstance(dtype, np.dtype) or isinstance(dtype, type):
             dtype = np.dtype(dtype).name
         dtype = str(dtype).removeprefix("torch.")
@@ -82,6 +94,7 @@ class MemoryStore:
                 None if value_dim is None else _int(value_dim, "value_dim"),
                 dtype,
                 _int(chunk_tokens, "chunk_tokens"),
+                hnsw,
             )
         )
 
@@ -134,9 +147,34 @@ class MemoryStore:
         return int(self._core.config["chunk_tokens"])
 
     @property
+    def hnsw(self) -> dict[str, Any] | None:
+        """The hnsw index options, or None when the store keeps no indexes."""
+        h = self._core.config["hnsw"]
+        return None if h is None else dict(h)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of committed keys and values over all documents and layers."""
         return self._core.nbytes(None)
+
+    # -- hnsw indexes ------------------------------------------------------------------------
+    def build_indexes(self, *, wait: bool = True) -> int:
+        """Queues a build for every full span lacking an index (spans queue by themselves as
+        they fill; this catches up on stores written before or by a process that died), and
+        by default waits for all builds. Returns the number of spans queued."""
+        queued = self._core.build_indexes()
+        if _bool(wait, "wait"):
+            self._core.wait_for_indexes()
+        return queued
+
+    def wait_for_indexes(self) -> dict[str, Any]:
+        """Blocks until the background builder is idle; returns its statistics (`pending`,
+        `built` spans, `keys` indexed, `seconds` spent, `errors`). Raises if a build failed."""
+        return self._core.wait_for_indexes()
+
+    def index_stats(self) -> dict[str, Any]:
+        """The background builder's statistics so far, without waiting."""
+        return self._core.index_stats()
 
     # -- documents ---------------------------------------------------------------------------
     def document(self, name: str) -> Document:
@@ -169,6 +207,7 @@ class MemoryStore:
         k: int = 32,
         *,
         backend: str = "exact",
+        ef: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k search of B documents at once, one per batch slot.
 
@@ -176,7 +215,11 @@ class MemoryStore:
         head h searches kv head h // (heads // kv_heads)). Returns `scores` float32 and `ids`
         int64 (token positions), both `[B, q, heads, k]`, best first; -1 / -inf pad slots beyond
         a document's length.
+
+        `backend`: "exact" (default), "hnsw" (graphs of full spans, exact scan of the rest; `ef`
+        candidates per query and span, default the store's `ef_search`), "faiss" or "hnswlib".
         """
+        ef = None if ef is None else _int(ef, "ef")
         if isinstance(documents, (str, Document)):
             raise DtypeError("documents must be a sequence of names, one per batch slot")
         names = [d.name if isinstance(d, Document) else _name(d) for d in documents]
@@ -187,7 +230,7 @@ class MemoryStore:
                     f"queries must be [B={len(names)}, q, heads, head_dim], got {tuple(q.shape)}"
                 )
             results = [
-                self.document(n).search(layer, q[b], k, backend=backend)
+                self.document(n).search(layer, q[b], k, backend=backend, ef=ef)
                 for b, n in enumerate(names)
             ]
             shape = (0, *q.shape[1:3], _int(k, "k"))
@@ -195,7 +238,7 @@ class MemoryStore:
                 np.stack([r[0] for r in results]) if results else np.zeros(shape, np.float32),
                 np.stack([r[1] for r in results]) if results else np.zeros(shape, np.int64),
             )
-        return self._core.search(names, _int(layer, "layer"), q, _int(k, "k"), backend)
+        return self._core.search(names, _int(layer, "layer"), q, _int(k, "k"), backend, ef)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:
@@ -251,10 +294,18 @@ class Document:
         return self.store._core.length(self.name, _int(layer, "layer"))
 
     def search(
-        self, layer: int, queries: Any, k: int = 32, *, backend: str = "exact"
+        self,
+        layer: int,
+        queries: Any,
+        k: int = 32,
+        *,
+        backend: str = "exact",
+        ef: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k keys by inner product for `queries [q, heads, head_dim]`. Returns `scores`
-        float32 and `ids` int64, `[q, heads, k]`, best first, -1 / -inf padded."""
+        float32 and `ids` int64, `[q, heads, k]`, best first, -1 / -inf padded. `backend` and
+        `ef` as in `MemoryStore.search`."""
+        ef = None if ef is None else _int(ef, "ef")
         q = as_float_array(queries, "queries")
         if q.ndim != 3:
             raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
@@ -264,10 +315,16 @@ class Document:
             if not np.isfinite(q).all():
                 raise InvalidValueError("queries contain NaN or infinite values")
             return backends.search(
-                self.store._core, self.name, int(layer), np.asarray(q, np.float32), int(k), backend
+                self.store._core,
+                self.name,
+                int(layer),
+                np.asarray(q, np.float32),
+                int(k),
+                backend,
+                ef=ef,
             )
         scores, ids = self.store._core.search(
-            [self.name], _int(layer, "layer"), q[None], _int(k, "k"), backend
+            [self.name], _int(layer, "layer"), q[None], _int(k, "k"), backend, ef
         )
         return scores[0], ids[0]
 
@@ -286,6 +343,11 @@ class Document:
         if start < 0 or stop < 0:
             raise TokenIndexError(f"read range {start}:{stop} must not be negative")
         return self.store._core.read(self.name, layer, start, stop)
+
+    def indexed_tokens(self, layer: int) -> int:
+        """Tokens of `layer` that `backend="hnsw"` answers through graphs (full spans whose
+        index is built); the rest is scanned exactly."""
+        return self.store._core.indexed_tokens(self.name, _int(layer, "layer"))
 
     @property
     def nbytes(self) -> int:

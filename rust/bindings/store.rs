@@ -13,7 +13,9 @@ use super::errors::{run, to_py};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::search::{Backend, Queries};
-use crate::store::{KeyView, MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS};
+use crate::store::{
+    HnswConfig, IndexStats, KeyView, MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS,
+};
 
 type Scored<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<i64>>);
 type Arrays<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
@@ -139,11 +141,55 @@ fn key_view<'py>(
     Ok(array)
 }
 
+fn stats_dict<'py>(py: Python<'py>, st: &IndexStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("pending", st.pending)?;
+    d.set_item("built", st.built)?;
+    d.set_item("keys", st.keys)?;
+    d.set_item("seconds", st.seconds)?;
+    d.set_item("errors", st.errors.clone())?;
+    Ok(d)
+}
+
+/// The hnsw configuration from a Python dict: defaults, overridden by the keys given.
+fn hnsw_config(d: &Bound<'_, PyDict>, chunk_tokens: u32) -> Result<HnswConfig> {
+    let mut c = HnswConfig::new(chunk_tokens);
+    for (key, value) in d.iter() {
+        let key: String = key
+            .extract()
+            .map_err(|_| Error::Value("hnsw option names must be strings".into()))?;
+        let number = |name: &str| -> Result<u32> {
+            let v: i64 = value.extract().map_err(|_| {
+                Error::Value(format!("hnsw {name} must be an integer, got {value}"))
+            })?;
+            u32::try_from(v)
+                .map_err(|_| Error::Value(format!("hnsw {name} must be positive, got {v}")))
+        };
+        match key.as_str() {
+            "m" => c.m = number("m")?,
+            "ef_construction" => c.ef_construction = number("ef_construction")?,
+            "ef_search" => c.ef_search = number("ef_search")?,
+            "span_tokens" => c.span_tokens = number("span_tokens")?,
+            "linking" => {
+                c.linking = value
+                    .extract()
+                    .map_err(|_| Error::Value(format!("hnsw linking must be a string, got {value}")))?
+            }
+            other => {
+                return Err(Error::Value(format!(
+                    "unknown hnsw option {other:?}; expected m, ef_construction, ef_search, span_tokens, linking"
+                )))
+            }
+        }
+    }
+    Ok(c)
+}
+
 #[pymethods]
 impl Store {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    #[pyo3(signature = (path, layers, kv_heads, head_dim, value_dim=None, dtype="float32", chunk_tokens=DEFAULT_CHUNK_TOKENS as i64))]
+    #[pyo3(signature = (path, layers, kv_heads, head_dim, value_dim=None, dtype="float32", chunk_tokens=DEFAULT_CHUNK_TOKENS as i64, hnsw=None))]
     fn create(
         py: Python<'_>,
         path: PathBuf,
@@ -153,8 +199,16 @@ impl Store {
         value_dim: Option<i64>,
         dtype: &str,
         chunk_tokens: i64,
+        hnsw: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let dtype = dtype.to_owned();
+        let hnsw = match hnsw {
+            Some(d) => Some(
+                hnsw_config(d, count("chunk_tokens", chunk_tokens).unwrap_or(1))
+                    .map_err(|e| to_py(py, e))?,
+            ),
+            None => None,
+        };
         let store = run(py, move || {
             let layers = layers
                 .iter()
@@ -172,6 +226,7 @@ impl Store {
                 value_dim: value_dim.map_or(Ok(head_dim), |v| count("value_dim", v))?,
                 dtype: Dtype::parse(&dtype)?,
                 chunk_tokens: count("chunk_tokens", chunk_tokens)?,
+                hnsw,
             };
             MemoryStore::create(&path, config)
         })?;
@@ -190,7 +245,11 @@ impl Store {
         run(py, || {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(mut s) = guard.take() {
+                // Finish the indexes this handle started: a later reader should not have to
+                // scan spans that were sealed here.
+                let built = s.wait_for_indexes();
                 s.flush()?;
+                built?;
             }
             Ok(())
         })
@@ -224,6 +283,18 @@ impl Store {
         d.set_item("value_dim", c.value_dim)?;
         d.set_item("dtype", c.dtype.name())?;
         d.set_item("chunk_tokens", c.chunk_tokens)?;
+        match &c.hnsw {
+            Some(h) => {
+                let hd = PyDict::new(py);
+                hd.set_item("m", h.m)?;
+                hd.set_item("ef_construction", h.ef_construction)?;
+                hd.set_item("ef_search", h.ef_search)?;
+                hd.set_item("span_tokens", h.span_tokens)?;
+                hd.set_item("linking", &h.linking)?;
+                d.set_item("hnsw", hd)?;
+            }
+            None => d.set_item("hnsw", py.None())?,
+        }
         Ok(d)
     }
 
@@ -272,7 +343,8 @@ impl Store {
         self.with(py, |s| s.append(doc, layer, k.elements(), v.elements()))
     }
 
-    #[pyo3(signature = (docs, layer, queries, k, backend="exact"))]
+    #[pyo3(signature = (docs, layer, queries, k, backend="exact", ef=None))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -281,9 +353,24 @@ impl Store {
         queries: &Bound<'py, PyAny>,
         k: i64,
         backend: &str,
+        ef: Option<i64>,
     ) -> PyResult<Scored<'py>> {
         let layer = self.layer(py, layer)?;
-        let backend = Backend::parse(backend).map_err(|e| to_py(py, e))?;
+        let ef = match ef {
+            None => self
+                .config
+                .hnsw
+                .as_ref()
+                .map_or(128, |h| h.ef_search as usize),
+            Some(e) if (1..=65_536).contains(&e) => e as usize,
+            Some(e) => {
+                return Err(to_py(
+                    py,
+                    Error::Value(format!("ef must be between 1 and 65536, got {e}")),
+                ))
+            }
+        };
+        let backend = Backend::parse(backend, ef).map_err(|e| to_py(py, e))?;
         let q = input(queries, "queries", 4)?;
         let shape = q.shape.clone();
         if shape[0] != docs.len() {
@@ -391,6 +478,29 @@ impl Store {
     #[pyo3(signature = (doc=None))]
     fn nbytes(&self, py: Python<'_>, doc: Option<&str>) -> PyResult<u64> {
         self.with(py, |s| s.nbytes(doc))
+    }
+
+    /// Queues index builds for sealed spans that lack one; returns how many were queued.
+    fn build_indexes(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |s| s.build_indexes())
+    }
+
+    /// Waits for queued index builds; returns the builder's statistics.
+    fn wait_for_indexes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.with(py, |s| s.wait_for_indexes())?;
+        stats_dict(py, &st)
+    }
+
+    /// The builder's statistics so far.
+    fn index_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.with(py, |s| Ok(s.index_stats()))?;
+        stats_dict(py, &st)
+    }
+
+    /// Tokens of a document-layer covered by hnsw graphs.
+    fn indexed_tokens(&self, py: Python<'_>, doc: &str, layer: i64) -> PyResult<u64> {
+        let layer = self.layer(py, layer)?;
+        self.with(py, |s| s.indexed_tokens(doc, layer))
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {

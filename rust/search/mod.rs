@@ -6,6 +6,7 @@
 mod exact;
 #[cfg(target_arch = "x86_64")]
 mod fast;
+mod hnsw;
 mod portable;
 mod topk;
 
@@ -27,6 +28,13 @@ pub struct KeyBlock<'a> {
     pub keys: Elements<'a>,
 }
 
+/// A sealed span of keys with an HNSW graph: searched through the graph instead of scanned.
+pub struct IndexedSpan<'a> {
+    pub first_id: u64,
+    pub graph: crate::ann::GraphRef<'a>,
+    pub rows: crate::ann::SpanRows<'a>,
+}
+
 /// Anything whose keys can be searched: a document-layer of the store, or keys in memory.
 pub trait KeySource: Sync {
     /// Number of tokens.
@@ -39,6 +47,10 @@ pub trait KeySource: Sync {
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>>;
     /// The key of token `id` (< `len()`) of `kv_head`, `dim` elements.
     fn row(&self, kv_head: usize, id: u64) -> Elements<'_>;
+    /// The spans of `kv_head` that have graphs (none by default), in token order.
+    fn indexed(&self, _kv_head: usize) -> Vec<IndexedSpan<'_>> {
+        Vec::new()
+    }
 }
 
 /// Queries for one search, flat `[batch, q, heads, dim]`.
@@ -152,15 +164,18 @@ impl SearchResult {
 pub enum Backend {
     /// Brute force: every key scored, exact top-k. The oracle for every other backend.
     Exact,
+    /// HNSW graphs over sealed spans (searched with `ef` candidates), exact scans elsewhere.
+    Hnsw { ef: usize },
 }
 
 impl Backend {
-    /// Parses a backend name.
-    pub fn parse(name: &str) -> Result<Self> {
+    /// Parses a backend name; `ef` is the hnsw search width.
+    pub fn parse(name: &str, ef: usize) -> Result<Self> {
         match name {
             "exact" => Ok(Backend::Exact),
+            "hnsw" => Ok(Backend::Hnsw { ef }),
             other => Err(Error::Value(format!(
-                "unknown search backend {other:?}; this build has \"exact\""
+                "unknown search backend {other:?}; this build has \"exact\" and \"hnsw\""
             ))),
         }
     }
@@ -186,6 +201,7 @@ impl Backend {
         Elements::F32(queries).check_finite("queries")?;
         match self {
             Backend::Exact => Ok(exact::search(sources, queries, shape)),
+            Backend::Hnsw { ef } => Ok(hnsw::search(sources, queries, shape, ef)),
         }
     }
 }

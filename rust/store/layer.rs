@@ -8,10 +8,12 @@ use std::sync::Arc;
 use super::chunk::{ChunkFile, OpenMode};
 use super::commit::{read_commit, CommitFile, COUNT_FILE};
 use super::config::StoreConfig;
+use super::indexer::SpanJob;
 use super::manifest::sync_dir;
+use crate::ann::{SpanIndex, SpanRows};
 use crate::dtype::Elements;
 use crate::error::{Error, IoContext, Result};
-use crate::search::{KeyBlock, KeySource};
+use crate::search::{IndexedSpan, KeyBlock, KeySource};
 
 /// The keys and values file of one chunk, shared with zero-copy views that may outlive the layer.
 #[derive(Debug)]
@@ -54,6 +56,8 @@ pub struct LayerMemory {
     count: u64,
     /// The commit file, open for writing; `None` for read-only handles.
     commit: Option<CommitFile>,
+    /// The HNSW index of each sealed span, once its file exists.
+    spans: Vec<Option<Arc<SpanIndex>>>,
 }
 
 impl LayerMemory {
@@ -77,8 +81,12 @@ impl LayerMemory {
             chunks: Vec::new(),
             count: 0,
             commit,
+            spans: Vec::new(),
         };
         layer.map_committed(count)?;
+        if writable {
+            layer.remove_partial_indexes();
+        }
         Ok(layer)
     }
 
@@ -207,6 +215,83 @@ impl LayerMemory {
         Ok(self.count)
     }
 
+    /// Tokens per indexed span, when the store keeps hnsw indexes.
+    fn span_tokens(&self) -> Option<u64> {
+        self.config.hnsw.as_ref().map(|h| h.span_tokens as u64)
+    }
+
+    /// Spans wholly committed (each one is indexed, or queued to be).
+    pub fn sealed_spans(&self) -> usize {
+        self.span_tokens().map_or(0, |s| (self.count / s) as usize)
+    }
+
+    fn index_path(&self, span: usize) -> PathBuf {
+        self.dir.join(format!("hnsw-{span:06}.idx"))
+    }
+
+    /// Temporary files of builds that died (their spans are built again).
+    fn remove_partial_indexes(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("hnsw-") && !name.ends_with(".idx") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Maps the index files of sealed spans that appeared since the last look. A file that does
+    /// not match this layer (or fails its header checks) is left unused: the span is scanned.
+    pub fn load_indexes(&mut self) {
+        let sealed = self.sealed_spans();
+        self.spans.resize(sealed, None);
+        let span = self.span_tokens().unwrap_or(0);
+        for s in 0..sealed {
+            if self.spans[s].is_some() {
+                continue;
+            }
+            let path = self.index_path(s);
+            if !path.exists() {
+                continue;
+            }
+            if let Ok(ix) = SpanIndex::open(&path) {
+                let cfg = &self.config;
+                if ix.first == s as u64 * span
+                    && ix.n as u64 == span
+                    && ix.heads() == cfg.kv_heads as usize
+                    && ix.dim == cfg.head_dim
+                {
+                    self.spans[s] = Some(Arc::new(ix));
+                }
+            }
+        }
+    }
+
+    /// Tokens covered by mapped indexes.
+    pub fn indexed_tokens(&self) -> u64 {
+        self.spans.iter().flatten().count() as u64 * self.span_tokens().unwrap_or(0)
+    }
+
+    /// Jobs for the sealed spans in `spans` that have no usable index file.
+    pub fn index_jobs(&mut self, spans: std::ops::Range<usize>) -> Vec<SpanJob> {
+        self.load_indexes();
+        let (Some(span), true) = (self.span_tokens(), self.commit.is_some()) else {
+            return Vec::new();
+        };
+        let per = (span / self.chunk_tokens()) as usize;
+        spans
+            .filter(|&s| s < self.spans.len() && self.spans[s].is_none())
+            .map(|s| SpanJob {
+                path: self.index_path(s),
+                first: s as u64 * span,
+                chunks: self.chunks[s * per..(s + 1) * per].to_vec(),
+                config: Arc::clone(&self.config),
+            })
+            .collect()
+    }
+
     /// Copies the key and value of token `pos` of kv head `head`, widened to f32, into the outputs.
     pub fn read_token(&self, head: usize, pos: u64, key: &mut [f32], value: &mut [f32]) {
         let cfg = &self.config;
@@ -269,6 +354,31 @@ impl KeySource for LayerMemory {
 
     fn row(&self, kv_head: usize, id: u64) -> Elements<'_> {
         self.token_row(|c| &c.keys, self.config.head_dim, kv_head, id)
+    }
+
+    fn indexed(&self, kv_head: usize) -> Vec<IndexedSpan<'_>> {
+        let Some(span) = self.span_tokens() else {
+            return Vec::new();
+        };
+        let blocks = self.blocks(kv_head);
+        let per = (span / self.chunk_tokens()) as usize;
+        let dim = self.config.head_dim as usize;
+        self.spans
+            .iter()
+            .enumerate()
+            .filter_map(|(s, ix)| {
+                let ix = ix.as_ref()?;
+                let runs: Vec<Elements> = blocks[s * per..(s + 1) * per]
+                    .iter()
+                    .map(|b| b.keys)
+                    .collect();
+                Some(IndexedSpan {
+                    first_id: s as u64 * span,
+                    graph: ix.graph(kv_head),
+                    rows: SpanRows::new(&runs, dim, self.config.chunk_tokens as usize),
+                })
+            })
+            .collect()
     }
 
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {

@@ -14,12 +14,14 @@
 mod chunk;
 mod commit;
 mod config;
+mod indexer;
 mod layer;
 mod lock;
 mod manifest;
 mod read;
 
-pub use config::{StoreConfig, DEFAULT_CHUNK_TOKENS};
+pub use config::{HnswConfig, StoreConfig, DEFAULT_CHUNK_TOKENS};
+pub use indexer::IndexStats;
 pub use layer::{KeyView, LayerMemory};
 pub use manifest::{FORMAT_VERSION, MANIFEST_FILE};
 
@@ -30,7 +32,8 @@ use std::sync::Arc;
 use crate::dtype::Elements;
 use crate::error::{Error, IoContext, Result};
 use lock::WriterLock;
-use manifest::{sync_dir, Manifest};
+pub(crate) use manifest::sync_dir;
+use manifest::Manifest;
 
 const DOCS_DIR: &str = "docs";
 
@@ -43,6 +46,8 @@ pub struct MemoryStore {
     lock: Option<WriterLock>,
     /// Layers opened so far, by (document, layer).
     open: HashMap<(String, u32), LayerMemory>,
+    /// Builds the hnsw indexes of sealed spans in the background (writers of hnsw stores).
+    indexer: indexer::Indexer,
 }
 
 impl MemoryStore {
@@ -83,6 +88,7 @@ impl MemoryStore {
             manifest,
             lock: Some(lock),
             open: HashMap::new(),
+            indexer: Default::default(),
         })
     }
 
@@ -119,6 +125,7 @@ impl MemoryStore {
             manifest,
             lock,
             open: HashMap::new(),
+            indexer: Default::default(),
         };
         if !readonly {
             store.remove_orphans()?;
@@ -210,7 +217,11 @@ impl MemoryStore {
         }
         if !self.open.contains_key(&key) {
             let dir = self.layer_dir(doc, layer);
-            let l = LayerMemory::open(&dir, Arc::clone(&self.config), !self.is_readonly())?;
+            let mut l = LayerMemory::open(&dir, Arc::clone(&self.config), !self.is_readonly())?;
+            // A writer builds what an earlier one left unindexed (it died, or closed first).
+            for job in l.index_jobs(0..l.sealed_spans()) {
+                self.indexer.submit(job);
+            }
             self.open.insert(key.clone(), l);
         }
         Ok(self.open.get_mut(&key))
@@ -299,7 +310,51 @@ impl MemoryStore {
             self.manifest = next;
         }
         let l = self.layer(doc, layer)?.expect("document exists");
-        l.append(keys, values)
+        let sealed = l.sealed_spans();
+        let len = l.append(keys, values)?;
+        let jobs = l.index_jobs(sealed..l.sealed_spans());
+        for job in jobs {
+            self.indexer.submit(job);
+        }
+        Ok(len)
+    }
+
+    /// Queues an index build for every sealed span of every document that lacks one (writers of
+    /// hnsw stores; spans seal and queue by themselves as appends fill them, so this is for
+    /// stores written before, or by a process that died). Returns the spans queued.
+    pub fn build_indexes(&mut self) -> Result<usize> {
+        self.require_writable("build indexes")?;
+        let mut queued = 0;
+        for doc in self.documents()? {
+            for layer in self.config.layers.clone() {
+                if let Some(l) = self.layer(&doc, layer)? {
+                    let jobs = l.index_jobs(0..l.sealed_spans());
+                    queued += jobs.len();
+                    for job in jobs {
+                        self.indexer.submit(job);
+                    }
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Waits until every queued index build is done; fails with the first build error.
+    pub fn wait_for_indexes(&mut self) -> Result<IndexStats> {
+        self.indexer.wait()
+    }
+
+    /// What the index builder has done since this handle opened the store.
+    pub fn index_stats(&self) -> IndexStats {
+        self.indexer.stats()
+    }
+
+    /// Tokens of a document-layer that searches answer through hnsw graphs (the rest is scanned).
+    pub fn indexed_tokens(&mut self, doc: &str, layer: u32) -> Result<u64> {
+        Ok(self.layer(doc, layer)?.map_or(0, |l| {
+            l.load_indexes();
+            l.indexed_tokens()
+        }))
     }
 
     /// Deletes a document and its files. Returns false if it did not exist.

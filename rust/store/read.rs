@@ -27,8 +27,18 @@ impl MemoryStore {
             k,
         };
         shape.validate()?;
+        if matches!(backend, Backend::Hnsw { .. }) && self.config.hnsw.is_none() {
+            return Err(Error::Value(format!(
+                "backend \"hnsw\" needs a store created with hnsw indexes; {} has none",
+                self.root.display()
+            )));
+        }
         for doc in docs {
-            self.layer(doc, layer)?;
+            if let Some(l) = self.layer(doc, layer)? {
+                if matches!(backend, Backend::Hnsw { .. }) {
+                    l.load_indexes();
+                }
+            }
         }
         let sources: Vec<Option<&dyn KeySource>> = docs
             .iter()

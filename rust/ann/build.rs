@@ -1,0 +1,389 @@
+//! Building a graph: HNSW insertion (greedy descent, best-first search with `ef_construction`,
+//! the neighbour-selection heuristic, reverse links pruned by the same heuristic), done in
+//! batches so both threads work without locks: each batch searches the graph as it stood
+//! (read-only, in parallel), then links (forward rows by their owner, reverse rows grouped by
+//! target). Batches double from 1 up to a small fraction of the span, so early nodes see each
+//! other. The result depends only on the keys and the parameters, never on the thread count.
+//!
+//! Searches rank by inner product, which is not a metric: a graph linked by inner product leaves
+//! keys of small norm unreachable and recall plateaus (hnswlib's "ip" space). Linking by angle
+//! (normalised keys) keeps every direction reachable; see [`Linking`] for the measured choice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use super::beam::{descend, search_level, Scratch};
+use super::dot::{pair_dot, PairDot};
+use super::graph::{level_of, mix, GraphRef, Upper};
+use crate::dtype::Elements;
+
+/// What "near" means while linking the graph (searches always rank by inner product).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Linking {
+    /// Angle between keys (keys normalised): every direction stays reachable whatever the norms,
+    /// so recall keeps rising with `ef`. The default: best recall on clustered and real keys.
+    #[default]
+    Angular,
+    /// Raw inner product, as hnswlib's "ip" space: fast, but recall plateaus when norms vary.
+    InnerProduct,
+    /// The classic MIPS-to-NN reduction (one extra coordinate `sqrt(R^2 - |k|^2)`).
+    Reduction,
+}
+
+impl Linking {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "angular" => Some(Linking::Angular),
+            "ip" => Some(Linking::InnerProduct),
+            "reduction" => Some(Linking::Reduction),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Linking::Angular => "angular",
+            Linking::InnerProduct => "ip",
+            Linking::Reduction => "reduction",
+        }
+    }
+
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Graph parameters: `m` links per node (2m on level 0), `ef_construction` candidates searched
+/// per insertion, how links are chosen, and the seed of levels and insertion order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildParams {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub linking: Linking,
+    pub seed: u64,
+}
+
+/// Keys prepared for building: bf16 rows and each key's extra coordinate.
+#[derive(Debug)]
+pub struct BuildSet {
+    pub n: usize,
+    pub dim: usize,
+    rows: Vec<u16>,
+    extra: Vec<f32>,
+    dot: PairDot,
+}
+
+impl BuildSet {
+    /// From consecutive runs of `[rows, dim]` keys (the chunks of a span, in token order).
+    pub fn new<'a>(
+        runs: impl IntoIterator<Item = Elements<'a>>,
+        dim: usize,
+        linking: Linking,
+    ) -> Self {
+        let mut rows = Vec::new();
+        let mut sq = Vec::new();
+        let mut buf = vec![0f32; dim];
+        for run in runs {
+            for r in 0..run.len() / dim.max(1) {
+                run.slice(r * dim..(r + 1) * dim).to_f32(&mut buf);
+                let s = buf.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+                sq.push(s);
+                let scale = if linking == Linking::Angular && s > 0.0 {
+                    1.0 / s.sqrt() as f32
+                } else {
+                    1.0
+                };
+                rows.extend(
+                    buf.iter()
+                        .map(|&x| half::bf16::from_f32(x * scale).to_bits()),
+                );
+            }
+        }
+        let r2 = sq.iter().copied().fold(0f64, f64::max);
+        let extra = sq
+            .iter()
+            .map(|&s| match linking {
+                Linking::Reduction => (r2 - s).max(0.0).sqrt() as f32,
+                _ => 0.0,
+            })
+            .collect();
+        BuildSet {
+            n: sq.len(),
+            dim,
+            rows,
+            extra,
+            dot: pair_dot(),
+        }
+    }
+
+    #[inline]
+    fn row(&self, i: u32) -> &[u16] {
+        let d = self.dim;
+        &self.rows[i as usize * d..(i as usize + 1) * d]
+    }
+
+    /// Similarity of keys `a` and `b` on the sphere.
+    #[inline]
+    fn sim(&self, a: u32, b: u32) -> f32 {
+        // SAFETY: `dot` was chosen for this CPU; both rows have `dim` elements.
+        unsafe {
+            (self.dot)(self.row(a), self.row(b)) + self.extra[a as usize] * self.extra[b as usize]
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, i: u32) {
+        super::prefetch(self.row(i).as_ptr().cast(), self.dim * 2);
+    }
+}
+
+/// A built graph, owning its words (the layout of [`GraphRef`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Graph {
+    pub n: u32,
+    pub m: u32,
+    pub m0: u32,
+    pub entry: u32,
+    pub level0: Vec<u32>,
+    /// Per upper level: sorted nodes and adjacency.
+    pub upper: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+impl Graph {
+    pub fn as_ref(&self) -> GraphRef<'_> {
+        GraphRef {
+            n: self.n,
+            m: self.m,
+            m0: self.m0,
+            entry: self.entry,
+            level0: &self.level0,
+            upper: self
+                .upper
+                .iter()
+                .map(|(nodes, adj)| Upper { nodes, adj })
+                .collect(),
+        }
+    }
+}
+
+/// Selects up to `max` neighbours from `cands` (best first): a candidate is kept only if it is
+/// nearer the new node than every neighbour kept so far (HNSW's heuristic), which spreads links
+/// over directions instead of spending them all in one cluster.
+fn select(set: &BuildSet, cands: &[(f32, u32)], max: usize) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::with_capacity(max);
+    for &(s, c) in cands {
+        if out.len() == max {
+            break;
+        }
+        if out.iter().all(|&r| set.sim(c, r) < s) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Raw access to the adjacency rows, so threads can write disjoint rows at once.
+struct Rows<'a> {
+    level0: (*mut u32, usize),
+    /// Per upper level: its sorted nodes and its adjacency (pointer, length).
+    upper: Vec<(&'a [u32], *mut u32, usize)>,
+}
+
+// SAFETY: `row_mut`'s callers write disjoint rows, and nobody reads adjacency meanwhile.
+unsafe impl Sync for Rows<'_> {}
+
+impl<'a> Rows<'a> {
+    fn new(g: &'a mut Graph) -> Self {
+        Rows {
+            level0: (g.level0.as_mut_ptr(), g.level0.len()),
+            upper: g
+                .upper
+                .iter_mut()
+                .map(|(n, a)| (n.as_slice(), a.as_mut_ptr(), a.len()))
+                .collect(),
+        }
+    }
+
+    /// The row (count + `cap` slots) of `node` at `level`.
+    ///
+    /// # Safety
+    /// No other live reference may cover the same row.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_mut(&self, level: usize, node: u32, cap: usize) -> &mut [u32] {
+        let ((ptr, len), slot) = if level == 0 {
+            (self.level0, node as usize)
+        } else {
+            let (nodes, ptr, len) = self.upper[level - 1];
+            let slot = nodes
+                .binary_search(&node)
+                .expect("node lives on this level");
+            ((ptr, len), slot)
+        };
+        assert!((slot + 1) * (cap + 1) <= len);
+        std::slice::from_raw_parts_mut(ptr.add(slot * (cap + 1)), cap + 1)
+    }
+}
+
+/// Builds the graph of `set` (node ids are row positions).
+pub fn build(set: &BuildSet, p: &BuildParams) -> Graph {
+    build_until(set, p, &AtomicBool::new(false)).expect("never stopped")
+}
+
+/// [`build`], giving up (`None`) at the next batch once `stop` is set.
+pub fn build_until(set: &BuildSet, p: &BuildParams, stop: &AtomicBool) -> Option<Graph> {
+    let n = set.n;
+    let (m, m0) = (p.m.max(2), 2 * p.m.max(2));
+    let levels: Vec<u8> = (0..n as u32)
+        .map(|i| level_of(i, m, p.seed) as u8)
+        .collect();
+    let max_level = levels.iter().copied().max().unwrap_or(0) as usize;
+    let mut g = Graph {
+        n: n as u32,
+        m: m as u32,
+        m0: m0 as u32,
+        entry: 0,
+        level0: vec![0; n * (m0 + 1)],
+        upper: (1..=max_level)
+            .map(|l| {
+                let nodes: Vec<u32> = (0..n as u32)
+                    .filter(|&i| levels[i as usize] as usize >= l)
+                    .collect();
+                let adj = vec![0; nodes.len() * (m + 1)];
+                (nodes, adj)
+            })
+            .collect(),
+    };
+    if n == 0 {
+        return Some(g);
+    }
+    // A random insertion order: tokens arrive clustered in time, and HNSW degrades when inserted
+    // in such an order.
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_unstable_by_key(|&i| mix(p.seed ^ 0x5eed ^ ((i as u64) << 20)));
+    let mut entry = order[0];
+    let mut top = levels[entry as usize] as usize;
+    let max_batch = (n / 64).max(64);
+    let (mut pos, mut batch) = (1usize, 1usize);
+    while pos < n {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let nodes = &order[pos..(pos + batch).min(n)];
+        let found: Vec<Vec<Vec<u32>>> = {
+            let mut view = g.as_ref();
+            view.upper.truncate(top);
+            view.entry = entry;
+            nodes
+                .par_iter()
+                .map_init(Scratch::default, |scr, &x| {
+                    neighbours(set, &view, x, levels[x as usize] as usize, p, scr)
+                })
+                .collect()
+        };
+        link(set, &mut g, nodes, &found, m, m0);
+        for &x in nodes {
+            if levels[x as usize] as usize > top {
+                top = levels[x as usize] as usize;
+                entry = x;
+            }
+        }
+        pos += nodes.len();
+        batch = (batch * 2).min(max_batch);
+    }
+    g.entry = entry;
+    g.upper.truncate(top);
+    Some(g)
+}
+
+/// Searches the graph for `x`'s neighbours at each of its levels (lowest last).
+fn neighbours(
+    set: &BuildSet,
+    g: &GraphRef,
+    x: u32,
+    lx: usize,
+    p: &BuildParams,
+    scr: &mut Scratch,
+) -> Vec<Vec<u32>> {
+    let mut score = |id: u32| set.sim(x, id);
+    let pre = |id: u32| set.prefetch(id);
+    let (cur, best) = descend(g, lx + 1, g.entry, &mut score, &pre);
+    let upto = lx.min(g.top());
+    let mut out = vec![Vec::new(); upto + 1];
+    let mut entries = vec![(best, cur)];
+    for l in (0..=upto).rev() {
+        scr.begin(g.n as usize);
+        search_level(
+            g,
+            l,
+            &entries,
+            p.ef_construction.max(1),
+            scr,
+            &mut score,
+            &pre,
+        );
+        entries = scr.pool.results().collect();
+        out[l] = select(set, &entries, p.m.max(2));
+    }
+    out
+}
+
+/// Writes the new nodes' rows, then adds the reverse links, pruning rows that overflow.
+fn link(
+    set: &BuildSet,
+    g: &mut Graph,
+    nodes: &[u32],
+    found: &[Vec<Vec<u32>>],
+    m: usize,
+    m0: usize,
+) {
+    let rows = Rows::new(g);
+    let mut reverse: Vec<(u8, u32, u32)> = Vec::new();
+    for (&x, lists) in nodes.iter().zip(found) {
+        for (l, list) in lists.iter().enumerate() {
+            // SAFETY: one row at a time, on this thread only.
+            let r = unsafe { rows.row_mut(l, x, if l == 0 { m0 } else { m }) };
+            r[0] = list.len() as u32;
+            r[1..1 + list.len()].copy_from_slice(list);
+            reverse.extend(list.iter().map(|&y| (l as u8, y, x)));
+        }
+    }
+    reverse.sort_unstable();
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for i in 1..=reverse.len() {
+        if i == reverse.len()
+            || reverse[i].0 != reverse[start].0
+            || reverse[i].1 != reverse[start].1
+        {
+            groups.push(start..i);
+            start = i;
+        }
+    }
+    groups.par_iter().for_each(|range| {
+        let (l, y, _) = reverse[range.start];
+        let cap = if l == 0 { m0 } else { m };
+        // SAFETY: each group owns the row of its (level, target), distinct from every other
+        // group's; nothing reads adjacency during this phase.
+        let r = unsafe { rows.row_mut(l as usize, y, cap) };
+        let have = (r[0] as usize).min(cap);
+        let new = reverse[range.clone()].iter().map(|e| e.2);
+        if have + range.len() <= cap {
+            for (j, x) in new.enumerate() {
+                r[1 + have + j] = x;
+            }
+            r[0] = (have + range.len()) as u32;
+        } else {
+            let mut cands: Vec<(f32, u32)> = r[1..1 + have]
+                .iter()
+                .copied()
+                .chain(new)
+                .map(|c| (set.sim(y, c), c))
+                .collect();
+            cands.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let kept = select(set, &cands, cap);
+            r[0] = kept.len() as u32;
+            r[1..1 + kept.len()].copy_from_slice(&kept);
+        }
+    });
+}

@@ -1,0 +1,170 @@
+//! The two dot products of graph search: a f32 query against a stored row of any dtype (search
+//! time; exact f32 products, so scores match the exact backend's), and bf16 row against bf16 row
+//! (build time; VDPBF16PS, whose bf16 x bf16 products are exact in f32). Each has an AVX-512
+//! version chosen once at run time and a portable one.
+
+use crate::dtype::Dtype;
+use half::{bf16, f16};
+
+/// `query . row`, the row `dim` elements of the store dtype at `row`.
+pub type QueryDot = unsafe fn(query: &[f32], row: *const u8) -> f32;
+/// `a . b` over `dim` bf16 elements (given as bits).
+pub type PairDot = unsafe fn(a: &[u16], b: &[u16]) -> f32;
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The query-row dot for rows of `dtype` on this CPU.
+pub fn query_dot(dtype: Dtype) -> QueryDot {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        return match dtype {
+            Dtype::Float32 => x86::query_dot::<0>,
+            Dtype::Float16 => x86::query_dot::<1>,
+            Dtype::Bfloat16 => x86::query_dot::<2>,
+        };
+    }
+    match dtype {
+        Dtype::Float32 => portable_query_dot::<0>,
+        Dtype::Float16 => portable_query_dot::<1>,
+        Dtype::Bfloat16 => portable_query_dot::<2>,
+    }
+}
+
+/// The bf16 pair dot on this CPU.
+pub fn pair_dot() -> PairDot {
+    #[cfg(target_arch = "x86_64")]
+    if crate::search::has_avx512_bf16() {
+        return x86::pair_dot;
+    }
+    portable_pair_dot
+}
+
+/// # Safety
+/// `row` must point at `query.len()` readable elements of the dtype `T` names.
+unsafe fn portable_query_dot<const T: u8>(query: &[f32], row: *const u8) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, &q) in query.iter().enumerate() {
+        let k = match T {
+            0 => row.cast::<f32>().add(i).read_unaligned(),
+            1 => f16::from_bits(row.cast::<u16>().add(i).read_unaligned()).to_f32(),
+            _ => bf16::from_bits(row.cast::<u16>().add(i).read_unaligned()).to_f32(),
+        };
+        acc[i % 8] += q * k;
+    }
+    acc.iter().sum()
+}
+
+unsafe fn portable_pair_dot(a: &[u16], b: &[u16]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        acc[i % 8] += bf16::from_bits(x).to_f32() * bf16::from_bits(y).to_f32();
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512 F/BW; `row` points at `query.len()` elements of dtype `T` (0 f32, 1 f16, 2 bf16).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn query_dot<const T: u8>(query: &[f32], row: *const u8) -> f32 {
+        let d = query.len();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i < d {
+            let left = d - i;
+            let mask: u16 = if left >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << left) - 1
+            };
+            let k = match T {
+                0 => _mm512_maskz_loadu_ps(mask, row.cast::<f32>().add(i)),
+                1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row.cast::<i16>().add(i))),
+                _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                    _mm256_maskz_loadu_epi16(mask, row.cast::<i16>().add(i)),
+                ))),
+            };
+            let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));
+            let a = &mut acc[(i >> 4) & 1];
+            *a = _mm512_fmadd_ps(k, q, *a);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/BF16; `a` and `b` have the same length.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn pair_dot(a: &[u16], b: &[u16]) -> f32 {
+        let d = a.len().min(b.len());
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i < d {
+            let left = d - i;
+            let mask: u32 = if left >= 32 {
+                u32::MAX
+            } else {
+                (1u32 << left) - 1
+            };
+            let x = _mm512_maskz_loadu_epi16(mask, a.as_ptr().add(i).cast());
+            let y = _mm512_maskz_loadu_epi16(mask, b.as_ptr().add(i).cast());
+            let s = &mut acc[(i >> 5) & 1];
+            *s = _mm512_dpbf16_ps(*s, bh(x), bh(y));
+            i += 32;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 512 bits of plain data.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_agree_with_scalar() {
+        for d in [1usize, 7, 16, 33, 64, 100, 128] {
+            let q: Vec<f32> = (0..d).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let k: Vec<f32> = (0..d).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            let kb: Vec<u16> = k.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+            let kh: Vec<u16> = k.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+            let want = |k: &dyn Fn(usize) -> f32| -> f32 { (0..d).map(|i| q[i] * k(i)).sum() };
+            let w32 = want(&|i| k[i]);
+            let wb = want(&|i| bf16::from_bits(kb[i]).to_f32());
+            let wh = want(&|i| f16::from_bits(kh[i]).to_f32());
+            unsafe {
+                for (f, row, w) in [
+                    (query_dot(Dtype::Float32), k.as_ptr().cast::<u8>(), w32),
+                    (query_dot(Dtype::Bfloat16), kb.as_ptr().cast::<u8>(), wb),
+                    (query_dot(Dtype::Float16), kh.as_ptr().cast::<u8>(), wh),
+                ] {
+                    assert!((f(&q, row) - w).abs() <= 1e-4 * (1.0 + w.abs()), "d {d}");
+                }
+                let qb: Vec<u16> = q.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+                let wp: f32 = (0..d)
+                    .map(|i| bf16::from_bits(qb[i]).to_f32() * bf16::from_bits(kb[i]).to_f32())
+                    .sum();
+                assert!((pair_dot()(&qb, &kb) - wp).abs() <= 1e-4 * (1.0 + wp.abs()));
+                assert!((portable_pair_dot(&qb, &kb) - wp).abs() <= 1e-4 * (1.0 + wp.abs()));
+                assert!((portable_query_dot::<0>(&q, k.as_ptr().cast()) - w32).abs() <= 1e-4);
+            }
+        }
+    }
+}

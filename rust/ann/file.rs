@@ -1,0 +1,238 @@
+//! A span's index file: the graphs of every kv head of one sealed span, as little-endian u32 words,
+//! memory-mapped when opened (nothing is rebuilt or copied). Written whole to a temporary name,
+//! synced, then renamed, so the final name only ever holds a complete file.
+//!
+//! ```text
+//! header  16 words: magic x2, version, kv_heads, dim, n, m, m0, ef_construction,
+//!                   first token (lo, hi), linking, 0 x3, crc32 of header and directory
+//! directory  per kv head 8 words: offset (lo, hi), words (lo, hi), entry, top, crc32 of section, 0
+//! section    level 0: n x (1 + m0); then per upper level: count, nodes[count], count x (1 + m)
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use super::build::{BuildParams, Graph};
+use super::graph::{GraphRef, Upper};
+use crate::error::{Error, IoContext, Result};
+
+const MAGIC: [u32; 2] = [u32::from_le_bytes(*b"FOTM"), u32::from_le_bytes(*b"HNSW")];
+const VERSION: u32 = 1;
+const HEADER: usize = 16;
+const DIR: usize = 8;
+
+/// Writes the graphs (one per kv head) of the span starting at token `first` to `path`.
+pub fn write(
+    path: &Path,
+    first: u64,
+    dim: u32,
+    params: &BuildParams,
+    graphs: &[Graph],
+) -> Result<()> {
+    let g0 = graphs.first();
+    let (n, m, m0) = g0.map_or((0, 0, 0), |g| (g.n, g.m, g.m0));
+    let mut words = vec![0u32; HEADER + DIR * graphs.len()];
+    words[..12].copy_from_slice(&[
+        MAGIC[0],
+        MAGIC[1],
+        VERSION,
+        graphs.len() as u32,
+        dim,
+        n,
+        m,
+        m0,
+        params.ef_construction as u32,
+        first as u32,
+        (first >> 32) as u32,
+        params.linking.code(),
+    ]);
+    for (h, g) in graphs.iter().enumerate() {
+        let start = words.len();
+        words.extend_from_slice(&g.level0);
+        for (nodes, adj) in &g.upper {
+            words.push(nodes.len() as u32);
+            words.extend_from_slice(nodes);
+            words.extend_from_slice(adj);
+        }
+        let len = words.len() - start;
+        let crc = crc32fast::hash(bytemuck::cast_slice(&words[start..]));
+        let d = HEADER + DIR * h;
+        words[d..d + 8].copy_from_slice(&[
+            start as u32,
+            (start as u64 >> 32) as u32,
+            len as u32,
+            (len as u64 >> 32) as u32,
+            g.entry,
+            g.upper.len() as u32,
+            crc,
+            0,
+        ]);
+    }
+    words[HEADER - 1] = header_crc(&words, graphs.len());
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(bytemuck::cast_slice(&words)).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        std::fs::rename(&tmp, path).at(path)?;
+        if let Some(dir) = path.parent() {
+            crate::store::sync_dir(dir)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn header_crc(words: &[u32], heads: usize) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(bytemuck::cast_slice(&words[..HEADER - 1]));
+    h.update(bytemuck::cast_slice(&words[HEADER..HEADER + DIR * heads]));
+    h.finalize()
+}
+
+/// Where one kv head's graph lies in the mapped words.
+#[derive(Clone, Debug)]
+struct Section {
+    level0: Range<usize>,
+    upper: Vec<(Range<usize>, Range<usize>)>,
+    entry: u32,
+    words: Range<usize>,
+    crc: u32,
+}
+
+/// An opened index file.
+#[derive(Debug)]
+pub struct SpanIndex {
+    map: Mmap,
+    pub first: u64,
+    pub n: u32,
+    pub dim: u32,
+    m: u32,
+    m0: u32,
+    sections: Vec<Section>,
+}
+
+impl SpanIndex {
+    /// Maps `path` and checks its header, directory and every section's bounds (not the section
+    /// checksums: that would read the whole file; see [`SpanIndex::verify`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).at(path)?;
+        // SAFETY: index files are never written after their rename; a truncation by another
+        // program is outside what any mapping can defend against.
+        let map = unsafe { Mmap::map(&f) }.at(path)?;
+        let bad = |why: &str| Error::Corrupt(format!("{}: {why}", path.display()));
+        let words: &[u32] =
+            bytemuck::try_cast_slice(&map[..]).map_err(|_| bad("not a whole number of words"))?;
+        if words.len() < HEADER || words[..3] != [MAGIC[0], MAGIC[1], VERSION] {
+            return Err(bad("not a fot_mem hnsw index of version 1"));
+        }
+        let heads = words[3] as usize;
+        if heads == 0
+            || words.len() < HEADER + DIR * heads
+            || words[HEADER - 1] != header_crc(words, heads)
+        {
+            return Err(bad("header checksum mismatch"));
+        }
+        let (n, m, m0) = (words[5], words[6], words[7]);
+        let mut sections = Vec::with_capacity(heads);
+        for h in 0..heads {
+            let d = &words[HEADER + DIR * h..HEADER + DIR * (h + 1)];
+            let start = (d[0] as u64 | (d[1] as u64) << 32) as usize;
+            let len = (d[2] as u64 | (d[3] as u64) << 32) as usize;
+            let end = start
+                .checked_add(len)
+                .filter(|&e| e <= words.len())
+                .ok_or_else(|| bad("section out of bounds"))?;
+            let mut at = start;
+            let mut take = |count: usize| -> Result<Range<usize>> {
+                let r = at..at
+                    .checked_add(count)
+                    .filter(|&e| e <= end)
+                    .ok_or_else(|| bad("graph out of bounds"))?;
+                at = r.end;
+                Ok(r)
+            };
+            let level0 = take(n as usize * (m0 as usize + 1))?;
+            let mut upper = Vec::new();
+            for _ in 0..d[5] {
+                let count = words[take(1)?.start] as usize;
+                let nodes = take(count)?;
+                let adj = take(
+                    count
+                        .checked_mul(m as usize + 1)
+                        .ok_or_else(|| bad("level too large"))?,
+                )?;
+                upper.push((nodes, adj));
+            }
+            if (n > 0 && d[4] >= n) || at != end {
+                return Err(bad("inconsistent graph directory"));
+            }
+            sections.push(Section {
+                level0,
+                upper,
+                entry: d[4],
+                words: start..end,
+                crc: d[6],
+            });
+        }
+        Ok(SpanIndex {
+            first: words[9] as u64 | (words[10] as u64) << 32,
+            n,
+            dim: words[4],
+            m,
+            m0,
+            sections,
+            map,
+        })
+    }
+
+    fn words(&self) -> &[u32] {
+        bytemuck::cast_slice(&self.map[..])
+    }
+
+    /// kv heads held.
+    pub fn heads(&self) -> usize {
+        self.sections.len()
+    }
+
+    /// The graph of `head` (< `heads()`).
+    pub fn graph(&self, head: usize) -> GraphRef<'_> {
+        let w = self.words();
+        let s = &self.sections[head];
+        GraphRef {
+            n: self.n,
+            m: self.m,
+            m0: self.m0,
+            entry: s.entry,
+            level0: &w[s.level0.clone()],
+            upper: s
+                .upper
+                .iter()
+                .map(|(nodes, adj)| Upper {
+                    nodes: &w[nodes.clone()],
+                    adj: &w[adj.clone()],
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads every section and checks its checksum.
+    pub fn verify(&self, path: &Path) -> Result<()> {
+        for (h, s) in self.sections.iter().enumerate() {
+            if crc32fast::hash(bytemuck::cast_slice(&self.words()[s.words.clone()])) != s.crc {
+                return Err(Error::Corrupt(format!(
+                    "{}: the graph of kv head {h} fails its checksum",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

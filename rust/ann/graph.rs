@@ -1,0 +1,70 @@
+//! The layout of one HNSW graph, shared by the builder (owned vectors) and by indexes opened from
+//! disk (borrowed from a mapping): level 0 holds every node, `[n][1 + m0]` words (a neighbour
+//! count, then the slots); each upper level `l` lists its nodes sorted, with `[nodes][1 + m]`
+//! words of adjacency. Readers clamp counts and skip out-of-range ids, so a damaged file degrades
+//! results instead of reading out of bounds.
+
+/// One upper level: its nodes (sorted ids) and their adjacency rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Upper<'a> {
+    pub nodes: &'a [u32],
+    pub adj: &'a [u32],
+}
+
+/// A graph to search: borrowed words in the layout above.
+#[derive(Clone, Debug)]
+pub struct GraphRef<'a> {
+    pub n: u32,
+    pub m: u32,
+    pub m0: u32,
+    pub entry: u32,
+    pub level0: &'a [u32],
+    /// Levels 1, 2, ... (index `l - 1`).
+    pub upper: Vec<Upper<'a>>,
+}
+
+impl GraphRef<'_> {
+    /// The highest level.
+    pub fn top(&self) -> usize {
+        self.upper.len()
+    }
+
+    /// Neighbours of `node` at `level` (empty when the node is not on that level).
+    #[inline]
+    pub fn neighbors(&self, level: usize, node: u32) -> &[u32] {
+        if level == 0 {
+            row(self.level0, self.m0 as usize, node as usize)
+        } else {
+            let up = &self.upper[level - 1];
+            match up.nodes.binary_search(&node) {
+                Ok(slot) => row(up.adj, self.m as usize, slot),
+                Err(_) => &[],
+            }
+        }
+    }
+}
+
+/// Slot row `i` of an adjacency array with `cap` slots per row, clamped to what exists.
+#[inline]
+fn row(adj: &[u32], cap: usize, i: usize) -> &[u32] {
+    let start = i * (cap + 1);
+    match adj.get(start..start + cap + 1) {
+        Some(r) => &r[1..1 + (r[0] as usize).min(cap)],
+        None => &[],
+    }
+}
+
+/// Level of node `id` from a hash: geometric with ratio `1/m`, the HNSW distribution.
+pub fn level_of(id: u32, m: usize, seed: u64) -> usize {
+    let u = (mix(seed ^ id as u64) >> 11) as f64 / (1u64 << 53) as f64;
+    let ml = 1.0 / (m.max(2) as f64).ln();
+    ((-(1.0 - u).ln()) * ml).floor().min(16.0) as usize
+}
+
+/// SplitMix64's finaliser: a good, cheap hash of one word.
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

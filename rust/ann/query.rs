@@ -1,0 +1,80 @@
+//! Answering a query from one span's graph: greedy descent through the upper levels, best-first
+//! search of level 0 with `ef`, the best `k` of the pool out. Keys are read straight from the
+//! store's mapped chunks in their stored dtype and scored in f32 (queries keep a 0 in the extra
+//! coordinate, so these are the plain inner products the exact backend computes).
+
+use super::beam::{descend, search_level, Scratch};
+use super::dot::{query_dot, QueryDot};
+use super::graph::GraphRef;
+use crate::dtype::{Dtype, Elements};
+
+/// One kv head's keys over a span, as the chunks hold them: runs of `run_rows` rows (the last
+/// run may be shorter).
+pub struct SpanRows<'a> {
+    runs: Vec<&'a [u8]>,
+    run_rows: usize,
+    row_bytes: usize,
+    n: usize,
+    dot: QueryDot,
+}
+
+impl<'a> SpanRows<'a> {
+    /// From consecutive runs of keys; every run but the last has `run_rows` rows.
+    pub fn new(runs: &[Elements<'a>], dim: usize, run_rows: usize) -> Self {
+        let dtype = runs.first().map_or(Dtype::Float32, |r| r.dtype());
+        let row_bytes = dim * dtype.size();
+        let bytes: Vec<&[u8]> = runs.iter().map(|r| r.as_bytes()).collect();
+        let n = bytes.iter().map(|b| b.len() / row_bytes.max(1)).sum();
+        debug_assert!(bytes
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|b| b.len() == run_rows * row_bytes));
+        SpanRows {
+            runs: bytes,
+            run_rows: run_rows.max(1),
+            row_bytes,
+            n,
+            dot: query_dot(dtype),
+        }
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    #[inline]
+    fn ptr(&self, i: u32) -> *const u8 {
+        let (r, o) = (i as usize / self.run_rows, i as usize % self.run_rows);
+        // In bounds: callers pass i < n, and every run before the last is full.
+        self.runs[r][o * self.row_bytes..(o + 1) * self.row_bytes].as_ptr()
+    }
+}
+
+/// The `k` best (score, node) of `query` in graph `g` over `rows`, best first. `g.n` must equal
+/// `rows.len()`.
+pub fn search(
+    g: &GraphRef,
+    rows: &SpanRows,
+    query: &[f32],
+    k: usize,
+    ef: usize,
+    scr: &mut Scratch,
+) -> Vec<(f32, u32)> {
+    if g.n == 0 || g.n as usize != rows.len() {
+        return Vec::new();
+    }
+    // SAFETY: `dot` was chosen for this CPU and every row holds `query.len()` elements.
+    let mut score = |id: u32| unsafe { (rows.dot)(query, rows.ptr(id)) };
+    let pre = |id: u32| super::prefetch(rows.ptr(id), rows.row_bytes);
+    let entry = g.entry.min(g.n - 1);
+    let (cur, best) = descend(g, 1, entry, &mut score, &pre);
+    scr.begin(g.n as usize);
+    search_level(g, 0, &[(best, cur)], ef.max(k), scr, &mut score, &pre);
+    scr.pool.results().take(k).collect()
+}
