@@ -1,7 +1,9 @@
 """Search backends that run in Python over the store's memory-mapped chunks: `faiss` (exact, the
 FAISS brute-force kernel over zero-copy numpy views of float32 chunks; float16 and bfloat16 chunks
-are widened to float32 first). faiss is an optional dependency (`pip install fot_mem[bench]` or
-`faiss-cpu`); asking for it without it installed raises `BackendUnavailableError`.
+are widened to float32 first) and `hnswlib` (approximate: HNSW graphs per sealed span of tokens,
+saved beside the chunks; see `fot_mem.hnswlib_backend`). Both packages are optional dependencies
+(`pip install fot_mem[bench]`, or `faiss-cpu` / `hnswlib`); asking for a backend without its
+package installed raises `BackendUnavailableError`.
 
 Results follow the native backend's conventions: `[q, heads, k]` scores (float32) and ids (int64,
 token positions), best first, ties to the lower id, -1 / -inf padding.
@@ -16,8 +18,8 @@ import numpy as np
 from . import _core
 from .exceptions import BackendUnavailableError, InvalidValueError
 
-PYTHON_BACKENDS = ("faiss",)
-BACKENDS = ("exact", *PYTHON_BACKENDS)
+PYTHON_BACKENDS = ("faiss", "hnswlib")
+BACKENDS = ("exact", "hnsw", *PYTHON_BACKENDS)
 
 
 def check(backend: object) -> str:
@@ -48,10 +50,27 @@ def _as_f32(view: np.ndarray) -> np.ndarray:
 
 
 def search(
-    core: _core.Store, doc: str, layer: int, queries: np.ndarray, k: int, backend: str
+    core: _core.Store,
+    doc: str,
+    layer: int,
+    queries: np.ndarray,
+    k: int,
+    backend: str,
+    ef: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of `queries [q, heads, head_dim]` (float32) in one document-layer with `backend`."""
-    check(backend)
+    """Top-k of `queries [q, heads, head_dim]` (float32) in one document-layer with `backend`.
+    `ef`: search breadth of the approximate backends (None: the store's default); exact ones
+    ignore it."""
+    if check(backend) == "hnswlib":
+        from . import hnswlib_backend
+
+        return hnswlib_backend.search(core, doc, layer, queries, k, ef)
+    return _faiss_search(core, doc, layer, queries, k)
+
+
+def _faiss_search(
+    core: _core.Store, doc: str, layer: int, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     faiss = _faiss()
     q, heads, dim = queries.shape
     kv_heads = int(core.config["kv_heads"])
