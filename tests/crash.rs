@@ -36,6 +36,7 @@ fn config(dtype: Dtype) -> StoreConfig {
         value_dim: VALUE_DIM as u32,
         dtype,
         chunk_tokens: CHUNK,
+        hnsw: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn config(dtype: Dtype, chunk_tokens: u32) -> StoreConfig {
         value_dim: VALUE_DIM as u32,
         dtype,
         chunk_tokens,
+        hnsw: None,
     }
 }
 

@@ -81,24 +81,46 @@ impl BuildSet {
         dim: usize,
         linking: Linking,
     ) -> Self {
-        let mut rows = Vec::new();
-        let mut sq = Vec::new();
-        let mut buf = vec![0f32; dim];
-        for run in runs {
-            for r in 0..run.len() / dim.max(1) {
-                run.slice(r * dim..(r + 1) * dim).to_f32(&mut buf);
-                let s = buf.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-                sq.push(s);
-                let scale = if linking == Linking::Angular && s > 0.0 {
-                    1.0 / s.sqrt() as f32
-                } else {
-                    1.0
-                };
-                rows.extend(
-                    buf.iter()
-                        .map(|&x| half::bf16::from_f32(x * scale).to_bits()),
-                );
+        let runs: Vec<Elements> = runs.into_iter().collect();
+        let mut keys = vec![0f32; runs.iter().map(|r| r.len()).sum()];
+        let mut at = 0;
+        for run in &runs {
+            run.to_f32(&mut keys[at..at + run.len()]);
+            at += run.len();
+        }
+        let n = keys.len() / dim.max(1);
+        // Centre the keys: q.(k - mu) ranks keys exactly as q.k (the offset q.mu is the same for
+        // every key), and attention keys share a large common component that otherwise drowns
+        // the directions the graph should link by.
+        let centre = linking != Linking::Reduction;
+        if centre && n > 0 {
+            let mut mu = vec![0f64; dim];
+            for row in keys.chunks_exact(dim) {
+                for (m, &x) in mu.iter_mut().zip(row) {
+                    *m += x as f64;
+                }
             }
+            let mu: Vec<f32> = mu.iter().map(|&m| (m / n as f64) as f32).collect();
+            for row in keys.chunks_exact_mut(dim) {
+                for (x, &m) in row.iter_mut().zip(&mu) {
+                    *x -= m;
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(keys.len());
+        let mut sq = Vec::with_capacity(n);
+        for row in keys.chunks_exact(dim.max(1)) {
+            let s = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+            sq.push(s);
+            let scale = if linking == Linking::Angular && s > 0.0 {
+                1.0 / s.sqrt() as f32
+            } else {
+                1.0
+            };
+            rows.extend(
+                row.iter()
+                    .map(|&x| half::bf16::from_f32(x * scale).to_bits()),
+            );
         }
         let r2 = sq.iter().copied().fold(0f64, f64::max);
         let extra = sq

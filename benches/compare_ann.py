@@ -1,0 +1,251 @@
+"""Approximate top-k inner-product search, side by side in one run on the same keys and queries:
+fot_mem's native `hnsw` backend (graphs in the store, memory-mapped), hnswlib (M=16,
+ef_construction=200, space "ip", the anchor of docs/benchmarks.md) and fot_mem's exact backend.
+
+    python benches/compare_ann.py [--sets clustered,normal,real] [--keys 262144] [--dim 128]
+                                  [--queries 2048] [--k 32] [--efs 16,32,64,128,256,512]
+                                  [--real-dir bench-data] [--json out.json]
+
+For each key set: build keys/s of each index (2 threads), then for each ef the median queries/s
+(all queries in one batch, 2 threads) and recall@k against the exact top-k; the reopen time of
+the fot_mem store (open + map the index + first search). `real` reads keys/queries extracted
+from SmolLM2 by benches/extract_keys.py (skipped when absent). Prints tables, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_exact import clustered  # noqa: E402
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median seconds of `repeats` calls after one warm-up, and the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (keys [n, d], queries [q, d]), float32."""
+    out = {}
+    n, d, nq = args.keys, args.dim, args.queries
+    for name in args.sets.split(","):
+        if name == "clustered":
+            out[name] = (
+                clustered(np.random.default_rng(1), n, d),
+                clustered(np.random.default_rng(2), nq, d),
+            )
+        elif name == "normal":
+            rng = np.random.default_rng(3)
+            out[name] = (
+                rng.standard_normal((n, d), dtype=np.float32),
+                rng.standard_normal((nq, d), dtype=np.float32),
+            )
+        elif name == "real":
+            files = sorted(Path(args.real_dir).glob("keys-L*-h*.npy"))
+            if not files:
+                print(f"[real] no keys in {args.real_dir}: run benches/extract_keys.py first")
+                continue
+            kf = files[0]
+            keys = np.load(kf).astype(np.float32)
+            queries = np.load(kf.with_name(kf.name.replace("keys-", "queries-"))).astype(np.float32)
+            # Whole spans only: the store indexes full spans of `chunk`-token chunks.
+            n_real = len(keys) // 4096 * 4096
+            out[f"real:{kf.stem}"] = (keys[:n_real], queries[:nq])
+        else:
+            raise SystemExit(f"unknown key set {name!r}")
+    return out
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    hits = sum(len(np.intersect1d(f, t, assume_unique=False)) for f, t in zip(found, truth))
+    return hits / (len(truth) * k)
+
+
+def run_set(name, keys, queries, args, threads):
+    import fot_mem
+
+    n, d = keys.shape
+    k = args.k
+    efs = [int(e) for e in args.efs.split(",")]
+    res = {"set": name, "keys": n, "dim": d, "queries": len(queries), "k": k}
+    tmp = tempfile.mkdtemp(prefix="compare_ann-")
+
+    # Exact: the oracle, and the speed to beat at recall 1.
+    ex = fot_mem.MemoryStore.create(
+        f"{tmp}/exact", layers=[0], kv_heads=1, head_dim=d, chunk_tokens=4096
+    )
+    doc = ex.document("d")
+    for s in range(0, n, 65536):
+        doc.append(0, keys[s : s + 65536, None], keys[s : s + 65536, None, :1].repeat(d, 2))
+    q3 = queries[:, None]
+    sec, (_, truth) = timed(lambda: doc.search(0, q3, k), args.repeats)
+    truth = truth[:, 0]
+    res["exact"] = {"qps": len(queries) / sec}
+    ex.close()
+
+    # fot_mem hnsw: one span over all keys (the same single graph hnswlib builds), float32.
+    path = f"{tmp}/hnsw"
+    hn = fot_mem.MemoryStore.create(
+        path,
+        layers=[0],
+        kv_heads=1,
+        head_dim=d,
+        chunk_tokens=4096,
+        hnsw={"m": args.m, "ef_construction": args.efc, "span_tokens": n, "linking": args.linking},
+    )
+    doc = hn.document("d")
+    doc.append(0, keys[:, None], np.zeros((n, 1, d), np.float32))
+    stats = hn.wait_for_indexes()
+    curve = []
+    for ef in efs:
+        sec, (_, ids) = timed(lambda ef=ef: doc.search(0, q3, k, backend="hnsw", ef=ef), args.repeats)
+        curve.append({"ef": ef, "qps": len(queries) / sec, "recall": recall(ids[:, 0], truth)})
+    res["fot_mem_hnsw"] = {
+        "m": args.m,
+        "ef_construction": args.efc,
+        "linking": hn.hnsw["linking"],
+        "build_keys_per_s": n / stats["seconds"],
+        "build_seconds": stats["seconds"],
+        "curve": curve,
+    }
+    hn.close()
+    # Reopen in a fresh process: open the store, map the index, answer one query.
+    probe = (
+        "import sys,time,numpy as np,fot_mem\n"
+        "t=time.perf_counter();s=fot_mem.MemoryStore.open(sys.argv[1],readonly=True)\n"
+        "d=s.document('d');n=d.indexed_tokens(0);t1=time.perf_counter()\n"
+        f"d.search(0,np.ones((1,1,{d}),np.float32),{k},backend='hnsw');t2=time.perf_counter()\n"
+        "print(t1-t,t2-t,n)"
+    )
+    opened = subprocess.run(
+        [sys.executable, "-c", probe, path], capture_output=True, text=True, check=True
+    ).stdout.split()
+    res["fot_mem_hnsw"]["reopen_ms"] = float(opened[0]) * 1e3
+    res["fot_mem_hnsw"]["reopen_first_search_ms"] = float(opened[1]) * 1e3
+
+    # hnswlib, the anchor's parameters.
+    try:
+        import hnswlib
+    except ImportError:
+        print("hnswlib missing: pip install hnswlib")
+        return res
+    idx = hnswlib.Index(space="ip", dim=d)
+    idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=100)
+    t = time.perf_counter()
+    idx.add_items(keys, np.arange(n), num_threads=threads)
+    build = time.perf_counter() - t
+    curve = []
+    for ef in efs:
+        idx.set_ef(max(ef, k))
+        sec, (ids, _) = timed(
+            lambda: idx.knn_query(queries, k=k, num_threads=threads), args.repeats
+        )
+        curve.append({"ef": ef, "qps": len(queries) / sec, "recall": recall(ids, truth)})
+    idx.save_index(f"{tmp}/hnswlib.bin")
+    t = time.perf_counter()
+    again = hnswlib.Index(space="ip", dim=d)
+    again.load_index(f"{tmp}/hnswlib.bin", max_elements=n)
+    load = time.perf_counter() - t
+    res["hnswlib"] = {
+        "m": 16,
+        "ef_construction": 200,
+        "build_keys_per_s": n / build,
+        "build_seconds": build,
+        "load_ms": load * 1e3,
+        "curve": curve,
+    }
+    return res
+
+
+def best_at(curve, target):
+    """Highest qps among points with recall >= target, else None."""
+    ok = [p["qps"] for p in curve if p["recall"] >= target]
+    return max(ok) if ok else None
+
+
+def summarise(res) -> dict:
+    f, h = res["fot_mem_hnsw"], res.get("hnswlib")
+    out = {"build_ratio": None, "qps_ratio_at_0.95": None}
+    if h:
+        out["build_ratio"] = f["build_keys_per_s"] / h["build_keys_per_s"]
+        hq = best_at(h["curve"], 0.95)
+        best_h = max(h["curve"], key=lambda p: p["recall"])
+        target = 0.95 if hq else best_h["recall"]
+        fq = best_at(f["curve"], max(target, 0.95))
+        hq = hq or best_h["qps"]
+        out["hnswlib_target"] = {"recall": target, "qps": hq}
+        out["qps_ratio_at_0.95"] = fq / hq if fq else None
+    return out
+
+
+def print_set(res) -> None:
+    print(f"\n== {res['set']}: {res['keys']} keys x {res['dim']}, {res['queries']} queries, "
+          f"k={res['k']} ==")
+    print(f"exact (fot_mem): {res['exact']['qps']:.0f} q/s at recall 1")
+    for name in ("fot_mem_hnsw", "hnswlib"):
+        r = res.get(name)
+        if not r:
+            continue
+        extra = f", reopen {r['reopen_ms']:.1f} ms" if "reopen_ms" in r else ""
+        extra += f", load {r['load_ms']:.0f} ms" if "load_ms" in r else ""
+        print(f"{name}: build {r['build_keys_per_s']:.0f} keys/s ({r['build_seconds']:.1f} s){extra}")
+        for p in r["curve"]:
+            print(f"   ef {p['ef']:4d}: recall@{res['k']} {p['recall']:.4f}  {p['qps']:9.0f} q/s")
+    s = res["summary"]
+    print("summary:", json.dumps(s))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default="clustered,normal,real")
+    ap.add_argument("--keys", type=int, default=262144)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=2048)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--efs", default="16,32,64,128,256,512")
+    ap.add_argument("--m", type=int, default=16)
+    ap.add_argument("--efc", type=int, default=100)
+    ap.add_argument("--linking", default="angular")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real-dir", default="bench-data")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
+    out = {
+        "machine": {"cpu": platform.processor(), "cores": os.cpu_count(), "python": sys.version},
+        "args": vars(args),
+        "sets": [],
+    }
+    for name, (keys, queries) in key_sets(args).items():
+        res = run_set(name, keys, queries, args, args.threads)
+        res["summary"] = summarise(res)
+        print_set(res)
+        out["sets"].append(res)
+    path = Path(args.json or f"bench-results/compare_ann-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
