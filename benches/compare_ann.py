@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_exact import clustered  # noqa: E402
+from compare_exact import clustered
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -117,7 +117,9 @@ def run_set(name, keys, queries, args, threads):
     stats = hn.wait_for_indexes()
     curve = []
     for ef in efs:
-        sec, (_, ids) = timed(lambda ef=ef: doc.search(0, q3, k, backend="hnsw", ef=ef), args.repeats)
+        sec, (_, ids) = timed(
+            lambda ef=ef: doc.search(0, q3, k, backend="hnsw", ef=ef), args.repeats
+        )
         curve.append({"ef": ef, "qps": len(queries) / sec, "recall": recall(ids[:, 0], truth)})
     res["fot_mem_hnsw"] = {
         "m": args.m,
@@ -198,8 +200,10 @@ def summarise(res) -> dict:
 
 
 def print_set(res) -> None:
-    print(f"\n== {res['set']}: {res['keys']} keys x {res['dim']}, {res['queries']} queries, "
-          f"k={res['k']} ==")
+    print(
+        f"\n== {res['set']}: {res['keys']} keys x {res['dim']}, {res['queries']} queries, "
+        f"k={res['k']} =="
+    )
     print(f"exact (fot_mem): {res['exact']['qps']:.0f} q/s at recall 1")
     for name in ("fot_mem_hnsw", "hnswlib"):
         r = res.get(name)
@@ -207,7 +211,9 @@ def print_set(res) -> None:
             continue
         extra = f", reopen {r['reopen_ms']:.1f} ms" if "reopen_ms" in r else ""
         extra += f", load {r['load_ms']:.0f} ms" if "load_ms" in r else ""
-        print(f"{name}: build {r['build_keys_per_s']:.0f} keys/s ({r['build_seconds']:.1f} s){extra}")
+        print(
+            f"{name}: build {r['build_keys_per_s']:.0f} keys/s ({r['build_seconds']:.1f} s){extra}"
+        )
         for p in r["curve"]:
             print(f"   ef {p['ef']:4d}: recall@{res['k']} {p['recall']:.4f}  {p['qps']:9.0f} q/s")
     s = res["summary"]
@@ -221,10 +227,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--queries", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--efs", default="16,32,64,128,256,512")
+    ap.add_argument("--efs", default="32,64,96,128,192,256,384,512")
     ap.add_argument("--m", type=int, default=16)
     ap.add_argument("--efc", type=int, default=100)
-    ap.add_argument("--linking", default="angular")
+    ap.add_argument("--linking", default="hybrid")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--real-dir", default="bench-data")

@@ -73,7 +73,7 @@ class MemoryStore:
 
         `hnsw`: keep HNSW indexes for `backend="hnsw"`: True for the defaults, or a dict of
         `m` (16), `ef_construction` (100), `ef_search` (128), `span_tokens` (65536 rounded up to
-        whole chunks) and `linking` ("angular"; or "ip", "reduction"). Each span of
+        whole chunks) and `linking` ("hybrid"; or "reduction", "angular", "ip"). Each span of
         `span_tokens` tokens gets its graphs (one per kv head) in the background once it is full.
         """
         if hnsw is True:

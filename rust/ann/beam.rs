@@ -1,73 +1,94 @@
-//! Best-first search on one level of a graph, shared by insertion (build) and queries: a pool of
-//! the `ef` best nodes seen, kept sorted (best first), expanded best-unexpanded-first until every
-//! node in it is expanded. Visited marks are epoch stamps, so clearing them is O(1).
+//! Best-first search on one level of a graph, shared by insertion (build) and queries (HNSW's
+//! search-layer): a max-heap of candidates to expand and a min-heap of the `ef` best seen; the
+//! search stops when the best candidate left is worse than the worst of the `ef`. Visited marks
+//! are epoch stamps, so clearing them is O(1).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
 
 use super::graph::GraphRef;
 
-/// The `ef` best (score, id) seen, best first, with a mark of which were expanded.
+/// (score, id), ordered by score, then lower id first (so results are deterministic).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Scored(f32, u32);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
+    }
+}
+
+/// The `ef` best (score, id) seen, and the candidates still to expand.
 #[derive(Debug, Default)]
 pub struct Pool {
-    items: Vec<(f32, u32, bool)>,
+    todo: BinaryHeap<Scored>,
+    best: BinaryHeap<Reverse<Scored>>,
     cap: usize,
-    cursor: usize,
 }
 
 impl Pool {
     pub fn reset(&mut self, cap: usize) {
-        self.items.clear();
+        self.todo.clear();
+        self.best.clear();
         self.cap = cap.max(1);
-        self.cursor = 0;
     }
 
     /// The worst score a newcomer must beat once the pool is full.
     #[inline]
     pub fn bar(&self) -> f32 {
-        if self.items.len() < self.cap {
-            f32::NEG_INFINITY
-        } else {
-            self.items[self.items.len() - 1].0
+        match self.best.peek() {
+            Some(w) if self.best.len() >= self.cap => w.0 .0,
+            _ => f32::NEG_INFINITY,
         }
     }
 
     #[inline]
     pub fn insert(&mut self, score: f32, id: u32) {
-        if score <= self.bar() {
-            return;
-        }
-        // After equal scores, so earlier finds win ties (deterministic).
-        let at = self.items.partition_point(|e| e.0 >= score);
-        if self.items.len() == self.cap {
-            self.items.pop();
-        }
-        self.items.insert(at, (score, id, false));
-        self.cursor = self.cursor.min(at);
-    }
-
-    /// The best node not yet expanded, marked expanded.
-    #[inline]
-    fn next(&mut self) -> Option<u32> {
-        while self.cursor < self.items.len() {
-            let c = self.cursor;
-            self.cursor += 1;
-            if !self.items[c].2 {
-                self.items[c].2 = true;
-                return Some(self.items[c].1);
+        let e = Scored(score, id);
+        if self.best.len() >= self.cap {
+            match self.best.peek() {
+                Some(w) if e > w.0 => {
+                    self.best.pop();
+                }
+                _ => return,
             }
         }
-        None
+        self.best.push(Reverse(e));
+        self.todo.push(e);
     }
 
-    /// (score, id), best first.
-    pub fn results(&self) -> impl Iterator<Item = (f32, u32)> + '_ {
-        self.items.iter().map(|&(s, i, _)| (s, i))
+    /// The best candidate left, unless it cannot improve the `ef` best.
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        let c = self.todo.pop()?;
+        if self.best.len() >= self.cap && self.best.peek().is_some_and(|w| c < w.0) {
+            self.todo.clear();
+            return None;
+        }
+        Some(c.1)
+    }
+
+    /// (score, id) of the `ef` best, best first.
+    pub fn results(&self) -> Vec<(f32, u32)> {
+        let mut v: Vec<Scored> = self.best.iter().map(|r| r.0).collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().map(|e| (e.0, e.1)).collect()
     }
 
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.best.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.best.is_empty()
     }
 }
 
@@ -118,7 +139,9 @@ pub fn descend(
             let mut moved = false;
             let nbrs = g.neighbors(level, cur);
             for &id in nbrs {
-                prefetch(id);
+                if id < g.n {
+                    prefetch(id);
+                }
             }
             for &id in nbrs {
                 if id >= g.n {
@@ -152,8 +175,10 @@ pub fn search_level(
 ) {
     scratch.pool.reset(ef);
     for &(s, id) in entries {
-        scratch.visit(id);
-        scratch.pool.insert(s, id);
+        // Entries may repeat (pivots read from a damaged file): each id once.
+        if id < g.n && scratch.visit(id) {
+            scratch.pool.insert(s, id);
+        }
     }
     let mut fresh = std::mem::take(&mut scratch.fresh);
     while let Some(node) = scratch.pool.next() {

@@ -6,7 +6,8 @@
 //! header  16 words: magic x2, version, kv_heads, dim, n, m, m0, ef_construction,
 //!                   first token (lo, hi), linking, 0 x3, crc32 of header and directory
 //! directory  per kv head 8 words: offset (lo, hi), words (lo, hi), entry, top, crc32 of section, 0
-//! section    level 0: n x (1 + m0); then per upper level: count, nodes[count], count x (1 + m)
+//! section    level 0: n x (1 + m0); then per upper level: count, nodes[count], count x (1 + m);
+//!            then count, pivots[count]
 //! ```
 
 use std::fs::File;
@@ -58,6 +59,8 @@ pub fn write(
             words.extend_from_slice(nodes);
             words.extend_from_slice(adj);
         }
+        words.push(g.pivots.len() as u32);
+        words.extend_from_slice(&g.pivots);
         let len = words.len() - start;
         let crc = crc32fast::hash(bytemuck::cast_slice(&words[start..]));
         let d = HEADER + DIR * h;
@@ -102,6 +105,7 @@ fn header_crc(words: &[u32], heads: usize) -> u32 {
 struct Section {
     level0: Range<usize>,
     upper: Vec<(Range<usize>, Range<usize>)>,
+    pivots: Range<usize>,
     entry: u32,
     words: Range<usize>,
     crc: u32,
@@ -171,12 +175,15 @@ impl SpanIndex {
                 )?;
                 upper.push((nodes, adj));
             }
+            let count = words[take(1)?.start] as usize;
+            let pivots = take(count)?;
             if (n > 0 && d[4] >= n) || at != end {
                 return Err(bad("inconsistent graph directory"));
             }
             sections.push(Section {
                 level0,
                 upper,
+                pivots,
                 entry: d[4],
                 words: start..end,
                 crc: d[6],
@@ -220,6 +227,7 @@ impl SpanIndex {
                     adj: &w[adj.clone()],
                 })
                 .collect(),
+            pivots: &w[s.pivots.clone()],
         }
     }
 

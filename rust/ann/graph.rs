@@ -1,7 +1,7 @@
 //! The layout of one HNSW graph, shared by the builder (owned vectors) and by indexes opened from
 //! disk (borrowed from a mapping): level 0 holds every node, `[n][1 + m0]` words (a neighbour
 //! count, then the slots); each upper level `l` lists its nodes sorted, with `[nodes][1 + m]`
-//! words of adjacency. Readers clamp counts and skip out-of-range ids, so a damaged file degrades
+//! words of adjacency; then the pivots. Readers clamp counts and skip out-of-range ids, so a damaged file degrades
 //! results instead of reading out of bounds.
 
 /// One upper level: its nodes (sorted ids) and their adjacency rows.
@@ -21,6 +21,9 @@ pub struct GraphRef<'a> {
     pub level0: &'a [u32],
     /// Levels 1, 2, ... (index `l - 1`).
     pub upper: Vec<Upper<'a>>,
+    /// Nodes spread over the span (farthest-point sample): every query also starts from the
+    /// best of them, so small clusters far from the rest are reached.
+    pub pivots: &'a [u32],
 }
 
 impl GraphRef<'_> {

@@ -50,11 +50,20 @@ impl<'a> SpanRows<'a> {
 
     #[inline]
     fn ptr(&self, i: u32) -> *const u8 {
-        let (r, o) = (i as usize / self.run_rows, i as usize % self.run_rows);
+        // Chunks are usually a power of two tokens: a shift instead of a division.
+        let (r, o) = if self.run_rows.is_power_of_two() {
+            let s = self.run_rows.trailing_zeros();
+            (i as usize >> s, i as usize & (self.run_rows - 1))
+        } else {
+            (i as usize / self.run_rows, i as usize % self.run_rows)
+        };
         // In bounds: callers pass i < n, and every run before the last is full.
         self.runs[r][o * self.row_bytes..(o + 1) * self.row_bytes].as_ptr()
     }
 }
+
+/// Pivots a query starts from, besides the greedy descent.
+const SEEDS: usize = 4;
 
 /// The `k` best (score, node) of `query` in graph `g` over `rows`, best first. `g.n` must equal
 /// `rows.len()`.
@@ -74,7 +83,27 @@ pub fn search(
     let pre = |id: u32| super::prefetch(rows.ptr(id), rows.row_bytes);
     let entry = g.entry.min(g.n - 1);
     let (cur, best) = descend(g, 1, entry, &mut score, &pre);
+    // Start level 0 from the descent's end and from the best pivots.
+    for &p in g.pivots {
+        if p < g.n {
+            pre(p);
+        }
+    }
+    let mut entries: Vec<(f32, u32)> = g
+        .pivots
+        .iter()
+        .filter(|&&p| p < g.n && p != cur)
+        .map(|&p| (score(p), p))
+        .collect();
+    let seeds = SEEDS.min(entries.len());
+    if seeds > 0 {
+        entries.select_nth_unstable_by(seeds - 1, |a, b| b.0.total_cmp(&a.0));
+        entries.truncate(seeds);
+    }
+    entries.push((best, cur));
     scr.begin(g.n as usize);
-    search_level(g, 0, &[(best, cur)], ef.max(k), scr, &mut score, &pre);
-    scr.pool.results().take(k).collect()
+    search_level(g, 0, &entries, ef.max(k), scr, &mut score, &pre);
+    let mut best = scr.pool.results();
+    best.truncate(k);
+    best
 }

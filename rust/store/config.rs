@@ -19,7 +19,7 @@ pub struct HnswConfig {
     pub ef_search: u32,
     /// Tokens per indexed span (a multiple of `chunk_tokens`): a span gets its graphs once full.
     pub span_tokens: u32,
-    /// How the graph links keys: "angular" (default), "ip" or "reduction".
+    /// How the graph links keys: "hybrid" (default), "reduction", "angular" or "ip".
     pub linking: String,
 }
 
@@ -34,7 +34,7 @@ impl HnswConfig {
                 .div_ceil(chunk_tokens)
                 .max(1)
                 .saturating_mul(chunk_tokens),
-            linking: "angular".into(),
+            linking: "hybrid".into(),
         }
     }
 
@@ -62,7 +62,7 @@ impl HnswConfig {
         }
         if crate::ann::Linking::parse(&self.linking).is_none() {
             return bad(format!(
-                "hnsw linking must be \"angular\", \"ip\" or \"reduction\", got {:?}",
+                "hnsw linking must be \"hybrid\", \"reduction\", \"angular\" or \"ip\", got {:?}",
                 self.linking
             ));
         }

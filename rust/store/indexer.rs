@@ -44,14 +44,18 @@ pub struct IndexStats {
 struct State {
     queue: VecDeque<SpanJob>,
     queued: HashSet<PathBuf>,
-    running: bool,
+    /// The file of the job being built.
+    running: Option<PathBuf>,
     stats: IndexStats,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Set for good when the indexer is dropped.
     stop: AtomicBool,
+    /// Set to abandon the running build (its document is being deleted); reset per job.
+    skip: AtomicBool,
 }
 
 impl Shared {
@@ -82,6 +86,7 @@ impl Default for Indexer {
                 state: Mutex::new(State::default()),
                 changed: Condvar::new(),
                 stop: AtomicBool::new(false),
+                skip: AtomicBool::new(false),
             }),
             thread: None,
         }
@@ -107,7 +112,7 @@ impl Indexer {
     /// Blocks until nothing is queued or running; fails with the first error since the last wait.
     pub fn wait(&self) -> Result<IndexStats> {
         let mut st = self.shared.lock();
-        while !st.queue.is_empty() || st.running {
+        while !st.queue.is_empty() || st.running.is_some() {
             st = self
                 .shared
                 .changed
@@ -127,11 +132,34 @@ impl Indexer {
     pub fn stats(&self) -> IndexStats {
         self.shared.lock().stats.clone()
     }
+
+    /// Drops the queued jobs under `dir` and waits out a running one there, so the directory
+    /// can be removed (a deleted document) without a build writing into it meanwhile.
+    pub fn forget(&self, dir: &std::path::Path) {
+        let mut st = self.shared.lock();
+        let before = st.queue.len();
+        st.queue.retain(|j| !j.path.starts_with(dir));
+        let dropped = before - st.queue.len();
+        st.stats.pending = st.stats.pending.saturating_sub(dropped);
+        let State { queue, queued, .. } = &mut *st;
+        queued.retain(|p| !p.starts_with(dir) || queue.iter().any(|j| &j.path == p));
+        if st.running.as_ref().is_some_and(|p| p.starts_with(dir)) {
+            self.shared.skip.store(true, Ordering::Relaxed);
+        }
+        while st.running.as_ref().is_some_and(|p| p.starts_with(dir)) {
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 impl Drop for Indexer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.skip.store(true, Ordering::Relaxed);
         let mut st = self.shared.lock();
         st.queue.clear();
         self.shared.changed.notify_all();
@@ -144,19 +172,30 @@ fn worker(shared: &Shared) {
             let mut st = shared.lock();
             loop {
                 if shared.stop.load(Ordering::Relaxed) {
-                    st.running = false;
+                    st.running = None;
                     shared.changed.notify_all();
                     return;
                 }
                 if let Some(job) = st.queue.pop_front() {
-                    st.running = true;
+                    st.running = Some(job.path.clone());
+                    shared.skip.store(false, Ordering::Relaxed);
                     break job;
                 }
                 st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
             }
         };
         let t = Instant::now();
-        let outcome = run(&job, &shared.stop);
+        // A panic must not kill the thread with the job marked running: waiters would hang.
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, &shared.skip)))
+                .unwrap_or_else(|_| {
+                    Err(Error::Io {
+                        path: job.path.clone(),
+                        source: std::io::Error::other(
+                            "the index build panicked (a bug in fot_mem)",
+                        ),
+                    })
+                });
         let mut st = shared.lock();
         st.queued.remove(&job.path);
         st.stats.pending = st.stats.pending.saturating_sub(1);
@@ -169,7 +208,7 @@ fn worker(shared: &Shared) {
             Ok(None) => {}
             Err(e) => st.stats.errors.push(format!("{}: {e}", job.path.display())),
         }
-        st.running = false;
+        st.running = None;
         shared.changed.notify_all();
     }
 }

@@ -369,6 +369,7 @@ impl MemoryStore {
         self.manifest = next;
         self.open.retain(|(d, _), _| d != doc);
         let dir = self.root.join(DOCS_DIR).join(entry.dir);
+        self.indexer.forget(&dir);
         std::fs::remove_dir_all(&dir).at(&dir)?;
         Ok(true)
     }
