@@ -63,12 +63,13 @@ def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             if not files:
                 print(f"[real] no keys in {args.real_dir}: run benches/extract_keys.py first")
                 continue
-            kf = files[0]
-            keys = np.load(kf).astype(np.float32)
-            queries = np.load(kf.with_name(kf.name.replace("keys-", "queries-"))).astype(np.float32)
-            # Whole spans only: the store indexes full spans of `chunk`-token chunks.
-            n_real = len(keys) // 4096 * 4096
-            out[f"real:{kf.stem}"] = (keys[:n_real], queries[:nq])
+            for kf in files:
+                keys = np.load(kf).astype(np.float32)
+                qf = kf.with_name(kf.name.replace("keys-", "queries-"))
+                queries = np.load(qf).astype(np.float32)
+                # Whole spans only: the store indexes full spans of 4096-token chunks.
+                n_real = len(keys) // 4096 * 4096
+                out[f"real:{kf.stem}"] = (keys[:n_real], queries[:nq])
         else:
             raise SystemExit(f"unknown key set {name!r}")
     return out
