@@ -76,9 +76,21 @@ def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """|found ∩ exact top-k| / k, averaged (docs/benchmarks.md)."""
     k = truth.shape[1]
     hits = sum(len(np.intersect1d(f, t, assume_unique=False)) for f, t in zip(found, truth))
     return hits / (len(truth) * k)
+
+
+def recall_ties(found: np.ndarray, kth: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> float:
+    """ann-benchmarks' recall: a found key counts when its score reaches the exact k-th score
+    (so a key tied with the k-th one counts, whichever of the ties the index returns). Real
+    attention keys repeat (the first token of windows that start alike), so ids alone
+    undercount."""
+    f = np.where(found < 0, 0, found)
+    scores = np.einsum("qkd,qd->qk", keys[f], queries)
+    ok = (found >= 0) & (scores >= kth[:, None] - 1e-5 * np.maximum(1.0, np.abs(kth[:, None])))
+    return float(ok.mean())
 
 
 def run_set(name, keys, queries, args, threads):
@@ -98,8 +110,9 @@ def run_set(name, keys, queries, args, threads):
     for s in range(0, n, 65536):
         doc.append(0, keys[s : s + 65536, None], keys[s : s + 65536, None, :1].repeat(d, 2))
     q3 = queries[:, None]
-    sec, (_, truth) = timed(lambda: doc.search(0, q3, k), args.repeats)
+    sec, (tscores, truth) = timed(lambda: doc.search(0, q3, k), args.repeats)
     truth = truth[:, 0]
+    kth = tscores[:, 0, -1]
     res["exact"] = {"qps": len(queries) / sec}
     ex.close()
 
@@ -121,7 +134,14 @@ def run_set(name, keys, queries, args, threads):
         sec, (_, ids) = timed(
             lambda ef=ef: doc.search(0, q3, k, backend="hnsw", ef=ef), args.repeats
         )
-        curve.append({"ef": ef, "qps": len(queries) / sec, "recall": recall(ids[:, 0], truth)})
+        curve.append(
+            {
+                "ef": ef,
+                "qps": len(queries) / sec,
+                "recall": recall(ids[:, 0], truth),
+                "recall_ties": recall_ties(ids[:, 0], kth, keys, queries),
+            }
+        )
     res["fot_mem_hnsw"] = {
         "m": args.m,
         "ef_construction": args.efc,
@@ -162,7 +182,14 @@ def run_set(name, keys, queries, args, threads):
         sec, (ids, _) = timed(
             lambda: idx.knn_query(queries, k=k, num_threads=threads), args.repeats
         )
-        curve.append({"ef": ef, "qps": len(queries) / sec, "recall": recall(ids, truth)})
+        curve.append(
+            {
+                "ef": ef,
+                "qps": len(queries) / sec,
+                "recall": recall(ids, truth),
+                "recall_ties": recall_ties(ids.astype(np.int64), kth, keys, queries),
+            }
+        )
     idx.save_index(f"{tmp}/hnswlib.bin")
     t = time.perf_counter()
     again = hnswlib.Index(space="ip", dim=d)
@@ -179,24 +206,33 @@ def run_set(name, keys, queries, args, threads):
     return res
 
 
-def best_at(curve, target):
-    """Highest qps among points with recall >= target, else None."""
-    ok = [p["qps"] for p in curve if p["recall"] >= target]
+def best_at(curve, target, metric):
+    """Highest qps among points with `metric` >= target, else None."""
+    ok = [p["qps"] for p in curve if p[metric] >= target]
     return max(ok) if ok else None
 
 
 def summarise(res) -> dict:
+    """The goals' ratios: fot_mem's best qps at recall >= 0.95 over hnswlib's best qps at 0.95,
+    or, where hnswlib never gets there, at its own best recall. Per recall definition."""
     f, h = res["fot_mem_hnsw"], res.get("hnswlib")
-    out = {"build_ratio": None, "qps_ratio_at_0.95": None}
-    if h:
-        out["build_ratio"] = f["build_keys_per_s"] / h["build_keys_per_s"]
-        hq = best_at(h["curve"], 0.95)
-        best_h = max(h["curve"], key=lambda p: p["recall"])
-        target = 0.95 if hq else best_h["recall"]
-        fq = best_at(f["curve"], max(target, 0.95))
+    out = {}
+    if not h:
+        return out
+    out["build_ratio"] = f["build_keys_per_s"] / h["build_keys_per_s"]
+    for metric in ("recall", "recall_ties"):
+        hq = best_at(h["curve"], 0.95, metric)
+        best_h = max(h["curve"], key=lambda p: p[metric])
+        target = 0.95 if hq else best_h[metric]
         hq = hq or best_h["qps"]
-        out["hnswlib_target"] = {"recall": target, "qps": hq}
-        out["qps_ratio_at_0.95"] = fq / hq if fq else None
+        fq = best_at(f["curve"], 0.95, metric)
+        out[metric] = {
+            "fot_mem_best": max(p[metric] for p in f["curve"]),
+            "hnswlib_best": best_h[metric],
+            "hnswlib_reference": {"recall": target, "qps": hq},
+            "fot_mem_qps_at_0.95": fq,
+            "qps_ratio": fq / hq if fq else None,
+        }
     return out
 
 
@@ -216,7 +252,10 @@ def print_set(res) -> None:
             f"{name}: build {r['build_keys_per_s']:.0f} keys/s ({r['build_seconds']:.1f} s){extra}"
         )
         for p in r["curve"]:
-            print(f"   ef {p['ef']:4d}: recall@{res['k']} {p['recall']:.4f}  {p['qps']:9.0f} q/s")
+            print(
+                f"   ef {p['ef']:4d}: recall@{res['k']} {p['recall']:.4f} "
+                f"(with ties {p['recall_ties']:.4f})  {p['qps']:9.0f} q/s"
+            )
     s = res["summary"]
     print("summary:", json.dumps(s))
 

@@ -78,7 +78,7 @@ pub struct BuildSet {
     pub dim: usize,
     rows: Vec<u16>,
     extra: Vec<f32>,
-    /// Norm of each linked vector (extra coordinate included).
+    /// Norm of each row (the centred key; 1 when normalised), for cosines between keys.
     norm: Vec<f32>,
     dot: PairDot,
 }
@@ -140,11 +140,7 @@ impl BuildSet {
             .collect();
         let norm = sq
             .iter()
-            .zip(&extra)
-            .map(|(&s, &e): (&f64, &f32)| {
-                let s = if linking == Linking::Angular { 1.0 } else { s };
-                (s + (e as f64) * (e as f64)).sqrt() as f32
-            })
+            .map(|&s| if linking == Linking::Angular { 1.0 } else { s.sqrt() as f32 })
             .collect();
         BuildSet {
             norm,
@@ -169,6 +165,14 @@ impl BuildSet {
         unsafe {
             (self.dot)(self.row(a), self.row(b)) + self.extra[a as usize] * self.extra[b as usize]
         }
+    }
+
+    /// Cosine of the centred keys `a` and `b` (the extra coordinate left out): duplicates and
+    /// pivots are about directions, which the reduction's pole would hide for small keys.
+    #[inline]
+    fn cos(&self, a: u32, b: u32) -> f32 {
+        let ip = self.sim(a, b) - self.extra[a as usize] * self.extra[b as usize];
+        ip / (self.norm[a as usize] * self.norm[b as usize]).max(f32::MIN_POSITIVE)
     }
 
     #[inline]
@@ -225,7 +229,7 @@ fn select(set: &BuildSet, x: u32, cands: &[(f32, u32)], max: usize) -> Vec<u32> 
         // Near-duplicates of x (attention sinks: the first token of every window has nearly the
         // same key) would all be pruned by the heuristic, leaving a long chain that no beam
         // walks; keep up to half the links for them.
-        if dups < max / 2 && s >= DUPLICATE_COS * set.norm[x as usize] * set.norm[c as usize] {
+        if dups < max / 2 && set.cos(x, c) >= DUPLICATE_COS {
             dups += 1;
             out.push(c);
         } else if out.iter().all(|&r| set.sim(c, r) < s) {
@@ -385,10 +389,7 @@ fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
     while out.len() < count {
         let last = *out.last().expect("one pivot at least");
         near.par_iter_mut().enumerate().for_each(|(i, s)| {
-            *s = s.max(
-                set.sim(last, i as u32)
-                    / (set.norm[i] * set.norm[last as usize]).max(f32::MIN_POSITIVE),
-            );
+            *s = s.max(set.cos(last, i as u32));
         });
         let far = near
             .iter()
