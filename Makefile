@@ -35,8 +35,9 @@ test: setup-test
 # Retrieval benchmarks: criterion (Rust) and fot_mem vs faiss / numpy in one run (writes JSON).
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
-	cargo bench --bench exact --bench store
+	cargo bench --bench exact --bench store --bench ann
 	$(BIN)/python benches/compare_exact.py --json bench-results/compare_exact.json
+	$(BIN)/python benches/compare_ann.py --sets clustered,normal,real
 
 clean:
 	rm -rf $(VENV) target demo-store python/fot_mem/*.so

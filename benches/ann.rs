@@ -30,7 +30,7 @@ fn benches(c: &mut criterion::Criterion) {
     let nq = 1024;
     let mut g = c.benchmark_group("hnsw_build");
     g.throughput(Throughput::Elements(n as u64));
-    for linking in [Linking::Angular, Linking::InnerProduct] {
+    for linking in [Linking::Hybrid, Linking::InnerProduct] {
         g.bench_function(BenchmarkId::new(linking.name(), n), |b| {
             b.iter(|| {
                 let set = BuildSet::new([Elements::F32(&keys)], dim, linking);
@@ -39,8 +39,8 @@ fn benches(c: &mut criterion::Criterion) {
         });
     }
     g.finish();
-    let set = BuildSet::new([Elements::F32(&keys)], dim, Linking::Angular);
-    let graph = build(&set, &params(Linking::Angular));
+    let set = BuildSet::new([Elements::F32(&keys)], dim, Linking::Hybrid);
+    let graph = build(&set, &params(Linking::Hybrid));
     let rows = SpanRows::new(&[Elements::F32(&keys)], dim, n);
     let gr = graph.as_ref();
     let mut g = c.benchmark_group("hnsw_search");

@@ -95,6 +95,7 @@ def test_config_properties_and_repr(make_store, store_path: Path) -> None:
         "value_dim": 6,
         "dtype": "float16",
         "chunk_tokens": 9,
+        "hnsw": None,
     }
     assert store.path == str(store_path)
     assert isinstance(store.path, str)
