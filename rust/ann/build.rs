@@ -140,7 +140,13 @@ impl BuildSet {
             .collect();
         let norm = sq
             .iter()
-            .map(|&s| if linking == Linking::Angular { 1.0 } else { s.sqrt() as f32 })
+            .map(|&s| {
+                if linking == Linking::Angular {
+                    1.0
+                } else {
+                    s.sqrt() as f32
+                }
+            })
             .collect();
         BuildSet {
             norm,
