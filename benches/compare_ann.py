@@ -75,6 +75,13 @@ def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16 (nearest, ties to even), as float32: what a bf16 store holds."""
+    u = x.astype(np.float32).view(np.uint32)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16).astype(np.uint32)
+    return u.view(np.float32)
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """|found ∩ exact top-k| / k, averaged (docs/benchmarks.md)."""
     k = truth.shape[1]
@@ -96,15 +103,17 @@ def recall_ties(found: np.ndarray, kth: np.ndarray, keys: np.ndarray, queries: n
 def run_set(name, keys, queries, args, threads):
     import fot_mem
 
+    if args.dtype == "bfloat16":
+        keys = round_bf16(keys)  # every index (and the exact oracle) sees the stored keys
     n, d = keys.shape
     k = args.k
     efs = [int(e) for e in args.efs.split(",")]
-    res = {"set": name, "keys": n, "dim": d, "queries": len(queries), "k": k}
+    res = {"set": name, "keys": n, "dim": d, "queries": len(queries), "k": k, "dtype": args.dtype}
     tmp = tempfile.mkdtemp(prefix="compare_ann-")
 
     # Exact: the oracle, and the speed to beat at recall 1.
     ex = fot_mem.MemoryStore.create(
-        f"{tmp}/exact", layers=[0], kv_heads=1, head_dim=d, chunk_tokens=4096
+        f"{tmp}/exact", layers=[0], kv_heads=1, head_dim=d, chunk_tokens=4096, dtype=args.dtype
     )
     doc = ex.document("d")
     for s in range(0, n, 65536):
@@ -124,6 +133,7 @@ def run_set(name, keys, queries, args, threads):
         kv_heads=1,
         head_dim=d,
         chunk_tokens=4096,
+        dtype=args.dtype,
         hnsw={"m": args.m, "ef_construction": args.efc, "span_tokens": n, "linking": args.linking},
     )
     doc = hn.document("d")
@@ -271,6 +281,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=16)
     ap.add_argument("--efc", type=int, default=100)
     ap.add_argument("--linking", default="hybrid")
+    ap.add_argument("--dtype", default="float32", help="fot_mem store dtype (float32, bfloat16)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--real-dir", default="bench-data")
