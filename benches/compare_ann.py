@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,18 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_exact import clustered
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median seconds of `repeats` calls after one warm-up, and the last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+from compare_exact import clustered, timed
 
 
 def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -9,6 +9,7 @@ import sys
 import fot_mem
 import numpy as np
 import pytest
+from ann_oracle import check_conventions, clustered, recall
 from fot_mem import BackendUnavailableError, FotMemError, InvalidValueError
 from fot_mem import hnswlib_backend as hb
 
@@ -29,16 +30,6 @@ def small_spans(monkeypatch):
     hb.clear_cache()
 
 
-def clustered(rng, tokens=TOKENS, kv_heads=2, dim=32, clusters=64):
-    """Keys around `clusters` gaussian centres, and 200 queries (4 heads) drawn the same way."""
-    centres = 2.0 * rng.standard_normal((clusters, dim))
-    keys = centres[rng.integers(0, clusters, (tokens, kv_heads))]
-    keys = keys + 0.5 * rng.standard_normal((tokens, kv_heads, dim))
-    queries = centres[rng.integers(0, clusters, (200, 1))].repeat(2 * kv_heads, 1)
-    queries = queries + 0.5 * rng.standard_normal((200, 2 * kv_heads, dim))
-    return keys.astype(np.float32), queries.astype(np.float32)
-
-
 def make(make_store, keys, dtype="float32", **kw):
     store = make_store(
         dtype=dtype, layers=(0,), kv_heads=keys.shape[1], head_dim=keys.shape[2], **kw
@@ -51,48 +42,19 @@ def hnsw(store, q, k, ef=None, doc="d"):
     return fot_mem.backends.search(store._core, doc, 0, q, k, "hnswlib", ef=ef)
 
 
-def recall(found, exact):
-    hits = [
-        len(set(f) & set(e)) / len(e)
-        for f, e in zip(found.reshape(-1, found.shape[-1]), exact.reshape(-1, exact.shape[-1]))
-    ]
-    return float(np.mean(hits))
-
-
 def saved(store):
     return sorted(f for f in os.listdir(store._core.layer_path("d", 0)) if "hnswlib" in f)
 
 
-def check_conventions(store, q, s, i, k):
-    """Sorted best first, ties to the lower id, scores are the true inner products, no repeats."""
-    heads = q.shape[1]
-    group = heads // store.kv_heads
-    keys, _ = store.document("d").read(0)
-    valid = i >= 0
-    assert (np.isneginf(s) == ~valid).all()
-    with np.errstate(invalid="ignore"):  # -inf - -inf in the padding
-        step = np.diff(s, axis=-1)
-    assert (step[valid[..., 1:]] <= 0).all()
-    tie = (step == 0) & valid[..., 1:]
-    assert (np.diff(i, axis=-1)[tie] > 0).all()
-    for h in range(heads):
-        rows = i[:, h]
-        got = np.einsum("qd,qkd->qk", q[:, h], keys[np.maximum(rows, 0), h // group])
-        np.testing.assert_allclose(s[:, h][rows >= 0], got[rows >= 0], rtol=1e-4, atol=1e-4)
-        for r in rows:
-            assert len(set(r[r >= 0])) == (r >= 0).sum()
-    assert s.shape == i.shape == (q.shape[0], heads, k)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_recall_against_the_exact_backend(make_store, rng, dtype) -> None:
-    keys, q = clustered(rng)
+    keys, q = clustered(rng, TOKENS)
     store = make(make_store, keys, dtype, chunk_tokens=1024)
     doc = store.document("d")
     for k in (10, 32):
         s_e, i_e = doc.search(0, q, k, backend="exact")
         s_h, i_h = hnsw(store, q, k, ef=128)
-        check_conventions(store, q, s_h, i_h, k)
+        check_conventions(store.document("d"), q, s_h, i_h, k, store.kv_heads)
         # M=16, ef_construction=200 graphs over 4096 keys of dim 32 searched with ef=128 find
         # nearly every true neighbour (0.9997-1.0 measured); 0.95 leaves room for the graph's
         # dependence on the (multithreaded) insertion order.
@@ -126,7 +88,7 @@ def test_batch_search_with_a_missing_document(make_store, rng) -> None:
 
 
 def test_the_unsealed_tail_is_scanned_exactly(make_store, rng) -> None:
-    keys, _ = clustered(rng)
+    keys, _ = clustered(rng, TOKENS)
     # Tail keys of norm 10: a query equal to one scores 100 with it, at most ~60 with another
     # tail key and ~45 with any other key, so it must come back first.
     tail = rng.standard_normal((TOKENS - TAIL, 2, 32))
@@ -138,7 +100,7 @@ def test_the_unsealed_tail_is_scanned_exactly(make_store, rng) -> None:
     np.testing.assert_array_equal(i[:, :, 0], picks[:, None].repeat(4, 1))
     np.testing.assert_allclose(s[:, :, 0], 100.0, rtol=1e-5)
     # Any true top-k hit in the tail is found: the tail candidates are exact, the merge keeps them.
-    _, q = clustered(rng)
+    _, q = clustered(rng, TOKENS)
     _, i_e = store.document("d").search(0, q, 16, backend="exact")
     _, i_h = hnsw(store, q, 16)
     for e, h in zip(i_e.reshape(-1, 16), i_h.reshape(-1, 16)):
@@ -174,7 +136,7 @@ def test_padding_beyond_the_document(make_store, rng) -> None:
     store = make(make_store, keys, chunk_tokens=4)
     assert hb.params(store._core, span_tokens=13).span_tokens == 16
     s, i = hb.search(store._core, "d", 0, q, 50, span_tokens=13)
-    check_conventions(store, q, s, i, 50)
+    check_conventions(store.document("d"), q, s, i, 50, store.kv_heads)
     assert (np.sort(i[..., :36], axis=-1) == np.arange(36)).all()
     assert (i[..., 36:] == -1).all() and np.isneginf(s[..., 36:]).all()
 
@@ -275,7 +237,13 @@ def test_a_damaged_saved_index_is_rebuilt(make_store, rng, monkeypatch) -> None:
     hb.clear_cache()
     hb.search(store._core, "d", 0, q, 10, span_tokens=2 * 1024)
     assert builds == [0, 2048, 0, 2048]  # head 0: spans 0 and 1, then head 1
-    check_conventions(store, q, *hb.search(store._core, "d", 0, q, 10, span_tokens=2048), 10)
+    check_conventions(
+        store.document("d"),
+        q,
+        *hb.search(store._core, "d", 0, q, 10, span_tokens=2048),
+        10,
+        store.kv_heads,
+    )
 
 
 def test_a_recreated_document_gets_new_indexes(make_store, rng) -> None:
@@ -286,7 +254,7 @@ def test_a_recreated_document_gets_new_indexes(make_store, rng) -> None:
     keys2 = keys[rng.permutation(len(keys))]  # the same keys under other ids
     store.document("d").append(0, keys2, keys2)
     s, i = hnsw(store, q, 10)
-    check_conventions(store, q, s, i, 10)  # scores of the new keys
+    check_conventions(store.document("d"), q, s, i, 10, store.kv_heads)  # scores of the new keys
     _, i_e = store.document("d").search(0, q, 10, backend="exact")
     assert recall(i, i_e) >= 0.95
 
@@ -317,7 +285,7 @@ def test_ef_is_at_least_k_and_validated(make_store, rng) -> None:
     store = make(make_store, keys, chunk_tokens=1024)
     _, i_e = store.document("d").search(0, q, 50, backend="exact")
     s, i = hnsw(store, q, 50, ef=1)  # searched with ef = k = 50
-    check_conventions(store, q, s, i, 50)
+    check_conventions(store.document("d"), q, s, i, 50, store.kv_heads)
     assert recall(i, i_e) >= 0.9
     for bad in (0, -3, 2.5, True, "64"):
         with pytest.raises(InvalidValueError, match="ef must be"):
