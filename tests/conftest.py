@@ -11,6 +11,7 @@ import textwrap
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fot_mem
 import numpy as np
@@ -49,6 +50,7 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         value_dim: int | None = None,
         chunk_tokens: int = 7,
         path: Path | None = None,
+        hnsw: dict[str, Any] | None = None,
     ) -> fot_mem.MemoryStore:
         if path is None:
             path = tmp_path / f"store-{next(counter)}"
@@ -60,6 +62,7 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
             value_dim=value_dim,
             dtype=dtype,
             chunk_tokens=chunk_tokens,
+            hnsw=hnsw,
         )
         opened.append(store)
         return store

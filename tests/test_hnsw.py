@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,9 @@ MakeHnsw = Callable[..., MemoryStore]
 
 
 @pytest.fixture
-def make_hnsw(tmp_path: Path) -> Iterator[MakeHnsw]:
+def make_hnsw(make_store: Callable[..., MemoryStore]) -> MakeHnsw:
     """Factory of hnsw stores (one memory layer, 0): `make_hnsw(kv_heads=, head_dim=, dtype=,
     chunk_tokens=, path=, **hnsw options)`; spans of SPAN tokens unless told. Closed at the end."""
-    opened: list[MemoryStore] = []
-    counter = iter(range(1_000_000))
 
     def make(
         *,
@@ -57,21 +55,17 @@ def make_hnsw(tmp_path: Path) -> Iterator[MakeHnsw]:
         **options: Any,
     ) -> MemoryStore:
         options.setdefault("span_tokens", SPAN)
-        store = MemoryStore.create(
-            path or tmp_path / f"store-{next(counter)}",
-            layers=[0],
+        return make_store(
+            layers=(0,),
             kv_heads=kv_heads,
             head_dim=head_dim,
             dtype=dtype,
             chunk_tokens=chunk_tokens,
+            path=path,
             hnsw=options,
         )
-        opened.append(store)
-        return store
 
-    yield make
-    for s in opened:
-        s.close()
+    return make
 
 
 def layer_dir(store: MemoryStore, doc: str = "d") -> Path:

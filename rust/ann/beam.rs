@@ -82,14 +82,6 @@ impl Pool {
         v.sort_unstable_by(|a, b| b.cmp(a));
         v.into_iter().map(|e| (e.0, e.1)).collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.best.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.best.is_empty()
-    }
 }
 
 /// Per-thread scratch: visited stamps over the graph's nodes, a pool and a candidate buffer.

@@ -89,13 +89,7 @@ mod x86 {
             } else {
                 (1u16 << left) - 1
             };
-            let k = match T {
-                0 => _mm512_maskz_loadu_ps(mask, row.cast::<f32>().add(i)),
-                1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row.cast::<i16>().add(i))),
-                _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-                    _mm256_maskz_loadu_epi16(mask, row.cast::<i16>().add(i)),
-                ))),
-            };
+            let k = crate::search::load_widened::<T>(row, i, mask);
             let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));
             let a = &mut acc[(i >> 4) & 1];
             *a = _mm512_fmadd_ps(k, q, *a);

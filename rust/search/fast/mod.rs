@@ -9,7 +9,7 @@
 mod certify;
 mod kernel;
 mod pack;
-mod small;
+pub(crate) mod small;
 
 use std::sync::atomic::Ordering;
 

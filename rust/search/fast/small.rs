@@ -65,7 +65,7 @@ unsafe fn rows<const M: usize>(
 
 /// 16 elements (masked) at element `at` of `T` (0 f32, 1 f16, 2 bf16), widened to f32.
 #[inline(always)]
-unsafe fn load<const T: u8>(ptr: *const u8, at: usize, mask: u16) -> __m512 {
+pub(crate) unsafe fn load<const T: u8>(ptr: *const u8, at: usize, mask: u16) -> __m512 {
     match T {
         0 => _mm512_maskz_loadu_ps(mask, ptr.cast::<f32>().add(at)),
         1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, ptr.cast::<i16>().add(at))),
