@@ -1,0 +1,153 @@
+"""FoT memory attention: a query attends to its causal local context and to memory in ONE
+softmax, with no gate and no new parameters. Queries arrive already scaled (1/sqrt(d), or the
+QK-norm temperature), so a memory score from the store is exactly the logit the softmax sees."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FotConfig
+from .memory import Memory, MemoryArg, memory_for
+from .rope import apply_rope
+
+
+def causal_mask(tokens: int, past: int, device: torch.device) -> torch.Tensor:
+    """`[T, past + T]` bool: query i (at position past + i) sees keys 0..past + i."""
+    q = torch.arange(tokens, device=device)[:, None] + past
+    return torch.arange(past + tokens, device=device)[None, :] <= q
+
+
+def memory_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    memory: Memory | None = None,
+) -> torch.Tensor:
+    """Attention output `[B, H, T, Dv]`.
+
+    `q [B, H, T, D]`: scaled, rotated queries of the T newest tokens. `k [B, Hkv, S, D]` (rotated)
+    and `v [B, Hkv, S, Dv]`: the local context, of which the last T are those tokens (S > T when
+    a cache holds earlier ones). `memory`: see `Memory`; None gives plain causal attention.
+    """
+    b, h, t, _ = q.shape
+    kv_heads, s = k.shape[1], k.shape[2]
+    past = s - t
+    if memory is None:
+        if past == 0 or t == 1:
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=t > 1, scale=1.0, enable_gqa=kv_heads != h
+            )
+        mask = causal_mask(t, past, q.device)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=1.0, enable_gqa=kv_heads != h
+        )
+    memory.check(b, h, kv_heads, t, q.shape[-1])
+    if not memory.per_query:
+        return _shared(q, k, v, memory, past)
+    return _per_query(q, k, v, memory, past)
+
+
+def _shared(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem: Memory, past: int
+) -> torch.Tensor:
+    """Shared memory goes in front of the local keys; one masked SDPA call (fused kernels)."""
+    assert mem.keys is not None
+    b, t, m = q.shape[0], q.shape[2], mem.values.shape[2]
+    keys = torch.cat((mem.keys.to(k.dtype), k), dim=2)
+    values = torch.cat((mem.values.to(v.dtype), v), dim=2)
+    local = causal_mask(t, past, q.device).expand(b, t, past + t)
+    if mem.mask is None:
+        seen = torch.ones(b, t, m, dtype=torch.bool, device=q.device)
+    else:
+        seen = mem.mask.to(torch.bool)
+        seen = seen[:, None, :].expand(b, t, m) if seen.dim() == 2 else seen
+    mask = torch.cat((seen, local), dim=2)[:, None]
+    return F.scaled_dot_product_attention(
+        q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=k.shape[1] != q.shape[1]
+    )
+
+
+def _per_query(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem: Memory, past: int
+) -> torch.Tensor:
+    """Each query has its own K memory slots: local and memory logits are joined before one
+    float32 softmax."""
+    b, h, t, d = q.shape
+    kv_heads, s = k.shape[1], k.shape[2]
+    g = h // kv_heads
+    qg = q.view(b, kv_heads, g, t, d)
+    local = torch.matmul(qg, k[:, :, None].transpose(-1, -2)).view(b, h, t, s).float()
+    local = local.masked_fill(~causal_mask(t, past, q.device), float("-inf"))
+    if mem.scores is not None:
+        remote = mem.scores.float()
+    else:
+        assert mem.keys is not None
+        remote = torch.einsum("bhtd,bhtkd->bhtk", q, mem.keys.to(q.dtype)).float()
+    if mem.mask is not None:
+        remote = remote.masked_fill(~mem.mask.to(torch.bool), float("-inf"))
+    p = torch.softmax(torch.cat((remote, local), dim=-1), dim=-1)
+    kslots = remote.shape[-1]
+    p_mem, p_local = p[..., :kslots].to(v.dtype), p[..., kslots:].to(v.dtype)
+    out = torch.matmul(p_local.view(b, kv_heads, g, t, s), v[:, :, None]).view(b, h, t, -1)
+    return out + torch.einsum("bhtk,bhtkd->bhtd", p_mem, mem.values.to(v.dtype))
+
+
+class FotAttention(nn.Module):
+    """Llama self-attention (GQA, RoPE); in a memory layer it also reads `Memory`.
+
+    A memory layer hands back its keys before rotation (position 0, as memory keeps them) and its
+    values, `[B, Hkv, T, D]`, for the caller to store.
+    """
+
+    def __init__(self, config: FotConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.heads, self.kv_heads, self.head_dim = (
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim,
+        )
+        self.is_memory = layer in config.memory_layers
+        self.qk_norm = config.qk_norm and self.is_memory
+        hid, hd = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(hid, self.heads * hd, bias=False)
+        self.k_proj = nn.Linear(hid, self.kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(hid, self.kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.heads * hd, hid, bias=False)
+        if self.qk_norm:
+            # Learnable temperature per head; starts at sqrt(d), a typical logit range.
+            self.log_temperature = nn.Parameter(torch.full((self.heads,), math.log(hd) / 2))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        memory: MemoryArg = None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[
+        torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None
+    ]:
+        """`x [B, T, hidden]` -> (output, new local cache (rotated k, v), memory-layer (k, v))."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q = F.normalize(q, dim=-1) * self.log_temperature.exp().to(q.dtype)[None, :, None, None]
+            k = F.normalize(k, dim=-1)
+        else:
+            q = q * (self.head_dim**-0.5)
+        unrotated = (k, v) if self.is_memory else None
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k = torch.cat((cache[0], k), dim=2)
+            v = torch.cat((cache[1], v), dim=2)
+        mem = memory_for(memory, self.layer, q) if self.is_memory else None
+        out = memory_attention(q, k, v, mem)
+        out = out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
+        return self.o_proj(out), (k, v), unrotated

@@ -1,0 +1,129 @@
+"""`FotConfig`: the shape of a Llama-style model with FoT memory layers. Every field is checked
+when the config is made, so a bad shape fails here with its numbers, not deep inside a matmul."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..exceptions import InvalidValueError
+
+
+@dataclasses.dataclass(frozen=True)
+class FotConfig:
+    """Llama architecture (RMSNorm, SwiGLU, RoPE, grouped-query attention) plus FoT fields.
+
+    `memory_layers`: indices of the layers whose attention also reads memory (the paper's
+    LongLLaMA 3B uses 6, 12, 18 of 26; its small models one layer). `qk_norm`: in memory layers,
+    L2-normalise queries and keys and scale by a learnable per-head temperature instead of
+    1/sqrt(head_dim) (the paper's small models); off for a pretrained Llama. `memory_k`: top-k
+    retrieved per query and head at inference (the paper: 128 for the small models).
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 512
+    intermediate_size: int = 1376
+    num_layers: int = 8
+    num_heads: int = 8
+    num_kv_heads: int = 8
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = True
+    memory_layers: tuple[int, ...] = ()
+    qk_norm: bool = False
+    memory_k: int = 128
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_heads, 1))
+        object.__setattr__(self, "memory_layers", tuple(int(i) for i in self.memory_layers))
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+            "memory_k",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidValueError(
+                    f"FotConfig.{name} must be a positive integer, got {value!r}"
+                )
+        if self.num_heads % self.num_kv_heads:
+            raise InvalidValueError(
+                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise InvalidValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        bad = [i for i in self.memory_layers if not 0 <= i < self.num_layers]
+        if bad or len(set(self.memory_layers)) != len(self.memory_layers):
+            raise InvalidValueError(
+                f"memory_layers {list(self.memory_layers)} must be distinct layer indices in "
+                f"0..{self.num_layers - 1}"
+            )
+        if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
+            raise InvalidValueError("rope_theta and rms_norm_eps must be positive")
+
+    @property
+    def group(self) -> int:
+        """Query heads per kv head (grouped-query attention)."""
+        return self.num_heads // self.num_kv_heads
+
+    def replace(self, **changes: Any) -> FotConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any] | Any, **fot: Any) -> FotConfig:
+        """From a Hugging Face Llama config (a `config.json` dict or a `LlamaConfig`), plus the
+        FoT fields given as keywords (`memory_layers=(...)`, `qk_norm=`, `memory_k=`)."""
+        d = dict(hf) if isinstance(hf, Mapping) else hf.to_dict()
+        arch = d.get("model_type", "llama")
+        if arch not in ("llama", "mistral"):
+            raise InvalidValueError(f"only Llama-architecture models load, this one is {arch!r}")
+        scaling = d.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise InvalidValueError(f"rope_scaling {scaling} is not supported (plain RoPE only)")
+        if d.get("attention_bias") or d.get("mlp_bias"):
+            raise InvalidValueError("attention_bias / mlp_bias are not supported (Llama has none)")
+        theta = d.get("rope_theta")
+        if theta is None:  # transformers >= 5 keeps it in rope_parameters
+            theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=d["num_attention_heads"],
+            num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+            rope_theta=float(theta),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            **fot,
+        )
+
+
+def smollm2_135m(**fot: Any) -> FotConfig:
+    """SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 kv heads, head_dim 64)."""
+    return FotConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        **fot,
+    )

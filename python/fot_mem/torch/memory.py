@@ -1,0 +1,85 @@
+"""`Memory`: what a memory layer reads besides its local context, in one of two layouts.
+
+- per query (inference): each query has its own top-k retrieved `[B, H, T, K, dim]` (H query
+  heads); `scores [B, H, T, K]` may come precomputed from the search in place of `keys`.
+- shared (crossbatch training): one set of `[B, Hkv, M, dim]` (kv heads) that every query of the
+  batch slot sees, such as the previous chunks of several documents.
+Memory keys carry no rotation (position 0); `mask` marks the slots to attend (True)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Callable, Optional, Union
+
+import torch
+
+from ..exceptions import ShapeError
+
+
+@dataclasses.dataclass
+class Memory:
+    """Memory keys (or their scores) and values for one memory layer.
+
+    Per query: `values [B, H, T, K, Dv]`, `keys [B, H, T, K, D]` or `scores [B, H, T, K]` (the
+    logits q.k with q as the layer scales it), `mask [B, H, T, K]`.
+    Shared: `values [B, Hkv, M, Dv]`, `keys [B, Hkv, M, D]`, `mask [B, M]` or `[B, T, M]`.
+    """
+
+    values: torch.Tensor
+    keys: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    @property
+    def per_query(self) -> bool:
+        return self.values.dim() == 5
+
+    def check(self, batch: int, heads: int, kv_heads: int, tokens: int, dim: int) -> None:
+        """Raises `ShapeError` naming the part of the memory that does not fit the layer."""
+        v = self.values
+        if self.per_query:
+            if self.keys is None and self.scores is None:
+                raise ShapeError("per-query memory needs keys or scores")
+            lead = (batch, heads, tokens)
+            if tuple(v.shape[:3]) != lead:
+                raise ShapeError(f"memory values {tuple(v.shape)} must start with [B, H, T] {lead}")
+            slots = (*lead, v.shape[3])
+            if self.keys is not None and tuple(self.keys.shape) != (*slots, dim):
+                raise ShapeError(f"memory keys {tuple(self.keys.shape)}, expected {(*slots, dim)}")
+            if self.scores is not None and tuple(self.scores.shape) != slots:
+                raise ShapeError(f"memory scores {tuple(self.scores.shape)}, expected {slots}")
+            if self.mask is not None and tuple(self.mask.shape) != slots:
+                raise ShapeError(f"memory mask {tuple(self.mask.shape)}, expected {slots}")
+        else:
+            if v.dim() != 4 or v.shape[0] != batch or v.shape[1] != kv_heads:
+                raise ShapeError(
+                    f"shared memory values {tuple(v.shape)} must be [B={batch}, Hkv={kv_heads}, "
+                    "M, Dv]"
+                )
+            if self.keys is None or tuple(self.keys.shape) != (*v.shape[:3], dim):
+                got = None if self.keys is None else tuple(self.keys.shape)
+                raise ShapeError(f"shared memory keys {got}, expected {(*v.shape[:3], dim)}")
+            m = v.shape[2]
+            if self.mask is not None and tuple(self.mask.shape) not in (
+                (batch, m),
+                (batch, tokens, m),
+            ):
+                raise ShapeError(
+                    f"shared memory mask {tuple(self.mask.shape)}, expected [B, M] {(batch, m)} "
+                    f"or [B, T, M] {(batch, tokens, m)}"
+                )
+
+
+# What a model's forward takes as `memory`: tensors per memory layer, or a callable that the
+# layer asks with its (scaled, rotated) queries `[B, H, T, D]`, as retrieval at inference does.
+MemoryProvider = Callable[[int, torch.Tensor], Optional[Memory]]
+MemoryArg = Union[Mapping[int, Memory], MemoryProvider, None]
+
+
+def memory_for(memory: MemoryArg, layer: int, queries: torch.Tensor) -> Memory | None:
+    if memory is None:
+        return None
+    if isinstance(memory, Mapping):
+        return memory.get(layer)
+    return memory(layer, queries)

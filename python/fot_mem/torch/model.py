@@ -1,0 +1,135 @@
+"""`FotForCausalLM`: a Llama-style causal LM whose `memory_layers` are FoT memory layers.
+
+Parameter names are those of Hugging Face's LlamaForCausalLM (`model.layers.3.self_attn.q_proj.
+weight`, ...), so a Llama state dict loads as it is; QK-norm layers add `log_temperature`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..exceptions import ShapeError
+from .attention import FotAttention
+from .config import FotConfig
+from .memory import MemoryArg
+from .rope import RotaryEmbedding
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: FotConfig, layer: int) -> None:
+        super().__init__()
+        self.self_attn = FotAttention(config, layer)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LocalCache:
+    """Rotated keys and values of the tokens already in the local window, per layer, so that
+    generation feeds one token at a time. Filled in place by `FotForCausalLM.forward`."""
+
+    def __init__(self) -> None:
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def length(self) -> int:
+        return next(iter(self.layers.values()))[0].shape[2] if self.layers else 0
+
+
+@dataclasses.dataclass
+class FotOutput:
+    """`logits [B, T, vocab]`; `memory_kv[layer] = (keys, values)`, each `[B, Hkv, T, D]`: the
+    memory layers' unrotated keys and values of these tokens, what memory keeps of them."""
+
+    logits: torch.Tensor
+    memory_kv: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+class LlamaBody(nn.Module):
+    def __init__(self, config: FotConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+
+class FotForCausalLM(nn.Module):
+    """The model. `forward(input_ids, memory=..., cache=...)`; see `FotOutput`."""
+
+    def __init__(self, config: FotConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaBody(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init)
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def memory_layers(self) -> tuple[int, ...]:
+        return self.config.memory_layers
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        memory: MemoryArg = None,
+        cache: LocalCache | None = None,
+    ) -> FotOutput:
+        """`input_ids [B, T]` (int64). `memory`: a `Memory` per memory layer (a mapping), or a
+        callable `(layer, queries [B, H, T, D]) -> Memory | None` asked by each memory layer (how
+        retrieval runs at inference). `cache`: the local window so far; these tokens are
+        appended to it and take the positions after it. Without a cache, positions are 0..T-1.
+        """
+        if input_ids.dim() != 2:
+            raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
+        past = 0 if cache is None else cache.length
+        t = input_ids.shape[1]
+        x = self.model.embed_tokens(input_ids)
+        positions = torch.arange(past, past + t, device=input_ids.device)
+        cos, sin = self.model.rotary(positions, x.dtype)
+        memory_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, layer in enumerate(self.model.layers):
+            assert isinstance(layer, DecoderLayer)
+            prior = None if cache is None else cache.layers.get(i)
+            h, local, kv = layer.self_attn(
+                layer.input_layernorm(x), cos, sin, memory=memory, cache=prior
+            )
+            if cache is not None:
+                cache.layers[i] = local
+            if kv is not None:
+                memory_kv[i] = kv
+            x = x + h
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return FotOutput(self.lm_head(self.model.norm(x)), memory_kv)

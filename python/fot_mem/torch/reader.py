@@ -1,0 +1,178 @@
+"""Long-document inference: a model reads a document window by window; before each window its
+memory layers retrieve top-k per query and head from the document's memory, after it the
+window's memory-layer keys and values are appended. The memory lives in a `MemoryStore`, so a
+later process that opens the store continues where this one stopped."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..exceptions import InvalidValueError, ShapeError
+from ..store import Document, MemoryStore
+from .memory import Memory
+from .model import FotForCausalLM, LocalCache
+from .retrieval import DeviceMirror, StoreRetriever
+
+
+def create_store(
+    path: str | os.PathLike[str], model: FotForCausalLM, **options: Any
+) -> MemoryStore:
+    """A new store shaped for `model`'s memory layers (`options`: dtype, chunk_tokens, hnsw)."""
+    c = model.config
+    if not c.memory_layers:
+        raise InvalidValueError("the model has no memory_layers; give FotConfig(memory_layers=...)")
+    return MemoryStore.create(
+        path, layers=c.memory_layers, kv_heads=c.num_kv_heads, head_dim=c.head_dim, **options
+    )
+
+
+class LongDocumentReader:
+    """Reads, scores and continues one document with `model` and the memory in `document`.
+
+    `window`: tokens of local context per forward pass (default: the model's
+    max_position_embeddings). `k`: memories per query and head (default `config.memory_k`).
+    `backend` / `ef`: store search (ignored with a mirror). `mirror`: a device (e.g. "cuda") to
+    keep the document's memory on and search there with torch, instead of the CPU store.
+    """
+
+    def __init__(
+        self,
+        model: FotForCausalLM,
+        document: Document,
+        *,
+        window: int | None = None,
+        k: int | None = None,
+        backend: str = "exact",
+        ef: int | None = None,
+        mirror: torch.device | str | None = None,
+    ) -> None:
+        c = model.config
+        store = document.store
+        if tuple(store.layers) != tuple(c.memory_layers):
+            raise InvalidValueError(
+                f"the store keeps layers {store.layers}, the model's memory_layers are "
+                f"{list(c.memory_layers)}"
+            )
+        if store.kv_heads != c.num_kv_heads or store.head_dim != c.head_dim:
+            raise ShapeError(
+                f"the store has kv_heads {store.kv_heads} x head_dim {store.head_dim}, the model "
+                f"{c.num_kv_heads} x {c.head_dim}"
+            )
+        self.model = model
+        self.document = document
+        self.window = window or c.max_position_embeddings
+        if not 1 <= self.window <= c.max_position_embeddings:
+            raise InvalidValueError(
+                f"window {self.window} must be in 1..max_position_embeddings "
+                f"{c.max_position_embeddings}"
+            )
+        self.k = k or c.memory_k
+        self.source: StoreRetriever = (
+            StoreRetriever(document, backend=backend, ef=ef)
+            if mirror is None
+            else DeviceMirror(document, mirror)
+        )
+        self.stats = {"tokens": 0, "windows": 0, "retrieve_s": 0.0, "append_s": 0.0}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def memory_tokens(self) -> int:
+        """Tokens in the document's memory (the same in every memory layer)."""
+        return self.source.length(self.model.config.memory_layers[0])
+
+    def _provider(self, layer: int, queries: torch.Tensor) -> Memory | None:
+        """What the model's memory layers call: `queries [1, H, T, D]` -> Memory or None."""
+        t0 = time.perf_counter()
+        mem = self.source.retrieve(layer, queries[0].transpose(0, 1), self.k)
+        self.stats["retrieve_s"] += time.perf_counter() - t0
+        return mem
+
+    def _tokens(self, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        ids = torch.as_tensor(tokens, dtype=torch.int64)
+        if ids.dim() != 1:
+            raise ShapeError(f"tokens must be a 1-d sequence, got shape {tuple(ids.shape)}")
+        vocab = self.model.config.vocab_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise InvalidValueError(f"token ids must be in 0..{vocab - 1}")
+        return ids.to(self.device)
+
+    def _append(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        t0 = time.perf_counter()
+        for layer, (keys, values) in kv.items():
+            # [1, Hkv, T, D] -> [T, Hkv, D], the store's token-major input
+            self.source.append(layer, keys[0].transpose(0, 1), values[0].transpose(0, 1))
+        self.stats["append_s"] += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def logits(self, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Logits `[T, vocab]` of one window read against the memory, which is left unchanged."""
+        ids = self._tokens(tokens)
+        if not 1 <= ids.numel() <= self.window:
+            raise InvalidValueError(f"logits() takes 1..{self.window} tokens, got {ids.numel()}")
+        return self.model(ids[None], memory=self._provider).logits[0]
+
+    @torch.no_grad()
+    def read(self, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Reads `tokens` window by window into memory. Returns the next-token loss (nats) of
+        tokens 1..N-1, float32 `[N - 1]`: each token predicted from the window so far and the
+        memory of everything read before that window."""
+        ids = self._tokens(tokens)
+        losses = []
+        last: torch.Tensor | None = None
+        for start in range(0, ids.numel(), self.window):
+            chunk = ids[start : start + self.window]
+            out = self.model(chunk[None], memory=self._provider)
+            logits = out.logits[0].float()
+            if last is not None:
+                logits = torch.cat((last[None], logits))
+                targets = chunk
+            else:
+                targets = chunk[1:]
+            losses.append(F.cross_entropy(logits[: targets.numel()], targets, reduction="none"))
+            last = logits[-1]
+            self._append(out.memory_kv)
+            self.stats["tokens"] += chunk.numel()
+            self.stats["windows"] += 1
+        return torch.cat(losses).cpu() if losses else torch.zeros(0)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Sequence[int] | torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        stop: Sequence[int] = (),
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """Continues `prompt` (a new local window, with the whole memory behind it) by up to
+        `max_new_tokens` tokens, greedily or sampled at `temperature`; stops after a token in
+        `stop` or when the window is full. Memory is not changed. Returns the new tokens."""
+        ids = self._tokens(prompt)
+        if not 1 <= ids.numel() < self.window:
+            raise InvalidValueError(
+                f"the prompt must have 1..{self.window - 1} tokens, got {ids.numel()}"
+            )
+        cache = LocalCache()
+        new: list[int] = []
+        feed = ids[None]
+        while len(new) < max_new_tokens and cache.length + feed.shape[1] <= self.window:
+            logits = self.model(feed, memory=self._provider, cache=cache).logits[0, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                token = int(logits.argmax())
+            new.append(token)
+            if token in stop:
+                break
+            feed = torch.tensor([[token]], device=self.device)
+        return new

