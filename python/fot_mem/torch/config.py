@@ -87,9 +87,11 @@ class FotConfig:
         arch = d.get("model_type", "llama")
         if arch not in ("llama", "mistral"):
             raise InvalidValueError(f"only Llama-architecture models load, this one is {arch!r}")
-        scaling = d.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-            raise InvalidValueError(f"rope_scaling {scaling} is not supported (plain RoPE only)")
+        # transformers >= 5 keeps the scaling in rope_parameters (rope_scaling is then None)
+        for key in ("rope_scaling", "rope_parameters"):
+            scaling = d.get(key)
+            if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+                raise InvalidValueError(f"{key} {scaling} is not supported (plain RoPE only)")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise InvalidValueError("attention_bias / mlp_bias are not supported (Llama has none)")
         theta = d.get("rope_theta")

@@ -66,13 +66,15 @@ class LongDocumentReader:
             )
         self.model = model
         self.document = document
-        self.window = window or c.max_position_embeddings
+        self.window = c.max_position_embeddings if window is None else window
         if not 1 <= self.window <= c.max_position_embeddings:
             raise InvalidValueError(
                 f"window {self.window} must be in 1..max_position_embeddings "
                 f"{c.max_position_embeddings}"
             )
-        self.k = k or c.memory_k
+        self.k = c.memory_k if k is None else k
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise InvalidValueError(f"k must be a positive integer, got {self.k!r}")
         self.source: StoreRetriever = (
             StoreRetriever(document, backend=backend, ef=ef)
             if mirror is None

@@ -94,7 +94,8 @@ class DeviceMirror(StoreRetriever):
 
     def _reserve(self, layer: int, need: int, heads: int, dim: int, vdim: int) -> None:
         have = self.keys[layer].shape[1] if layer in self.keys else 0
-        if need <= have:
+        self.count.setdefault(layer, 0)
+        if need <= have and layer in self.keys:
             return
         cap = max(need, 2 * have, 4096)
         keys = torch.empty(heads, cap, dim, dtype=self.dtype, device=self.device)
