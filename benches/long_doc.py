@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
     probe = tokens[n : n + args.window]  # held-out window after the document
     milestones = sorted({m for m in (65536, 262144, 1048576, n) if m <= n})
     root = Path(args.store or tempfile.mkdtemp(prefix="fot-long-doc-"))
-    store = create_store(root / "store", model, dtype="bfloat16", hnsw=not args.no_hnsw)
+    hnsw = not (args.no_hnsw or args.mirror_only)
+    store = create_store(root / "store", model, dtype="bfloat16", hnsw=hnsw)
     w = args.window
     result: dict[str, Any] = {
         "weights": weights,
@@ -158,23 +159,25 @@ def run(args: argparse.Namespace) -> None:
     result["window_loss_plain"] = plain_loss
 
     # 2. Ingest with the CPU store (exact search) into a second document, first tokens only.
-    cpu_n = min(n, args.cpu_ingest_tokens)
-    doc2 = store.document("stdlib-cpu")
-    cpu_reader = LongDocumentReader(model, doc2, window=w, k=args.k, backend="exact")
-    sync()
-    t = time.perf_counter()
-    cpu_losses = cpu_reader.read(tokens[:cpu_n])
-    sync()
-    cpu_s = time.perf_counter() - t
-    result["cpu_store_ingest"] = {
-        "tokens": cpu_n,
-        "tokens_per_s": cpu_n / cpu_s,
-        "retrieve_s": cpu_reader.stats["retrieve_s"],
-        "append_s": cpu_reader.stats["append_s"],
-        "mean_loss": float(cpu_losses.mean()),
-        "mirror_mean_loss_same_tokens": float(np.mean(window_loss[: (cpu_n + w - 1) // w])),
-    }
-    print(json.dumps(result["cpu_store_ingest"]), flush=True)
+    cpu_n = 0 if args.mirror_only else min(n, args.cpu_ingest_tokens)
+    if cpu_n:
+        doc2 = store.document("stdlib-cpu")
+
+        cpu_reader = LongDocumentReader(model, doc2, window=w, k=args.k, backend="exact")
+        sync()
+        t = time.perf_counter()
+        cpu_losses = cpu_reader.read(tokens[:cpu_n])
+        sync()
+        cpu_s = time.perf_counter() - t
+        result["cpu_store_ingest"] = {
+            "tokens": cpu_n,
+            "tokens_per_s": cpu_n / cpu_s,
+            "retrieve_s": cpu_reader.stats["retrieve_s"],
+            "append_s": cpu_reader.stats["append_s"],
+            "mean_loss": float(cpu_losses.mean()),
+            "mirror_mean_loss_same_tokens": float(np.mean(window_loss[: (cpu_n + w - 1) // w])),
+        }
+        print(json.dumps(result["cpu_store_ingest"]), flush=True)
 
     # 3. Reopen in a fresh handle: the memory is there without re-reading the document.
     store.close()
@@ -223,15 +226,17 @@ def probe_search(
         nq = q.shape[0] * q.shape[1]
         qc = q.float().cpu()
         m_s, (_, mi) = timed(lambda: mirror.search(layer, q, k), sync, 3)  # noqa: B023
+        row: dict[str, Any] = {"queries": nq, "mirror_queries_per_s": nq / m_s}
+        if args.mirror_only:
+            out["layers"][str(layer)] = row
+            continue
         e_s, (_, ei) = timed(
             lambda: doc.search(layer, qc, k, backend="exact"),  # noqa: B023
             lambda: None,
             1,
         )
         g_s, _ = timed(lambda: doc.gather(layer, ei), lambda: None, 1)  # noqa: B023
-        row: dict[str, Any] = {
-            "queries": nq,
-            "mirror_queries_per_s": nq / m_s,
+        row |= {
             "cpu_exact_queries_per_s": nq / e_s,
             "cpu_gather_s": g_s,
             "mirror_vs_cpu_exact_id_agreement": float(
@@ -273,6 +278,11 @@ def main() -> None:
     r.add_argument("--memory-layers", default="8,16,24")
     r.add_argument("--cpu-ingest-tokens", type=int, default=65536)
     r.add_argument("--no-hnsw", action="store_true")
+    r.add_argument(
+        "--mirror-only",
+        action="store_true",
+        help="no CPU-store probes or ingest (implies --no-hnsw)",
+    )
     r.add_argument("--store", default=None)
     r.add_argument("--json", default="bench-results/long_doc.json")
     args = p.parse_args()

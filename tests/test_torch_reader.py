@@ -720,3 +720,17 @@ def test_cuda_float32_reader_matches_the_cpu_reader(model, stores) -> None:
     for name, mirror in (("mirror", "cuda"), ("store", None)):
         reader = LongDocumentReader(gpu_model, store.document(name), window=WINDOW, mirror=mirror)
         torch.testing.assert_close(reader.read(ids), want, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "n, group, k", [(1000, 128, 16), (300, 128, 64), (50, 128, 64), (257, 16, 5)]
+)
+def test_group_max_preselection_equals_topk(n: int, group: int, k: int) -> None:
+    from fot_mem.torch.retrieval import _block_topk
+
+    scores = torch.randn(2, 7, n, generator=torch.Generator().manual_seed(n))
+    got_s, got_i = _block_topk(scores, k, group)
+    want_s, want_i = scores.topk(min(k, n), dim=-1)
+    torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)
+    assert torch.equal(got_i.sort(-1).values, want_i.sort(-1).values)
+    assert torch.equal(scores.gather(-1, got_i), got_s)

@@ -6,6 +6,7 @@ durable copy; a mirror is rebuilt from the store when opened."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..exceptions import InvalidValueError
 from ..store import Document
@@ -22,6 +23,25 @@ def _per_query(
         scores=scores.masked_fill(~mask, 0.0).permute(1, 0, 2)[None],
         mask=mask.permute(1, 0, 2)[None],
     )
+
+
+def _block_topk(scores: torch.Tensor, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k along the last axis, ~2x faster than `topk` over the whole row on a GPU.
+
+    The row is cut into groups; the k groups with the largest maxima hold every top-k element (a
+    key outside them is beaten by k group maxima), so `topk` runs over k groups' scores and the
+    group maxima only. Padding of the last group scores -inf."""
+    n = scores.shape[-1]
+    group = min(group, n)
+    if n % group:
+        scores = F.pad(scores, (0, group - n % group), value=float("-inf"))
+    grouped = scores.view(*scores.shape[:-1], -1, group)
+    kk = min(k, grouped.shape[-2])
+    top_groups = grouped.amax(-1).topk(kk, dim=-1).indices
+    pick = top_groups[..., None].expand(*top_groups.shape, group)
+    cand = grouped.gather(-2, pick).flatten(-2)
+    top_s, pos = cand.topk(min(k, cand.shape[-1]), dim=-1)
+    return top_s, top_groups.gather(-1, pos // group) * group + pos % group
 
 
 class StoreRetriever:
@@ -67,7 +87,9 @@ class DeviceMirror(StoreRetriever):
     tokens x layers x kv_heads x (head_dim + value_dim) x element size.
     """
 
-    BLOCK = 1 << 16  # keys scored per matmul: bounds the float32 score buffer
+    BLOCK = 1 << 20  # most keys scored per matmul
+    SCORE_BYTES = 16 << 30  # bound on one block's float32 scores on a GPU (1 GiB elsewhere)
+    GROUP = 128  # keys per group of the group-max preselection (see _block_topk)
 
     def __init__(
         self,
@@ -140,16 +162,16 @@ class DeviceMirror(StoreRetriever):
         g = h // kv
         q = queries.detach().float().to(self.device).view(t, kv, g, d).permute(1, 2, 0, 3)
         q = q.reshape(kv, g * t, d)
+        budget = self.SCORE_BYTES if self.device.type == "cuda" else 1 << 30
+        block = min(self.BLOCK, max(self.GROUP, budget // (4 * kv * g * t)))
         best_s = torch.full((kv, g * t, k), float("-inf"), device=self.device)
         best_i = torch.full((kv, g * t, k), -1, dtype=torch.int64, device=self.device)
-        for start in range(0, n, self.BLOCK):
-            block = keys[:, start : min(n, start + self.BLOCK)].float()
-            s = torch.bmm(q, block.transpose(1, 2))
-            top_s, top_i = s.topk(min(k, s.shape[-1]), dim=-1)
-            cat_s = torch.cat((best_s, top_s), dim=-1)
-            cat_i = torch.cat((best_i, top_i + start), dim=-1)
-            best_s, pick = cat_s.topk(k, dim=-1)
-            best_i = cat_i.gather(-1, pick)
+        for start in range(0, n, block):
+            scores = torch.bmm(q, keys[:, start : min(n, start + block)].float().transpose(1, 2))
+            top_s, top_i = _block_topk(scores, k, self.GROUP)
+            best_s, pick = torch.cat((best_s, top_s), dim=-1).topk(k, dim=-1)
+            best_i = torch.cat((best_i, top_i + start), dim=-1).gather(-1, pick)
+        best_i = best_i.masked_fill(best_s == float("-inf"), -1)  # padding, never a key
         # [kv, g*t, k] -> [t, h, k] with h = kv_head * g + j, as the store orders query heads
         best_s = best_s.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
         best_i = best_i.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
