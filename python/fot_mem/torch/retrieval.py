@@ -163,7 +163,12 @@ class DeviceMirror(StoreRetriever):
         q = queries.detach().float().to(self.device).view(t, kv, g, d).permute(1, 2, 0, 3)
         q = q.reshape(kv, g * t, d)
         budget = self.SCORE_BYTES if self.device.type == "cuda" else 1 << 30
-        block = min(self.BLOCK, max(self.GROUP, budget // (4 * kv * g * t)))
+        most = min(self.BLOCK, max(self.GROUP, budget // (4 * kv * g * t)))
+        # equal blocks, whole groups: a ragged last group would cost a padded copy of the scores
+        block = -(-n // max(1, -(-n // most))) if n else most
+        block = (
+            min(self.BLOCK, -(-block // self.GROUP) * self.GROUP) if block > self.GROUP else block
+        )
         best_s = torch.full((kv, g * t, k), float("-inf"), device=self.device)
         best_i = torch.full((kv, g * t, k), -1, dtype=torch.int64, device=self.device)
         for start in range(0, n, block):
