@@ -261,6 +261,46 @@ def probe_search(
     return out
 
 
+def losses(args: argparse.Namespace) -> None:
+    """Per-window mean next-token loss with memory (store, exact top-k) and without, float32."""
+    import torch
+    import torch.nn.functional as F
+    from fot_mem.torch import load_gguf
+    from fot_mem.torch.reader import LongDocumentReader, create_store
+
+    torch.set_grad_enabled(False)
+    layers = tuple(int(x) for x in args.memory_layers.split(","))
+    model = load_gguf(args.gguf, memory_layers=layers, memory_k=args.k).eval()
+    tokens = torch.from_numpy(np.load(args.tokens).astype(np.int64))[: args.max_tokens]
+    root = Path(args.store or tempfile.mkdtemp(prefix="fot-losses-"))
+    store = create_store(root / "store", model, dtype="float32")
+    reader = LongDocumentReader(model, store.document("doc"), window=args.window, k=args.k)
+    rows = []
+    t0 = time.perf_counter()
+    for start in range(0, tokens.numel(), args.window):
+        chunk = tokens[start : start + args.window]
+        memory = reader.memory_tokens()
+        with_memory = float(reader.read(chunk).mean())  # first token: no previous logit here
+        logits = model(chunk[None]).logits[0, :-1]
+        plain = float(F.cross_entropy(logits, chunk[1:]))
+        rows.append(
+            {"start": start, "memory_tokens": memory, "memory": with_memory, "plain": plain}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    result = {
+        "weights": f"{Path(args.gguf).name}, dequantised, float32, CPU",
+        "window": args.window,
+        "k": args.k,
+        "memory_layers": list(layers),
+        "tokens": int(tokens.numel()),
+        "seconds": time.perf_counter() - t0,
+        "windows": rows,
+        "note": "loss of tokens 1..W-1 of each window (the first is left out in both columns)",
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -290,9 +330,24 @@ def main() -> None:
     )
     r.add_argument("--store", default=None)
     r.add_argument("--json", default="bench-results/long_doc.json")
+    ls = sub.add_parser("losses")
+    ls.add_argument("--tokens", default="bench-data/stdlib-tokens.npy")
+    ls.add_argument("--gguf", default=None)
+    ls.add_argument("--max-tokens", type=int, default=1 << 17)
+    ls.add_argument("--window", type=int, default=2048)
+    ls.add_argument("--k", type=int, default=128)
+    ls.add_argument("--memory-layers", default="8,16,24")
+    ls.add_argument("--store", default=None)
+    ls.add_argument("--json", default="bench-results/long_doc-losses-cpu.json")
     args = p.parse_args()
     if args.cmd == "tokens":
         make_tokens(args)
+    elif args.cmd == "losses":
+        if not args.gguf:
+            from fot_mem.torch.weights import smollm2_gguf
+
+            args.gguf = str(smollm2_gguf())
+        losses(args)
     else:
         if not args.random and not args.gguf:
             from fot_mem.torch.weights import smollm2_gguf

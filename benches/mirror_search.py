@@ -12,9 +12,9 @@ import time
 import types
 
 import torch
-from fot_mem.torch.retrieval import DeviceMirror
+from fot_mem.torch.retrieval import DeviceMirror, _block_topk
 
-dev = "cuda"
+dev = "cuda" if torch.cuda.is_available() else "cpu"
 torch.manual_seed(0)
 
 
@@ -57,7 +57,6 @@ for n in (262144, 1048576):
         r["bmm_bf16_out32_err"] = str(e)[:200]
     out[n] = r
     print(n, json.dumps(r), flush=True)
-json.dump(out, open(sys.argv[1], "w"), indent=1)
 
 
 def search_plain(q, keys, n, k, B=1 << 16, tf32=False):
@@ -85,16 +84,7 @@ def search_groups(q, keys, n, k, B=1 << 16, G=128, tf32=False):
     for start in range(0, n, B):
         block = keys[:, start : min(n, start + B)].float()
         s = torch.bmm(q, block.transpose(1, 2))
-        nb = s.shape[-1]
-        if nb % G:
-            s = torch.nn.functional.pad(s, (0, G - nb % G), value=float("-inf"))
-        ng = s.shape[-1] // G
-        sg = s.view(kvh, R, ng, G)
-        kk = min(k, ng)
-        tg = sg.amax(-1).topk(kk, dim=-1).indices
-        cand = sg.gather(2, tg[..., None].expand(-1, -1, -1, G)).reshape(kvh, R, kk * G)
-        ts, tp = cand.topk(min(k, kk * G), dim=-1)
-        ti = tg.gather(-1, tp // G) * G + tp % G
+        ts, ti = _block_topk(s, k, G)  # the shipped group-max selection
         cs = torch.cat((best_s, ts), -1)
         ci = torch.cat((best_i, ti + start), -1)
         best_s, p = cs.topk(k, dim=-1)
@@ -125,7 +115,9 @@ for n in (262144, 1048576):
         BLOCK=DeviceMirror.BLOCK,
         SCORE_BYTES=DeviceMirror.SCORE_BYTES,
         GROUP=DeviceMirror.GROUP,
+        _layer=lambda layer: layer,
     )
+    fake._score_budget = types.MethodType(DeviceMirror._score_budget, fake)
     qh = q.view(kv, g, T, d).permute(2, 0, 1, 3).reshape(T, kv * g, d)
     r["fot_mem_DeviceMirror"] = t(lambda: DeviceMirror.search(fake, 0, qh, k), 3)
     m_s, m_i = DeviceMirror.search(fake, 0, qh, k)

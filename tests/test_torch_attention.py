@@ -547,3 +547,24 @@ def test_model_with_shared_memory_equals_reference() -> None:
         out2 = model(w2, memory=memory)
         ref2, _ = ref_model(model, w2, kv1)
     torch.testing.assert_close(out2.logits.double(), ref2, atol=1e-4, rtol=1e-4)
+
+
+def test_memory_attention_refuses_mismatched_local_tensors() -> None:
+    from fot_mem import InvalidValueError, ShapeError
+
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    for bad in (
+        (q, k[:, :, :3], v[:, :, :3]),  # fewer local keys than queries
+        (q, k, v[:, :1]),  # values of another head count
+        (q, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8)),  # 3 kv heads do not divide 4
+        (q, k[..., :4], v),  # another head_dim
+        (q[0], k, v),
+    ):
+        with pytest.raises(ShapeError):
+            memory_attention(*bad)
+    mem = Memory(keys=torch.randn(1, 2, 3, 8), values=torch.randn(1, 2, 3, 6))
+    with pytest.raises(ShapeError, match="dim 6"):
+        memory_attention(q, k, v, mem)
+    meta = Memory(keys=torch.randn(1, 2, 3, 8, device="meta"), values=torch.randn(1, 2, 3, 8))
+    with pytest.raises(InvalidValueError, match="device"):
+        memory_attention(q, k, v, meta)

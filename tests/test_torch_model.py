@@ -492,3 +492,50 @@ def test_qk_norm_is_optional_in_a_state_dict() -> None:
     model = ft.from_state_dict(state, SMALL.replace(qk_norm=True))
     temp = model.model.layers[1].self_attn.log_temperature.exp()
     torch.testing.assert_close(temp, torch.full((6,), math.sqrt(8.0)))
+
+
+def test_rope_frequencies_stay_float32_in_a_bfloat16_model() -> None:
+    # Rounded to bfloat16, the frequencies would put late positions' phases off by radians.
+    model = random_model(SMALL).to(torch.bfloat16)
+    rotary = model.model.rotary
+    assert rotary.inv_freq(torch.device("cpu")).dtype == torch.float32
+    positions = torch.arange(2000, 2048)
+    cos16, _ = rotary(positions, torch.bfloat16)
+    cos32, _ = ft.FotForCausalLM(SMALL).model.rotary(positions, torch.float32)
+    assert (cos16.float() - cos32).abs().max() < 1e-2  # bf16 rounding of cos, nothing more
+
+
+def test_config_normalises_integers_and_sorts_memory_layers() -> None:
+    import numpy as np
+
+    config = SMALL.replace(hidden_size=np.int64(48), memory_layers=[3, 1])
+    assert config.hidden_size == 48 and type(config.hidden_size) is int
+    assert config.memory_layers == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"memory_layers": 3}, {"memory_layers": ("a",)}, {"rope_theta": "1e4"}, {"hidden_size": 48.0}],
+)
+def test_config_refuses_odd_types(changes: dict[str, Any]) -> None:
+    with pytest.raises(fot_mem.InvalidValueError):
+        SMALL.replace(**changes)
+
+
+def test_from_hf_refuses_sliding_window_and_missing_fields() -> None:
+    with pytest.raises(fot_mem.InvalidValueError, match="sliding_window"):
+        FotConfig.from_hf(_hf_dict(sliding_window=16, max_position_embeddings=64))
+    d = _hf_dict()
+    del d["intermediate_size"]
+    with pytest.raises(fot_mem.InvalidValueError, match="intermediate_size"):
+        FotConfig.from_hf(d)
+
+
+def test_forward_refuses_ids_outside_the_vocabulary_and_float_ids() -> None:
+    model = random_model(SMALL)
+    with pytest.raises(fot_mem.InvalidValueError, match="vocabulary"):
+        model(torch.tensor([[0, SMALL.vocab_size]]))
+    with pytest.raises(fot_mem.InvalidValueError, match="vocabulary"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(fot_mem.DtypeError):
+        model(torch.zeros(1, 3))

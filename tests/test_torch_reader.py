@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+import fot_mem
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fot_mem import InvalidValueError, MemoryStore, ShapeError
+from fot_mem import InvalidValueError, MemoryStore, ShapeError, UnknownLayerError
 from fot_mem.store import Document
 from fot_mem.torch import FotConfig, FotForCausalLM, Memory
 from fot_mem.torch.reader import LongDocumentReader, create_store
@@ -654,7 +655,7 @@ def test_logits_and_generate_take_one_window(model, stores) -> None:
 
 def test_mirror_refuses_a_layer_it_does_not_keep(stores) -> None:
     mirror = DeviceMirror(stores().document("d"), "cpu")
-    with pytest.raises(InvalidValueError, match="layer"):
+    with pytest.raises(UnknownLayerError, match="layer"):
         mirror.search(0, rand(2, HEADS, HEAD_DIM, seed=0), 4)
 
 
@@ -734,3 +735,50 @@ def test_group_max_preselection_equals_topk(n: int, group: int, k: int) -> None:
     torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)
     assert torch.equal(got_i.sort(-1).values, want_i.sort(-1).values)
     assert torch.equal(scores.gather(-1, got_i), got_s)
+
+
+def test_reader_refuses_a_bad_backend_or_ef_before_writing(model, stores) -> None:
+    store = stores(model)
+    for options in ({"backend": "nope"}, {"ef": -3}, {"ef": 2.5}):
+        with pytest.raises(InvalidValueError):
+            LongDocumentReader(model, store.document("d"), window=WINDOW, **options)
+    assert "d" not in store  # nothing was appended
+
+
+def test_reader_refuses_a_store_with_another_value_dim(model, stores) -> None:
+    store = stores(value_dim=HEAD_DIM * 2)
+    with pytest.raises(ShapeError, match="value_dim"):
+        LongDocumentReader(model, store.document("d"), window=WINDOW)
+
+
+def test_reader_refuses_float_token_ids_and_a_float_window(model, stores) -> None:
+    doc = stores(model).document("d")
+    with pytest.raises(InvalidValueError, match="window"):
+        LongDocumentReader(model, doc, window=8.0)  # type: ignore[arg-type]
+    reader = LongDocumentReader(model, doc, window=WINDOW)
+    with pytest.raises(fot_mem.DtypeError):
+        reader.read(torch.tensor([1.5, 2.0]))
+    assert reader.read([]).numel() == 0
+
+
+def test_mirror_refuses_bad_queries_k_and_device(stores) -> None:
+    doc = stores().document("d")
+    mirror = DeviceMirror(doc, "cpu")
+    fill(doc, 20, seed=3, via=mirror)
+    layer = LAYERS[0]
+    with pytest.raises(ShapeError):
+        mirror.search(layer, rand(2, HEADS + 1, HEAD_DIM, seed=0), 4)
+    with pytest.raises(ShapeError):
+        mirror.search(layer, rand(2, HEADS, HEAD_DIM + 1, seed=0), 4)
+    with pytest.raises(ShapeError):
+        mirror.search(layer, rand(HEADS, HEAD_DIM, seed=0), 4)
+    with pytest.raises(InvalidValueError, match="k must"):
+        mirror.search(layer, rand(2, HEADS, HEAD_DIM, seed=0), 0)
+    scores, ids = mirror.search(layer, rand(0, HEADS, HEAD_DIM, seed=0), 4)
+    assert scores.shape == ids.shape == (0, HEADS, 4)
+    with pytest.raises(InvalidValueError, match="device"):
+        DeviceMirror(doc, "gpu0")
+    with pytest.raises(fot_mem.DtypeError):
+        DeviceMirror(doc, "cpu", dtype=torch.int8)
+    with pytest.raises(UnknownLayerError):
+        mirror.length(0)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..exceptions import InvalidValueError, ShapeError
 from .config import FotConfig
 from .memory import Memory, MemoryArg, memory_for
 from .rope import apply_rope
@@ -33,6 +34,7 @@ def memory_attention(
     and `v [B, Hkv, S, Dv]`: the local context, of which the last T are those tokens (S > T when
     a cache holds earlier ones). `memory`: see `Memory`; None gives plain causal attention.
     """
+    _check_local(q, k, v)
     b, h, t, _ = q.shape
     kv_heads, s = k.shape[1], k.shape[2]
     past = s - t
@@ -45,10 +47,26 @@ def memory_attention(
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=1.0, enable_gqa=kv_heads != h
         )
-    memory.check(b, h, kv_heads, t, q.shape[-1])
+    memory.check(b, h, kv_heads, t, q.shape[-1], v)
     if not memory.per_query:
         return _shared(q, k, v, memory, past)
     return _per_query(q, k, v, memory, past)
+
+
+def _check_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ShapeError(
+            f"q, k, v must be [B, heads, tokens, dim], got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    (b, h, t, d), (bk, hk, s, dk) = q.shape, k.shape
+    if bk != b or dk != d or tuple(v.shape[:3]) != (b, hk, s) or h % hk or s < t:
+        raise ShapeError(
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v need the "
+            "batch of q, kv heads dividing its heads, q's head_dim (k) and at least its tokens"
+        )
+    if not q.device == k.device == v.device:
+        raise InvalidValueError(f"q, k, v are on {q.device}, {k.device}, {v.device}")
 
 
 def _shared(

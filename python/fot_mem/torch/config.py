@@ -4,10 +4,23 @@ when the config is made, so a bad shape fails here with its numbers, not deep in
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import InvalidValueError
+
+_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "memory_k",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,24 +50,34 @@ class FotConfig:
     memory_k: int = 128
 
     def __post_init__(self) -> None:
+        for name in _INTS:
+            value = getattr(self, name)
+            try:
+                value = operator.index(value)  # ints, numpy ints; not floats, strings or bools
+            except TypeError:
+                value = None
+            if value is None or isinstance(getattr(self, name), bool) or value < 0:
+                raise InvalidValueError(
+                    f"FotConfig.{name} must be a positive integer, got {getattr(self, name)!r}"
+                )
+            object.__setattr__(self, name, value)
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_heads, 1))
-        object.__setattr__(self, "memory_layers", tuple(int(i) for i in self.memory_layers))
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "max_position_embeddings",
-            "memory_k",
-        ):
+        bad = [name for name in _INTS if getattr(self, name) < 1]
+        if bad:
+            raise InvalidValueError(f"FotConfig.{bad[0]} must be positive, got 0")
+        try:
+            layers = sorted(operator.index(i) for i in self.memory_layers)
+        except TypeError:
+            raise InvalidValueError(
+                f"memory_layers must be a sequence of layer indices, got {self.memory_layers!r}"
+            ) from None
+        object.__setattr__(self, "memory_layers", tuple(layers))  # the store keeps them sorted
+        for name in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidValueError(
-                    f"FotConfig.{name} must be a positive integer, got {value!r}"
+                    f"FotConfig.{name} must be a positive number, got {value!r}"
                 )
         if self.num_heads % self.num_kv_heads:
             raise InvalidValueError(
@@ -68,13 +91,6 @@ class FotConfig:
                 f"memory_layers {list(self.memory_layers)} must be distinct layer indices in "
                 f"0..{self.num_layers - 1}"
             )
-        if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
-            raise InvalidValueError("rope_theta and rms_norm_eps must be positive")
-
-    @property
-    def group(self) -> int:
-        """Query heads per kv head (grouped-query attention)."""
-        return self.num_heads // self.num_kv_heads
 
     def replace(self, **changes: Any) -> FotConfig:
         return dataclasses.replace(self, **changes)
@@ -90,10 +106,21 @@ class FotConfig:
         # transformers >= 5 keeps the scaling in rope_parameters (rope_scaling is then None)
         for key in ("rope_scaling", "rope_parameters"):
             scaling = d.get(key)
+            if scaling and not isinstance(scaling, Mapping):
+                raise InvalidValueError(f"{key} must be a mapping, got {scaling!r}")
             if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
                 raise InvalidValueError(f"{key} {scaling} is not supported (plain RoPE only)")
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise InvalidValueError("attention_bias / mlp_bias are not supported (Llama has none)")
+        window = d.get("sliding_window")
+        if window is not None and window < d.get("max_position_embeddings", 0):
+            raise InvalidValueError(
+                f"sliding_window {window} is not supported (full attention only)"
+            )
+        need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        missing = [key for key in (*need, "num_attention_heads") if key not in d]
+        if missing:
+            raise InvalidValueError(f"the Hugging Face config lacks {missing}")
         theta = d.get("rope_theta")
         if theta is None:  # transformers >= 5 keeps it in rope_parameters
             theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)

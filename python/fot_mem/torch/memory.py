@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..exceptions import ShapeError
+from ..exceptions import InvalidValueError, ShapeError
 
 
 @dataclasses.dataclass
@@ -35,9 +35,17 @@ class Memory:
     def per_query(self) -> bool:
         return self.values.dim() == 5
 
-    def check(self, batch: int, heads: int, kv_heads: int, tokens: int, dim: int) -> None:
-        """Raises `ShapeError` naming the part of the memory that does not fit the layer."""
+    def check(
+        self, batch: int, heads: int, kv_heads: int, tokens: int, dim: int, like: torch.Tensor
+    ) -> None:
+        """Raises `ShapeError` naming the part of the memory that does not fit the layer (whose
+        values are `like`)."""
         v = self.values
+        if v.shape[-1] != like.shape[-1]:
+            raise ShapeError(f"memory values have dim {v.shape[-1]}, the layer's {like.shape[-1]}")
+        parts = (v, self.keys, self.scores, self.mask)
+        if any(x is not None and x.device != like.device for x in parts):
+            raise InvalidValueError(f"memory tensors must be on the layer's device {like.device}")
         if self.per_query:
             if self.keys is None and self.scores is None:
                 raise ShapeError("per-query memory needs keys or scores")

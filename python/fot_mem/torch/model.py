@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..exceptions import ShapeError
+from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from .attention import FotAttention
 from .config import FotConfig
 from .memory import MemoryArg
@@ -96,10 +96,6 @@ class FotForCausalLM(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    @property
-    def memory_layers(self) -> tuple[int, ...]:
-        return self.config.memory_layers
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -114,6 +110,15 @@ class FotForCausalLM(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise DtypeError(f"input_ids must be int64 or int32 token ids, got {input_ids.dtype}")
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            if int(low) < 0 or int(high) >= self.config.vocab_size:
+                raise InvalidValueError(
+                    f"token ids span {int(low)}..{int(high)}; the vocabulary is "
+                    f"0..{self.config.vocab_size - 1}"
+                )
         past = 0 if cache is None else cache.length
         t = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)

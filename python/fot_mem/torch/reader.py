@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..exceptions import InvalidValueError, ShapeError
+from .. import backends
+from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from ..store import Document, MemoryStore
 from .memory import Memory
 from .model import FotForCausalLM, LocalCache
@@ -62,14 +63,20 @@ class LongDocumentReader:
                 f"the store keeps layers {store.layers}, the model's memory_layers are "
                 f"{list(c.memory_layers)}"
             )
-        if store.kv_heads != c.num_kv_heads or store.head_dim != c.head_dim:
+        if (store.kv_heads, store.head_dim, store.value_dim) != (
+            c.num_kv_heads,
+            c.head_dim,
+            c.head_dim,
+        ):
             raise ShapeError(
-                f"the store has kv_heads {store.kv_heads} x head_dim {store.head_dim}, the model "
-                f"{c.num_kv_heads} x {c.head_dim}"
+                f"the store has kv_heads {store.kv_heads} x head_dim {store.head_dim} (value_dim "
+                f"{store.value_dim}), the model {c.num_kv_heads} x {c.head_dim} ({c.head_dim})"
             )
         self.model = model
         self.document = document
         self.window = c.max_position_embeddings if window is None else window
+        if isinstance(self.window, bool) or not isinstance(self.window, int):
+            raise InvalidValueError(f"window must be an integer, got {self.window!r}")
         if not 1 <= self.window <= c.max_position_embeddings:
             raise InvalidValueError(
                 f"window {self.window} must be in 1..max_position_embeddings "
@@ -78,6 +85,9 @@ class LongDocumentReader:
         self.k = c.memory_k if k is None else k
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise InvalidValueError(f"k must be a positive integer, got {self.k!r}")
+        backends.check(backend)  # refused now, not after the first window is stored
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 1):
+            raise InvalidValueError(f"ef must be a positive integer, got {ef!r}")
         self.source: StoreRetriever = (
             StoreRetriever(document, backend=backend, ef=ef)
             if mirror is None
@@ -106,7 +116,10 @@ class LongDocumentReader:
         return mem
 
     def _tokens(self, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        ids = torch.as_tensor(tokens, dtype=torch.int64)
+        ids = torch.as_tensor(tokens)
+        if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+            raise DtypeError(f"token ids must be integers, got {ids.dtype}")
+        ids = ids.to(torch.int64)
         if ids.dim() != 1:
             raise ShapeError(f"tokens must be a 1-d sequence, got shape {tuple(ids.shape)}")
         vocab = self.model.config.vocab_size
@@ -146,14 +159,11 @@ class LongDocumentReader:
         for start in range(0, ids.numel(), self.window):
             chunk = ids[start : start + self.window]
             out = self.model(chunk[None], memory=self._provider)
-            logits = out.logits[0].float()
-            if last is not None:
-                logits = torch.cat((last[None], logits))
-                targets = chunk
-            else:
-                targets = chunk[1:]
-            losses.append(F.cross_entropy(logits[: targets.numel()], targets, reduction="none"))
-            last = logits[-1]
+            logits = out.logits[0]
+            if last is not None:  # the window's first token, from the previous window's end
+                losses.append(F.cross_entropy(last[None], chunk[:1], reduction="none"))
+            losses.append(F.cross_entropy(logits[:-1].float(), chunk[1:], reduction="none"))
+            last = logits[-1].float()
             self._append(out.memory_kv)
             self.stats["tokens"] += chunk.numel()
             self.stats["windows"] += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..exceptions import InvalidValueError
+from ..exceptions import DtypeError, InvalidValueError, ShapeError, UnknownLayerError
 from ..store import Document
 from .memory import Memory
 
@@ -23,6 +23,10 @@ def _per_query(
         scores=scores.masked_fill(~mask, 0.0).permute(1, 0, 2)[None],
         mask=mask.permute(1, 0, 2)[None],
     )
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _block_topk(scores: torch.Tensor, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +92,9 @@ class DeviceMirror(StoreRetriever):
     """
 
     BLOCK = 1 << 20  # most keys scored per matmul
-    SCORE_BYTES = 16 << 30  # bound on one block's float32 scores on a GPU (1 GiB elsewhere)
+    # Bound on one block's float32 scores: None = a quarter of the GPU's free memory, at most
+    # 16 GiB (1 GiB off the GPU). Larger blocks mean fewer top-k merges.
+    SCORE_BYTES: int | None = None
     GROUP = 128  # keys per group of the group-max preselection (see _block_topk)
 
     def __init__(
@@ -100,8 +106,14 @@ class DeviceMirror(StoreRetriever):
     ) -> None:
         super().__init__(document, backend="exact")
         store = document.store
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+            torch.empty(0, device=self.device)
+        except (RuntimeError, TypeError) as e:
+            raise InvalidValueError(f"mirror device {device!r} is not usable: {e}") from None
         names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if dtype is not None and dtype not in names.values():
+            raise DtypeError(f"mirror dtype must be float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype or names[store.dtype]
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
@@ -135,8 +147,23 @@ class DeviceMirror(StoreRetriever):
         self.values[layer][:, n : n + t] = values.transpose(0, 1).to(self.device, self.dtype)
         self.count[layer] = n + t
 
+    def _layer(self, layer: int) -> int:
+        if layer not in self.keys:
+            raise UnknownLayerError(
+                f"layer {layer} is not a memory layer of this store ({sorted(self.keys)})"
+            )
+        return layer
+
     def length(self, layer: int) -> int:
-        return self.count[layer]
+        return self.count[self._layer(layer)]
+
+    def _score_budget(self) -> int:
+        if self.SCORE_BYTES is not None:
+            return self.SCORE_BYTES
+        if self.device.type != "cuda":
+            return 1 << 30
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1 << 26, min(16 << 30, free // 4))
 
     @property
     def nbytes(self) -> int:
@@ -154,28 +181,38 @@ class DeviceMirror(StoreRetriever):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k: `queries [T, H, D]` -> scores float32 and ids int64, `[T, H, k]`, best
         first; -inf / -1 beyond the layer's length."""
-        if layer not in self.keys:
-            raise InvalidValueError(f"layer {layer} is not a memory layer of this store")
+        layer = self._layer(layer)
+        if queries.dim() != 3:
+            raise ShapeError(f"queries must be [T, heads, head_dim], got {tuple(queries.shape)}")
         t, h, d = queries.shape
         keys, n = self.keys[layer], self.count[layer]
         kv = keys.shape[0]
+        if h % kv or d != keys.shape[2]:
+            raise ShapeError(
+                f"queries {tuple(queries.shape)}: heads must be a multiple of kv_heads {kv} and "
+                f"head_dim {keys.shape[2]}"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidValueError(f"k must be a positive integer, got {k!r}")
         g = h // kv
         q = queries.detach().float().to(self.device).view(t, kv, g, d).permute(1, 2, 0, 3)
         q = q.reshape(kv, g * t, d)
-        budget = self.SCORE_BYTES if self.device.type == "cuda" else 1 << 30
-        most = min(self.BLOCK, max(self.GROUP, budget // (4 * kv * g * t)))
-        # equal blocks, whole groups: a ragged last group would cost a padded copy of the scores
-        block = -(-n // max(1, -(-n // most))) if n else most
-        block = (
-            min(self.BLOCK, -(-block // self.GROUP) * self.GROUP) if block > self.GROUP else block
-        )
         best_s = torch.full((kv, g * t, k), float("-inf"), device=self.device)
         best_i = torch.full((kv, g * t, k), -1, dtype=torch.int64, device=self.device)
-        for start in range(0, n, block):
-            scores = torch.bmm(q, keys[:, start : min(n, start + block)].float().transpose(1, 2))
-            top_s, top_i = _block_topk(scores, k, self.GROUP)
-            best_s, pick = torch.cat((best_s, top_s), dim=-1).topk(k, dim=-1)
-            best_i = torch.cat((best_i, top_i + start), dim=-1).gather(-1, pick)
+        if t and n:
+            most = max(self.GROUP, self._score_budget() // (4 * kv * g * t))
+            # equal blocks of whole groups: a ragged group would cost a padded copy of the scores
+            cap = min(self.BLOCK, most)
+            block = _ceil_div(n, _ceil_div(n, cap))
+            if block > self.GROUP:
+                block = _ceil_div(block, self.GROUP) * self.GROUP
+            for start in range(0, n, block):
+                block_keys = keys[:, start : min(n, start + block)]  # capacity beyond n is garbage
+                scores = torch.bmm(q, block_keys.float().transpose(1, 2))
+                top_s, top_i = _block_topk(scores, k, self.GROUP)
+                del scores  # before the next block's matmul: one score buffer at a time
+                best_s, pick = torch.cat((best_s, top_s), dim=-1).topk(k, dim=-1)
+                best_i = torch.cat((best_i, top_i + start), dim=-1).gather(-1, pick)
         best_i = best_i.masked_fill(best_s == float("-inf"), -1)  # padding, never a key
         # [kv, g*t, k] -> [t, h, k] with h = kv_head * g + j, as the store orders query heads
         best_s = best_s.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
@@ -183,7 +220,7 @@ class DeviceMirror(StoreRetriever):
         return best_s, best_i
 
     def retrieve(self, layer: int, queries: torch.Tensor, k: int) -> Memory | None:
-        if self.count[layer] == 0:
+        if self.length(layer) == 0:
             return None
         scores, ids = self.search(layer, queries, k)
         h = scores.shape[1]

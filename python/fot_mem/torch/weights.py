@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..exceptions import InvalidValueError, ShapeError
+from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from .config import FotConfig
 from .model import FotForCausalLM
 
@@ -31,6 +31,11 @@ def from_state_dict(
 ) -> FotForCausalLM:
     """A model of `config` holding a Llama state dict (Hugging Face parameter names). Refuses
     missing, unexpected and wrongly shaped tensors, naming them."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DtypeError(f"dtype must be a torch floating dtype, got {dtype!r}")
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise DtypeError(f"state dict entries must be tensors: {odd[:5]} are not")
     model = FotForCausalLM(config)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
@@ -68,7 +73,14 @@ def load_folder(
     cfg = folder / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"{cfg} not found: a Hugging Face model folder needs config.json")
-    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # shards named by the index, not stray adapters or consolidated copies
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / n for n in names]
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors file in {folder}")
     state: dict[str, torch.Tensor] = {}
@@ -88,7 +100,7 @@ def load_gguf(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"GGUF file {p} not found")
-    hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name)
     config = FotConfig.from_hf(hf.config, **fot)
     return from_state_dict(hf.state_dict(), config, dtype=dtype)
 
