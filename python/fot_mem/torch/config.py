@@ -85,8 +85,8 @@ class FotConfig:
             )
         if self.head_dim % 2:
             raise InvalidValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        bad = [i for i in self.memory_layers if not 0 <= i < self.num_layers]
-        if bad or len(set(self.memory_layers)) != len(self.memory_layers):
+        outside = [i for i in self.memory_layers if not 0 <= i < self.num_layers]
+        if outside or len(set(self.memory_layers)) != len(self.memory_layers):
             raise InvalidValueError(
                 f"memory_layers {list(self.memory_layers)} must be distinct layer indices in "
                 f"0..{self.num_layers - 1}"
