@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from ..exceptions import InvalidValueError, ShapeError
 from .config import FotConfig
@@ -43,9 +44,8 @@ def memory_attention(
             return F.scaled_dot_product_attention(
                 q, k, v, is_causal=t > 1, scale=1.0, enable_gqa=kv_heads != h
             )
-        mask = causal_mask(t, past, q.device)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=1.0, enable_gqa=kv_heads != h
+            q, k, v, attn_mask=causal_lower_right(t, s), scale=1.0, enable_gqa=kv_heads != h
         )
     memory.check(b, h, kv_heads, t, q.shape[-1], v)
     if not memory.per_query:
@@ -77,15 +77,24 @@ def _shared(
     b, t, m = q.shape[0], q.shape[2], mem.values.shape[2]
     keys = torch.cat((mem.keys.to(k.dtype), k), dim=2)
     values = torch.cat((mem.values.to(v.dtype), v), dim=2)
-    local = causal_mask(t, past, q.device).expand(b, t, past + t)
+    gqa = k.shape[1] != q.shape[1]
     if mem.mask is None:
-        seen = torch.ones(b, t, m, dtype=torch.bool, device=q.device)
-    else:
-        seen = mem.mask.to(torch.bool)
-        seen = seen[:, None, :].expand(b, t, m) if seen.dim() == 2 else seen
+        # Every memory key visible, local keys causal: that is causal attention aligned to the
+        # last key, which the fused (flash / memory-efficient) kernels run without a mask tensor.
+        return F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=causal_lower_right(t, m + past + t),
+            scale=1.0,
+            enable_gqa=gqa,
+        )
+    local = causal_mask(t, past, q.device).expand(b, t, past + t)
+    seen = mem.mask.to(torch.bool)
+    seen = seen[:, None, :].expand(b, t, m) if seen.dim() == 2 else seen
     mask = torch.cat((seen, local), dim=2)[:, None]
     return F.scaled_dot_product_attention(
-        q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=k.shape[1] != q.shape[1]
+        q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=gqa
     )
 
 
