@@ -9,10 +9,11 @@ import dataclasses
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..exceptions import DtypeError, InvalidValueError, ShapeError
-from .attention import FotAttention
 from .config import FotConfig
+from .layer import FotAttention
 from .memory import MemoryArg
 from .rope import RotaryEmbedding
 
@@ -48,6 +49,20 @@ class DecoderLayer(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        memory: MemoryArg,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[
+        torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None
+    ]:
+        h, local, kv = self.self_attn(self.input_layernorm(x), cos, sin, memory=memory, cache=cache)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), local, kv
 
 
 class LocalCache:
@@ -90,6 +105,7 @@ class FotForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.checkpointing = False  # activation checkpointing per layer while training
         self.apply(self._init)
 
     def _init(self, module: nn.Module) -> None:
@@ -102,11 +118,14 @@ class FotForCausalLM(nn.Module):
         *,
         memory: MemoryArg = None,
         cache: LocalCache | None = None,
+        logits_rows: slice | None = None,
     ) -> FotOutput:
         """`input_ids [B, T]` (int64). `memory`: a `Memory` per memory layer (a mapping), or a
         callable `(layer, queries [B, H, T, D]) -> Memory | None` asked by each memory layer (how
         retrieval runs at inference). `cache`: the local window so far; these tokens are
         appended to it and take the positions after it. Without a cache, positions are 0..T-1.
+        `memory` may also be a `Crossbatch` (training). `logits_rows`: compute logits for these
+        batch rows only.
         """
         if input_ids.dim() != 2:
             raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
@@ -128,13 +147,15 @@ class FotForCausalLM(nn.Module):
         for i, layer in enumerate(self.model.layers):
             assert isinstance(layer, DecoderLayer)
             prior = None if cache is None else cache.layers.get(i)
-            h, local, kv = layer.self_attn(
-                layer.input_layernorm(x), cos, sin, memory=memory, cache=prior
-            )
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # Recompute the layer in the backward pass instead of keeping its activations.
+                x, local, kv = checkpoint(layer, x, cos, sin, memory, prior, use_reentrant=False)
+            else:
+                x, local, kv = layer(x, cos, sin, memory, prior)
             if cache is not None:
                 cache.layers[i] = local
             if kv is not None:
                 memory_kv[i] = kv
-            x = x + h
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if logits_rows is not None:  # crossbatch needs no logits of the previous windows
+            x = x[logits_rows]
         return FotOutput(self.lm_head(self.model.norm(x)), memory_kv)

@@ -1,0 +1,93 @@
+"""Crossbatch (FoT training, paper section 2): at a memory layer, the current window of batch slot
+i attends in ONE softmax to its causal local keys, to all keys of its own previous window(s) (the
+positive) and to those of the d-1 next slots (i+1 ... i+d-1 mod slots: the negatives), all at
+position 0 and all differentiable. The batch carries both kinds of window as rows:
+`[slots * prev previous windows (slot-major, oldest first), slots current windows]`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from ..exceptions import InvalidValueError, ShapeError
+from .attention import memory_attention
+from .memory import Memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossbatch:
+    """Pass as `memory=` to `FotForCausalLM.forward` to train with crossbatch.
+
+    `slots`: documents in the batch (b). `d`: contexts each current window sees, its own and d-1
+    others (d = 1: the positive only). `prev`: previous windows per slot (w). `gather`: for
+    several processes, a function that all-gathers a `[slots * prev, ...]` tensor over ranks
+    (keeping gradients, e.g. `torch.distributed.nn.functional.all_gather` concatenated), so the
+    negatives come from the global batch; `rank` places this process's slots in it.
+    """
+
+    slots: int
+    d: int = 1
+    prev: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("slots", "d", "prev"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidValueError(
+                    f"Crossbatch.{name} must be a positive integer, got {value!r}"
+                )
+        if self.gather is None and self.d > self.slots:
+            raise InvalidValueError(f"d {self.d} exceeds the {self.slots} slots of the batch")
+
+    @property
+    def rows(self) -> int:
+        """Rows of the batch: previous windows, then current ones."""
+        return self.slots * (self.prev + 1)
+
+    def contexts(self, keys: torch.Tensor) -> torch.Tensor:
+        """`[slots * prev, Hkv, W, D]` (this rank's previous windows) -> `[slots, Hkv,
+        d * prev * W, D]`: for each current window, its own previous windows first, then those
+        of the next d-1 slots of the (global) batch."""
+        if self.gather is not None:
+            keys = self.gather(keys)
+        total = keys.shape[0] // self.prev  # slots of the global batch
+        if self.d > total:
+            raise InvalidValueError(f"d {self.d} exceeds the {total} slots of the global batch")
+        _, heads, w, dim = keys.shape
+        per_slot = keys.view(total, self.prev, heads, w, dim).transpose(1, 2)
+        per_slot = per_slot.reshape(total, heads, self.prev * w, dim)
+        first = self.rank * self.slots
+        own = torch.arange(first, first + self.slots, device=keys.device)
+        pick = (own[:, None] + torch.arange(self.d, device=keys.device)[None, :]) % total
+        chosen = per_slot[pick]  # [slots, d, Hkv, prev * W, D]
+        return chosen.transpose(1, 2).reshape(self.slots, heads, self.d * self.prev * w, dim)
+
+
+def crossbatch_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keys0: torch.Tensor,
+    values0: torch.Tensor,
+    spec: Crossbatch,
+) -> torch.Tensor:
+    """Attention output `[rows, H, W, Dv]` of a memory layer in crossbatch training.
+
+    `q`, `k`, `v`: the layer's scaled, rotated queries and keys and its values, all rows.
+    `keys0`, `values0`: its keys before rotation (position 0) and values, `[rows, Hkv, W, D]`.
+    Previous windows attend causally to themselves; current windows also see `spec.contexts`.
+    """
+    if q.shape[0] != spec.rows:
+        raise ShapeError(
+            f"the batch has {q.shape[0]} rows; Crossbatch(slots={spec.slots}, prev={spec.prev}) "
+            f"needs {spec.rows} (previous windows, then current ones)"
+        )
+    n = spec.slots * spec.prev
+    before = memory_attention(q[:n], k[:n], v[:n])
+    memory = Memory(keys=spec.contexts(keys0[:n]), values=spec.contexts(values0[:n]))
+    now = memory_attention(q[n:], k[n:], v[n:], memory)
+    return torch.cat((before, now))
