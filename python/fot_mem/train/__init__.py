@@ -1,0 +1,1 @@
+"""Crossbatch training: data, batching, the training loop."""

