@@ -185,3 +185,17 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
         out.logits.square().mean().backward()
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_trains_under_bfloat16_autocast() -> None:
+    # The RoPE tables are float32 under autocast while v is bf16; the fused kernels need one dtype.
+    for qk_norm in (False, True):
+        torch.manual_seed(0)
+        model = FotForCausalLM(CONFIG.replace(qk_norm=qk_norm))
+        ids = torch.randint(0, 50, (4, 8))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, memory=Crossbatch(slots=2, d=2), logits_rows=slice(2, None))
+            kv = out.memory_kv[1]
+        assert kv[0].dtype == kv[1].dtype == torch.bfloat16
+        out.logits.float().square().mean().backward()
+        assert model.model.layers[1].self_attn.k_proj.weight.grad is not None

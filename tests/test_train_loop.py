@@ -167,3 +167,12 @@ def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Pa
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["d"] == 3 for r in rows)
     state = json.loads((out / (out / "latest").read_text() / "state.json").read_text())
     assert len(state["batchers"]) == 2  # both ranks' positions, for resume
+
+
+def test_refuses_contexts_beyond_the_batch_at_the_start(data: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidValueError, match="slots"):
+        Trainer(config(data, tmp_path, d_schedule="0:1,100:4"))  # batch 3: d 4 at step 100
+    with pytest.raises(InvalidValueError, match="slots"):
+        Trainer(config(data, tmp_path, eval_d="1,1"))
+    with pytest.raises(InvalidValueError):
+        Trainer(config(data, tmp_path, batch=4))  # the validation split has 3 documents

@@ -63,8 +63,10 @@ class FotAttention(nn.Module):
             k = F.normalize(k, dim=-1)
         else:
             q = q * (self.head_dim**-0.5)
-        unrotated = (k, v) if self.is_memory else None
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Under autocast the tables (and QK-norm) are float32 while v is bf16: one dtype for all,
+        # as the fused kernels need.
+        unrotated = (k.to(v.dtype), v) if self.is_memory else None
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if cache is not None:
             k = torch.cat((cache[0], k), dim=2)
             v = torch.cat((cache[1], v), dim=2)

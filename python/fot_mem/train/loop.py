@@ -200,6 +200,15 @@ class Trainer:
             rank=self.dist.rank,
             world=self.dist.world,
         )
+        contexts = cfg.batch * (self.dist.world if cfg.gather_negatives else 1)
+        points = [int(p.split(":")[1]) for p in cfg.d_schedule.split(",")]
+        evals = [int(x) for x in cfg.eval_d.split(",")]
+        if max(points) > contexts or max(evals) > cfg.batch or len(set(evals)) != len(evals):
+            raise InvalidValueError(
+                f"d up to {max(points)} (schedule) and eval d {evals} (distinct) must not exceed "
+                f"the {contexts} slots they draw contexts from (evaluation: {cfg.batch})"
+            )
+        self._val_batcher()  # a validation split too small for the batch fails now, not later
         self.step = 0
         self.out = Path(cfg.out)
         if self.dist.rank == 0:
@@ -273,21 +282,20 @@ class Trainer:
         self.model.eval()
         result = {}
         for d in (int(x) for x in self.cfg.eval_d.split(",")):
-            d = min(d, self.cfg.batch)
-            batcher = CrossbatchBatcher(
-                self.val_data,
-                batch=self.cfg.batch,
-                window=self.cfg.window,
-                prev=self.cfg.prev,
-                seed=0,
-                shuffle=False,
-            )
+            batcher = self._val_batcher()
             losses = [
                 float(self.loss(batcher.next(), d, evaluating=True))
                 for _ in range(self.cfg.eval_batches)
             ]
             result[f"val_loss_d{d}"] = sum(losses) / len(losses)
         return result
+
+    def _val_batcher(self) -> CrossbatchBatcher:
+        """The same validation batches every time: a fixed-seed order over the whole split."""
+        cfg = self.cfg
+        return CrossbatchBatcher(
+            self.val_data, batch=cfg.batch, window=cfg.window, prev=cfg.prev, seed=0
+        )
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self) -> Path:
