@@ -100,6 +100,8 @@ def test_resume_gives_the_same_run(data: str, tmp_path: Path) -> None:
     a = Trainer(config(data, tmp_path / "a")).model.state_dict()
     b = resumed.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 7))
 
 
 def test_refuses_bad_settings(data: str, tmp_path: Path) -> None:

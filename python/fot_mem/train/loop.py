@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -252,9 +253,14 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         total = 0.0
-        for _ in range(cfg.accum):
-            loss = self.loss(self.batcher.next(), d) / cfg.accum
-            loss.backward()
+        for i in range(cfg.accum):
+            # DDP: gradients are all-reduced once, with the last micro-batch
+            last = i == cfg.accum - 1
+            no_sync = getattr(self.module, "no_sync", None)  # DistributedDataParallel's
+            sync = no_sync() if no_sync is not None and not last else nullcontext()
+            with sync:
+                loss = self.loss(self.batcher.next(), d) / cfg.accum
+                loss.backward()
             total += float(loss.detach())
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -341,6 +347,12 @@ class Trainer:
         )
         self.batcher.load_state_dict(state["batchers"][self.dist.rank])
         self.step = int(state["step"])
+        metrics = self.out / "metrics.jsonl"
+        if self.dist.rank == 0 and metrics.is_file():  # rows after the checkpoint are redone
+            kept = [
+                r for r in metrics.read_text().splitlines() if json.loads(r)["step"] <= self.step
+            ]
+            metrics.write_text("".join(r + "\n" for r in kept))
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, progress: bool = True) -> list[dict[str, float]]:
