@@ -162,6 +162,8 @@ def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Pa
         "cpu",
         "--gather-negatives",
         "--no-qk-norm",
+        "--accum",
+        "2",  # the first micro-batch under no_sync
     ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
