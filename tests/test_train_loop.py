@@ -120,8 +120,7 @@ def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Pa
         "torch.distributed.run",
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "29517",
+        "--standalone",  # a free port of its own
         "-m",
         "fot_mem.train",
         "--data",

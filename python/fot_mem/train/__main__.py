@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> None:
             kind = {"int": int, "float": float}.get(str(field.type), str)
             default = None if required else field.default
             parser.add_argument(name, type=kind, required=required, default=default)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = vars(parser.parse_args(argv))
+    progress = args.pop("progress")
     trainer = Trainer(TrainConfig(**args))
-    log = trainer.run()
+    log = trainer.run(progress=progress)
     if trainer.dist.rank == 0 and log:
         print(json.dumps(log[-1]))
 
