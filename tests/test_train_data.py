@@ -513,3 +513,16 @@ def test_cli_build_and_info(tmp_path, fake_apt, monkeypatch, capsys):
     with pytest.warns(UserWarning, match="missing-pkg"):
         assert data.main([*argv, "--max-docs", "1", "--overwrite"]) == 0
     assert sum(len(v["documents"]) for v in shards.read_index(out)["splits"].values()) == 1
+
+
+def test_sample_is_stable_spread_and_keeps_directories_whole() -> None:
+    ids = [f"pkg{p}/dir{d}#{part}" for p in range(3) for d in range(400) for part in range(2)]
+    kept = [i for i in ids if corpus.sampled(i, 0.1)]
+    assert kept == [i for i in ids if corpus.sampled(i, 0.1)]  # stable
+    assert 0.06 < len(kept) / len(ids) < 0.14
+    assert {i.split("/")[0] for i in kept} == {"pkg0", "pkg1", "pkg2"}  # every package
+    dirs = {i.split("#")[0] for i in kept}
+    assert len(kept) == 2 * len(dirs)  # both parts of each kept directory
+    assert all(corpus.sampled(i, 1.0) for i in ids)
+    with pytest.raises(fot_mem.InvalidValueError):
+        corpus.sampled(ids[0], 0.0)

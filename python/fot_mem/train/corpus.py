@@ -238,14 +238,25 @@ class CorpusSet:
                 )
 
 
+def _directory_hash(doc_id: str, salt: str = "") -> int:
+    directory = _PART.sub("", doc_id)
+    return int.from_bytes(hashlib.sha256((salt + directory).encode("utf-8")).digest()[:8], "big")
+
+
+def sampled(doc_id: str, fraction: float) -> bool:
+    """True for a stable `fraction` of directories, drawn independently of the split (another
+    hash), so a sample spreads over every package and keeps a directory's parts together."""
+    if not 0.0 < fraction <= 1.0:
+        raise InvalidValueError(f"sample fraction must lie in (0, 1], got {fraction}")
+    return _directory_hash(doc_id, "sample:") < fraction * 2**64
+
+
 def split_of(doc_id: str, val_fraction: float) -> str:
     """ "val" for a stable `val_fraction` of directories (sha256 of the id without `#n`), else
     "train"."""
     if not 0.0 <= val_fraction < 1.0:
         raise InvalidValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
-    directory = _PART.sub("", doc_id)
-    h = int.from_bytes(hashlib.sha256(directory.encode("utf-8")).digest()[:8], "big")
-    return "val" if h < val_fraction * 2**64 else "train"
+    return "val" if _directory_hash(doc_id) < val_fraction * 2**64 else "train"
 
 
 SETS: dict[str, CorpusSet] = {

@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-docs", type=int, default=None, help="stop after N documents (in build order)"
     )
     b.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        help="keep a stable fraction of directories, spread over every package (e.g. 0.05)",
+    )
+    b.add_argument(
         "--val-fraction", type=float, default=0.05, help="share of directories held out (0.05)"
     )
     b.add_argument(
@@ -93,6 +99,8 @@ def build(args: argparse.Namespace) -> int:
         + ", ".join(f"{p.name} {p.version}" for p in packages)
     )
     docs = cset.documents(packages, min_bytes=args.min_bytes, max_bytes=args.max_bytes)
+    if args.sample is not None:
+        docs = (doc for doc in docs if corpus.sampled(doc[0], args.sample))
     if args.max_docs is not None:
         docs = itertools.islice(docs, args.max_docs)
     text_bytes = 0
@@ -113,6 +121,7 @@ def build(args: argparse.Namespace) -> int:
         "max_bytes": args.max_bytes,
         "max_file_bytes": corpus.MAX_FILE_BYTES,
         "max_docs": args.max_docs,
+        "sample": args.sample,
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     index = shards.write_shards(
