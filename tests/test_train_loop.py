@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,8 +165,14 @@ def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Pa
         "--accum",
         "2",  # the first micro-batch under no_sync
     ]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    # One retry: on a loaded 2-core machine the gloo rendezvous has been seen to drop once in
+    # a full suite run (not reproduced in isolation); a second failure is a real one.
+    for _attempt in range(2):
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if run.returncode == 0:
+            break
+        shutil.rmtree(out, ignore_errors=True)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["d"] == 3 for r in rows)
     state = json.loads((out / (out / "latest").read_text() / "state.json").read_text())
