@@ -342,18 +342,12 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "tokens":
         make_tokens(args)
-    elif args.cmd == "losses":
-        if not args.gguf:
-            from fot_mem.torch.weights import smollm2_gguf
+        return
+    if not args.gguf and not getattr(args, "random", False):
+        from fot_mem.torch.weights import smollm2_gguf
 
-            args.gguf = str(smollm2_gguf())
-        losses(args)
-    else:
-        if not args.random and not args.gguf:
-            from fot_mem.torch.weights import smollm2_gguf
-
-            args.gguf = str(smollm2_gguf())
-        run(args)
+        args.gguf = str(smollm2_gguf())
+    (losses if args.cmd == "losses" else run)(args)
 
 
 if __name__ == "__main__":

@@ -59,38 +59,30 @@ for n in (262144, 1048576):
     print(n, json.dumps(r), flush=True)
 
 
-def search_plain(q, keys, n, k, B=1 << 16, tf32=False):
+def search_blocks(q, keys, n, k, select, B=1 << 16, tf32=False):
+    """Exact top-k over blocks of B keys, `select(scores, k)` picking each block's best."""
     torch.backends.cuda.matmul.allow_tf32 = tf32
     kvh, R, _ = q.shape
     best_s = torch.full((kvh, R, k), float("-inf"), device=dev)
     best_i = torch.full((kvh, R, k), -1, dtype=torch.int64, device=dev)
     for start in range(0, n, B):
         block = keys[:, start : min(n, start + B)].float()
-        s = torch.bmm(q, block.transpose(1, 2))
-        ts, ti = s.topk(min(k, s.shape[-1]), dim=-1)
+        ts, ti = select(torch.bmm(q, block.transpose(1, 2)), k)
         cs = torch.cat((best_s, ts), -1)
         ci = torch.cat((best_i, ti + start), -1)
         best_s, p = cs.topk(k, dim=-1)
         best_i = ci.gather(-1, p)
     torch.backends.cuda.matmul.allow_tf32 = False
     return best_s, best_i
+
+
+def search_plain(q, keys, n, k, B=1 << 16, tf32=False):
+    return search_blocks(q, keys, n, k, lambda s, k: s.topk(min(k, s.shape[-1]), dim=-1), B, tf32)
 
 
 def search_groups(q, keys, n, k, B=1 << 16, G=128, tf32=False):
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    kvh, R, _ = q.shape
-    best_s = torch.full((kvh, R, k), float("-inf"), device=dev)
-    best_i = torch.full((kvh, R, k), -1, dtype=torch.int64, device=dev)
-    for start in range(0, n, B):
-        block = keys[:, start : min(n, start + B)].float()
-        s = torch.bmm(q, block.transpose(1, 2))
-        ts, ti = _block_topk(s, k, G)  # the shipped group-max selection
-        cs = torch.cat((best_s, ts), -1)
-        ci = torch.cat((best_i, ti + start), -1)
-        best_s, p = cs.topk(k, dim=-1)
-        best_i = ci.gather(-1, p)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    return best_s, best_i
+    # the shipped group-max selection
+    return search_blocks(q, keys, n, k, lambda s, k: _block_topk(s, k, G), B, tf32)
 
 
 full = {}
