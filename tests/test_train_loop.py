@@ -78,13 +78,14 @@ def test_trains_logs_and_checkpoints(data: str, tmp_path: Path) -> None:
     log = Trainer(config(data, tmp_path, steps=30, eval_every=30, checkpoint_every=30)).run(
         progress=False
     )
-    assert [row["step"] for row in log] == list(range(1, 31))
-    assert [row["d"] for row in log[:5]] == [1, 1, 1, 1, 2]
-    first, last = log[0]["loss"], sum(r["loss"] for r in log[-5:]) / 5
+    assert [row["step"] for row in log] == list(range(31))
+    assert set(log[0]) == {"step", "val_loss_d1", "val_loss_d2"}  # before training
+    assert [row["d"] for row in log[1:6]] == [1, 1, 1, 1, 2]
+    first, last = log[1]["loss"], sum(r["loss"] for r in log[-5:]) / 5
     assert last < first - 1.0  # a repetitive text is learnt
     assert "val_loss_d1" in log[-1] and "val_loss_d2" in log[-1]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == list(range(1, 31))
+    assert [json.loads(x)["step"] for x in lines] == list(range(31))
     ckpt = tmp_path / (tmp_path / "latest").read_text()
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "optimizer.pt", "state.json"}
     state = json.loads((ckpt / "state.json").read_text())
@@ -97,12 +98,12 @@ def test_resume_gives_the_same_run(data: str, tmp_path: Path) -> None:
     resumed = Trainer(config(data, tmp_path / "b"))
     assert resumed.step == 3
     rest = resumed.run(progress=False)
-    assert [r["loss"] for r in rest] == pytest.approx([r["loss"] for r in whole[3:]], rel=1e-5)
+    assert [r["loss"] for r in rest] == pytest.approx([r["loss"] for r in whole[4:]], rel=1e-5)
     a = Trainer(config(data, tmp_path / "a")).model.state_dict()
     b = resumed.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == list(range(1, 7))
+    assert [json.loads(x)["step"] for x in lines] == list(range(7))
 
 
 def test_refuses_bad_settings(data: str, tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Pa
         shutil.rmtree(out, ignore_errors=True)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["d"] == 3 for r in rows)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and all(r["d"] == 3 for r in rows[1:])
     state = json.loads((out / (out / "latest").read_text() / "state.json").read_text())
     assert len(state["batchers"]) == 2  # both ranks' positions, for resume
 
@@ -186,3 +187,24 @@ def test_refuses_contexts_beyond_the_batch_at_the_start(data: str, tmp_path: Pat
         Trainer(config(data, tmp_path, eval_d="1,1"))
     with pytest.raises(InvalidValueError):
         Trainer(config(data, tmp_path, batch=4))  # the validation split has 3 documents
+
+
+def test_eval_batch_sets_the_validation_slots(data: str, tmp_path: Path) -> None:
+    """Runs of different batch sizes (one GPU, or N ranks) evaluate on the same batches."""
+    small = Trainer(config(data, tmp_path / "a", batch=2, eval_batch=3, eval_d="1,3"))
+    same = Trainer(config(data, tmp_path / "b", batch=3, eval_d="1,3"))
+    assert small.evaluate() == pytest.approx(same.evaluate(), rel=1e-6)
+    with pytest.raises(InvalidValueError, match="slots"):
+        Trainer(config(data, tmp_path / "c", batch=2, eval_d="1,3"))  # d 3 needs 3 slots
+    with pytest.raises(InvalidValueError):
+        Trainer(config(data, tmp_path / "d", eval_batch=4))  # 3 validation documents
+    with pytest.raises(InvalidValueError, match="eval_batch"):
+        Trainer(config(data, tmp_path / "e", eval_batch=-1))
+
+
+def test_compiled_training_matches_eager(data: str, tmp_path: Path) -> None:
+    eager = Trainer(config(data, tmp_path / "a", steps=3, eval_every=100)).run(progress=False)
+    compiled = Trainer(config(data, tmp_path / "b", steps=3, eval_every=100, compile=True))
+    log = compiled.run(progress=False)
+    losses = [r["loss"] for r in log[1:]]
+    assert losses == pytest.approx([r["loss"] for r in eager[1:]], rel=1e-4)

@@ -54,10 +54,12 @@ class TrainConfig:
     accum: int = 1  # micro-batches per optimizer step
     eval_every: int = 100
     eval_batches: int = 8
+    eval_batch: int = 0  # slots of a validation batch (0: batch); equal across runs to compare them
     eval_d: str = "1,8"  # contexts at evaluation: the positive alone, and among negatives
     checkpoint_every: int = 500
     dtype: str = "bfloat16"  # autocast dtype on the GPU ("float32": none)
     checkpointing: bool = False  # activation checkpointing
+    compile: bool = False  # torch.compile the training forward (evaluation runs eager)
     gather_negatives: bool = False  # DDP: negatives from every rank's slots
     seed: int = 0
     device: str = ""  # default: cuda if available, else cpu
@@ -71,7 +73,13 @@ class TrainConfig:
         for name in ("batch", "window", "prev", "steps", "accum", "eval_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise InvalidValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_batch < 0:
+            raise InvalidValueError(f"eval_batch must be >= 0, got {self.eval_batch}")
         self.d_at(0)
+
+    @property
+    def eval_slots(self) -> int:
+        return self.eval_batch or self.batch
 
 
 def schedule_value(spec: str, step: int) -> int:
@@ -111,6 +119,14 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group(backend)
         return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """The mean of a number over ranks."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t) / self.world
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """All ranks' tensors, concatenated in rank order, with gradients to each."""
@@ -181,6 +197,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward: Any = torch.compile(self.module) if cfg.compile else self.module
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         rest = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -204,10 +221,10 @@ class Trainer:
         contexts = cfg.batch * (self.dist.world if cfg.gather_negatives else 1)
         points = [int(p.split(":")[1]) for p in cfg.d_schedule.split(",")]
         evals = [int(x) for x in cfg.eval_d.split(",")]
-        if max(points) > contexts or max(evals) > cfg.batch or len(set(evals)) != len(evals):
+        if max(points) > contexts or max(evals) > cfg.eval_slots or len(set(evals)) != len(evals):
             raise InvalidValueError(
                 f"d up to {max(points)} (schedule) and eval d {evals} (distinct) must not exceed "
-                f"the {contexts} slots they draw contexts from (evaluation: {cfg.batch})"
+                f"the {contexts} slots they draw contexts from (evaluation: {cfg.eval_slots})"
             )
         self._val_batcher()  # a validation split too small for the batch fails now, not later
         self.step = 0
@@ -223,25 +240,27 @@ class Trainer:
         dtype = getattr(torch, self.cfg.dtype)
         return torch.autocast(self.device.type, dtype=dtype, enabled=use)
 
-    def _spec(self, d: int, local: bool = False) -> Crossbatch:
+    def _spec(self, slots: int, d: int, local: bool = False) -> Crossbatch:
         if self.cfg.gather_negatives and self.dist.world > 1 and not local:
             return Crossbatch(
-                slots=self.cfg.batch,
+                slots=slots,
                 d=d,
                 prev=self.cfg.prev,
                 gather=self.dist.gather,
                 rank=self.dist.rank,
             )
-        return Crossbatch(slots=self.cfg.batch, d=d, prev=self.cfg.prev)
+        return Crossbatch(slots=slots, d=d, prev=self.cfg.prev)
 
     def loss(self, batch: CrossbatchBatch, d: int, evaluating: bool = False) -> torch.Tensor:
         """Mean next-token loss of the current windows. Evaluation runs the bare model with local
         contexts: no collective, so each rank may evaluate on its own."""
         inputs, targets = rows(batch.to(self.device, non_blocking=True))
-        n = self.cfg.batch * self.cfg.prev
-        module = self.model if evaluating else self.module
+        slots = batch.curr.shape[0]
+        n = slots * self.cfg.prev
+        forward = self.model if evaluating else self.forward
         with self._autocast():
-            out = module(inputs, memory=self._spec(d, evaluating), logits_rows=slice(n, None))
+            memory = self._spec(slots, d, evaluating)
+            out = forward(inputs, memory=memory, logits_rows=slice(n, None))
         return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
 
     def train_step(self) -> dict[str, float]:
@@ -262,6 +281,8 @@ class Trainer:
                 loss = self.loss(self.batcher.next(), d) / cfg.accum
                 loss.backward()
             total += float(loss.detach())
+        if self.dist.world > 1:  # the logged loss is the global batch's, as one process's is
+            total = self.dist.mean(total, self.device)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -300,7 +321,7 @@ class Trainer:
         """The same validation batches every time: a fixed-seed order over the whole split."""
         cfg = self.cfg
         return CrossbatchBatcher(
-            self.val_data, batch=cfg.batch, window=cfg.window, prev=cfg.prev, seed=0
+            self.val_data, batch=cfg.eval_slots, window=cfg.window, prev=cfg.prev, seed=0
         )
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -361,6 +382,11 @@ class Trainer:
         metrics = (self.out / "metrics.jsonl").open("a") if self.dist.rank == 0 else None
         bar = _progress(progress and self.dist.rank == 0, self.step, cfg.steps)
         try:
+            if self.step == 0:  # the starting point: the base model's validation losses
+                row = {"step": 0, **self.evaluate()}
+                log.append(row)
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
             while self.step < cfg.steps:
                 row = self.train_step()
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
