@@ -66,7 +66,7 @@ def main() -> None:
     device = torch.device(args.device)
     layers = tuple(int(x) for x in args.memory_layers.split(","))
     if args.shape == "smollm2":
-        config = smollm2_135m(memory_layers=layers, max_position_embeddings=args.window)
+        config = smollm2_135m(memory_layers=layers)
     else:
         config = FotConfig(
             vocab_size=256,

@@ -64,7 +64,12 @@ def config(data: str, out: Path, **changes: object) -> TrainConfig:
 
 def test_schedules() -> None:
     assert [schedule_value("0:2,1000:8", s) for s in (0, 999, 1000, 5000)] == [2, 2, 8, 8]
-    for bad in ("", "5:2", "0:0", "a:b"):
+    drawn = [schedule_value("0:2,10:1-4", s, seed=3) for s in range(10, 410)]
+    assert set(drawn) == {1, 2, 3, 4}  # every size of the range is met
+    assert drawn == [schedule_value("0:2,10:1-4", s, seed=3) for s in range(10, 410)]
+    assert drawn != [schedule_value("0:2,10:1-4", s, seed=4) for s in range(10, 410)]
+    assert schedule_value("0:2,10:1-4", 9, seed=3) == 2
+    for bad in ("", "5:2", "0:0", "a:b", "0:3-2", "0:0-2"):
         with pytest.raises(InvalidValueError):
             schedule_value(bad, 0)
     cfg = TrainConfig(data="x", out="y", lr=1.0, min_lr=0.1, warmup=10, steps=110)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -65,7 +66,7 @@ class TrainConfig:
     device: str = ""  # default: cuda if available, else cpu
 
     def d_at(self, step: int) -> int:
-        return schedule_value(self.d_schedule, step)
+        return schedule_value(self.d_schedule, step, seed=self.seed)
 
     def check(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -82,15 +83,32 @@ class TrainConfig:
         return self.eval_batch or self.batch
 
 
-def schedule_value(spec: str, step: int) -> int:
-    """ "0:2,1000:8" -> 2 before step 1000, 8 from it."""
+def schedule_points(spec: str) -> list[tuple[int, int, int]]:
+    """ "0:2,1000:1-16" -> [(0, 2, 2), (1000, 1, 16)]: from each step, a value or a range."""
     try:
-        points = sorted((int(a), int(b)) for a, b in (p.split(":") for p in spec.split(",")))
+        points = []
+        for part in spec.split(","):
+            start, value = part.split(":")
+            lo, _, hi = value.partition("-")
+            points.append((int(start), int(lo), int(hi or lo)))
     except ValueError:
-        raise InvalidValueError(f"schedule {spec!r} must look like '0:2,1000:8'") from None
-    if not points or points[0][0] != 0 or any(v < 1 for _, v in points):
-        raise InvalidValueError(f"schedule {spec!r} must start at step 0 with values >= 1")
-    return [v for s, v in points if s <= step][-1]
+        raise InvalidValueError(
+            f"schedule {spec!r} must look like '0:2,1000:8' (or '1000:1-16' for a range)"
+        ) from None
+    points.sort()
+    if not points or points[0][0] != 0 or any(lo < 1 or hi < lo for _, lo, hi in points):
+        raise InvalidValueError(
+            f"schedule {spec!r} must start at step 0 with values >= 1 (ranges low-high)"
+        )
+    return points
+
+
+def schedule_value(spec: str, step: int, seed: int = 0) -> int:
+    """ "0:2,1000:8" -> 2 before step 1000, 8 from it. A range "1000:1-16" draws d uniformly for
+    each step, the same on every rank and on resume (seeded by seed and step), so that the model
+    meets every memory size it will be evaluated with, not the largest alone."""
+    _, lo, hi = [p for p in schedule_points(spec) if p[0] <= step][-1]
+    return lo if lo == hi else random.Random(seed * 1_000_003 + step).randint(lo, hi)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -219,7 +237,7 @@ class Trainer:
             world=self.dist.world,
         )
         contexts = cfg.batch * (self.dist.world if cfg.gather_negatives else 1)
-        points = [int(p.split(":")[1]) for p in cfg.d_schedule.split(",")]
+        points = [hi for _, _, hi in schedule_points(cfg.d_schedule)]
         evals = [int(x) for x in cfg.eval_d.split(",")]
         if max(points) > contexts or max(evals) > cfg.eval_slots or len(set(evals)) != len(evals):
             raise InvalidValueError(
