@@ -36,6 +36,10 @@ case "$1" in
       CUDA_VISIBLE_DEVICES=$gpu setsid python -m fot_mem.train $(common) --batch 16 \
         --d-schedule "$d" --out /tmp/fot/$run > /tmp/fot/$run.log 2>&1 &
     done ;;
+  one)  # one FoT variant on one GPU: one GPU NAME STEPS EVAL D
+    gpu=$2 name=$3 STEPS=$4 EVAL=$5 D=$6
+    CUDA_VISIBLE_DEVICES=$gpu setsid python -m fot_mem.train $(common) --batch 16 \
+      --d-schedule "$D" --out /tmp/fot/$name > /tmp/fot/$name.log 2>&1 & ;;
   ddp)  # the FoT run on both GPUs: half the slots each, negatives gathered across ranks
     STEPS=$2 EVAL=$3 D=$4
     setsid torchrun --standalone --nproc-per-node 2 -m fot_mem.train $(common) --batch 8 \
