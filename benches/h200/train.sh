@@ -2,6 +2,15 @@
 # Issue 6's H200 runs, one step per device call (see README "Training"). Run from the repo root
 # on the GPU machine, with python/fot_mem/_core.abi3.so, carry/ (the SmolLM2 GGUF in parts) and
 # data/code-smollm2-s05v carried. Everything it makes lies under /tmp/fot (kept while warm).
+#
+# The calls behind bench-results/train-h200 (2 x H200 for the first four, then one H200):
+#   train.sh part     (carry: the .so, wheels/gguf-*.whl, carry/gguf.part.aa)
+#   train.sh bench --batch 16 --window 1024 --d 1,8,16 --json $OUT/step-w1024.json
+#   train.sh bench --batch 16 --window 2048 --d 8 --json $OUT/step-w2048.json
+#   train.sh join     (carry: carry/gguf.part.ab, .ac, gguf.sha256)
+#   train.sh single 1500 100 0:2,300:16; train.sh wait 480      (carry: the data)
+#   train.sh ddp 1500 100 0:2,300:16; train.sh wait 500
+#   train.sh one 0 fot-rand 1500 100 0:2,300:1-16; train.sh wait 420
 set -euo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 G=${G:-/tmp/fot/smollm2.gguf}
