@@ -199,3 +199,33 @@ def test_trains_under_bfloat16_autocast() -> None:
         assert kv[0].dtype == kv[1].dtype == torch.bfloat16
         out.logits.float().square().mean().backward()
         assert model.model.layers[1].self_attn.k_proj.weight.grad is not None
+
+
+def test_layers_above_the_last_memory_layer_skip_the_previous_windows() -> None:
+    config = CONFIG.replace(num_layers=4, memory_layers=(1,))
+    torch.manual_seed(0)
+    model = FotForCausalLM(config).double()
+    slots, prev = 2, 2
+    ids = torch.randint(0, 50, (slots * (prev + 1), 6), generator=torch.Generator().manual_seed(2))
+    spec = Crossbatch(slots=slots, d=2, prev=prev)
+    seen: dict[int, int] = {}
+    for i in (1, 2):
+        model.model.layers[i].register_forward_hook(
+            lambda mod, args, out, i=i: seen.__setitem__(i, out[0].shape[0])
+        )
+    results = []
+    for rows in (slice(slots * prev, None), None):  # trimmed; every row's logits
+        model.zero_grad()
+        out = model(ids, memory=spec, logits_rows=rows)
+        logits = out.logits if rows is not None else out.logits[slots * prev :]
+        logits.square().mean().backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        results.append((logits, grads, out.memory_kv[1][0], dict(seen)))
+    (trimmed, g_trim, kv_trim, seen_trim), (full, g_full, kv_full, seen_full) = results
+    assert seen_trim == {1: 6, 2: 2} and seen_full == {1: 6, 2: 6}
+    torch.testing.assert_close(trimmed, full)
+    torch.testing.assert_close(g_trim, g_full)
+    torch.testing.assert_close(kv_trim, kv_full)
+    # rows that include previous windows, or a stride, keep every row
+    assert model(ids, memory=spec, logits_rows=slice(1, None)).logits.shape[0] == 5
+    assert model(ids, memory=spec, logits_rows=slice(4, None, 2)).logits.shape[0] == 1

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from .config import FotConfig
+from .crossbatch import Crossbatch
 from .layer import FotAttention
 from .memory import MemoryArg
 from .rope import RotaryEmbedding
@@ -144,6 +145,8 @@ class FotForCausalLM(nn.Module):
         positions = torch.arange(past, past + t, device=input_ids.device)
         cos, sin = self.model.rotary(positions, x.dtype)
         memory_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        trim, logits_rows = self._trim(input_ids.shape[0], memory, cache, logits_rows)
+        last_memory = max(self.config.memory_layers, default=-1)
         for i, layer in enumerate(self.model.layers):
             assert isinstance(layer, DecoderLayer)
             prior = None if cache is None else cache.layers.get(i)
@@ -156,6 +159,25 @@ class FotForCausalLM(nn.Module):
                 cache.layers[i] = local
             if kv is not None:
                 memory_kv[i] = kv
+            if trim and i == last_memory:  # the layers above need no previous windows
+                x = x[trim:]
         if logits_rows is not None:  # crossbatch needs no logits of the previous windows
             x = x[logits_rows]
         return FotOutput(self.lm_head(self.model.norm(x)), memory_kv)
+
+    def _trim(
+        self, rows: int, memory: MemoryArg, cache: LocalCache | None, logits_rows: slice | None
+    ) -> tuple[int, slice | None]:
+        """Crossbatch's previous windows serve only as keys and values of the memory layers: when
+        no logits of theirs are asked for, the layers above the last memory layer skip them
+        (5 of SmolLM2's 30 layers on half the rows). Returns the rows to drop there and
+        `logits_rows` counted from the first row kept."""
+        crossbatch = isinstance(memory, Crossbatch) and self.config.memory_layers
+        if not crossbatch or cache is not None or logits_rows is None:
+            return 0, logits_rows
+        assert isinstance(memory, Crossbatch)
+        first = memory.slots * memory.prev
+        wanted = range(rows)[logits_rows]
+        if len(wanted) == 0 or wanted.step != 1 or wanted.start < first:
+            return 0, logits_rows
+        return first, slice(wanted.start - first, wanted.stop - first)
