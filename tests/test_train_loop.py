@@ -213,3 +213,14 @@ def test_compiled_training_matches_eager(data: str, tmp_path: Path) -> None:
     log = compiled.run(progress=False)
     losses = [r["loss"] for r in log[1:]]
     assert losses == pytest.approx([r["loss"] for r in eager[1:]], rel=1e-4)
+
+
+def test_keeps_the_newest_checkpoints(data: str, tmp_path: Path) -> None:
+    Trainer(config(data, tmp_path, steps=9, eval_every=100, keep_checkpoints=2)).run(progress=False)
+    names = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert names == ["checkpoint-0000006", "checkpoint-0000009"]
+    assert (tmp_path / "latest").read_text() == "checkpoint-0000009"
+    resumed = Trainer(config(data, tmp_path, steps=9, keep_checkpoints=2))
+    assert resumed.step == 9
+    with pytest.raises(InvalidValueError, match="keep_checkpoints"):
+        Trainer(config(data, tmp_path / "x", keep_checkpoints=-1))

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -58,6 +59,7 @@ class TrainConfig:
     eval_batch: int = 0  # slots of a validation batch (0: batch); equal across runs to compare them
     eval_d: str = "1,8"  # contexts at evaluation: the positive alone, and among negatives
     checkpoint_every: int = 500
+    keep_checkpoints: int = 0  # the newest N checkpoints are kept (0: all)
     dtype: str = "bfloat16"  # autocast dtype on the GPU ("float32": none)
     checkpointing: bool = False  # activation checkpointing
     compile: bool = False  # torch.compile the training forward (evaluation runs eager)
@@ -74,6 +76,8 @@ class TrainConfig:
         for name in ("batch", "window", "prev", "steps", "accum", "eval_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise InvalidValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise InvalidValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.eval_batch < 0:
             raise InvalidValueError(f"eval_batch must be >= 0, got {self.eval_batch}")
         self.d_at(0)
@@ -360,7 +364,17 @@ class Trainer:
             tmp = self.out / "latest.tmp"
             tmp.write_text(path.name)
             tmp.replace(self.out / "latest")  # the checkpoint is whole before it is named
+            self._prune()
         return path
+
+    def _prune(self) -> None:
+        """Deletes all but the newest `keep_checkpoints` checkpoints, once `latest` names a
+        newer one (so a crash here leaves a resumable run)."""
+        keep = self.cfg.keep_checkpoints
+        if keep == 0:
+            return
+        for old in sorted(self.out.glob("checkpoint-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _all_batcher_states(self) -> list[Any]:
         mine = self.batcher.state_dict()
