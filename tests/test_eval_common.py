@@ -1,0 +1,67 @@
+"""fot_mem.eval.common: models from training checkpoints, held-out documents, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fot_mem import InvalidValueError  # noqa: E402
+from fot_mem.eval.common import documents, load_model  # noqa: E402
+from fot_mem.train.loop import TrainConfig, Trainer  # noqa: E402
+from fot_mem.train.shards import write_shards  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("data")
+    docs = [(f"doc{i}", "x = 1\n" * (20 + 30 * i)) for i in range(8)]
+    split = {"doc1": "val", "doc4": "val", "doc6": "val"}
+    write_shards(docs, out, "bytes", lambda d: split.get(d, "train"), progress=False)
+    return str(out)
+
+
+def test_documents_filter_and_limit(data: str) -> None:
+    val = documents(data)
+    assert [doc_id for doc_id, _ in val] == ["doc1", "doc4", "doc6"]
+    assert [len(t) for _, t in val] == [6 * 50, 6 * 140, 6 * 200]  # bytes, no bos/eos
+    assert [d for d, _ in documents(data, min_tokens=6 * 140)] == ["doc4", "doc6"]
+    assert [d for d, _ in documents(data, "train", limit=2)] == ["doc0", "doc2"]
+    with pytest.raises(InvalidValueError, match="no document"):
+        documents(data, min_tokens=10**6)
+
+
+def test_loads_a_training_run(data: str, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=data,
+        out=str(tmp_path / "run"),
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        memory_layers="1",
+        batch=2,
+        window=16,
+        d_schedule="0:2",
+        steps=2,
+        eval_every=100,
+        eval_batches=1,
+        eval_d="1",
+        dtype="float32",
+        device="cpu",
+    )
+    trainer = Trainer(cfg)
+    trainer.run(progress=False)
+    ids = torch.arange(16)[None] % 200
+    want = trainer.model.eval()(ids).logits
+    for spec in (tmp_path / "run", tmp_path / "run" / "checkpoint-0000002"):
+        model = load_model(spec)
+        assert model.config.memory_layers == (1,) and not model.training
+        torch.testing.assert_close(model(ids).logits, want)
+    with pytest.raises(InvalidValueError, match="checkpoint"):
+        load_model(tmp_path)
+    with pytest.raises(InvalidValueError, match="neither"):
+        load_model(tmp_path / "missing.bin")
