@@ -14,6 +14,11 @@ Text files: at most `max_file_bytes`, no NUL byte, valid UTF-8, not empty. Debia
 documentation (`X.tex.gz`); such files are read decompressed under their name without `.gz`
 (left out when `X` itself is there too). Symlinks are never followed.
 
+A set may instead name its packages' works (`CorpusSet.works`: novels, Bible books, each given
+as pieces to cut at); `works_documents` gathers them in reading order until a document holds
+`min_bytes`, id `package/Name` (or `package/First..Last` for several), cut above `max_bytes`
+like a directory.
+
 The train/validation split hashes the document's directory (its id without `#n`), so the parts
 of one directory never straddle splits and the split of a directory never changes between builds.
 """
@@ -26,11 +31,12 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..exceptions import InvalidValueError
+from . import books
 from .debian import Package, unpack_tarball
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "read_text",
     "split_of",
     "tree_documents",
+    "works_documents",
 ]
 
 MIN_DOC_BYTES = 64 * 1024
@@ -205,16 +212,56 @@ def package_trees(
     return trees
 
 
+def works_documents(
+    works: Iterable[tuple[str, Sequence[str]]],
+    prefix: str,
+    *,
+    min_bytes: int = MIN_DOC_BYTES,
+    max_bytes: int = MAX_DOC_BYTES,
+) -> Iterator[tuple[str, str]]:
+    """`(doc_id, text)` of named works `(name, pieces)` in reading order: works are gathered until
+    they hold `min_bytes` (a blank line between two), so a work that large following a document
+    just emitted is one of its own, `prefix/Name`, and smaller ones share one,
+    `prefix/First..Last`; what is left at the end is a document however small. One above
+    `max_bytes` is cut at piece boundaries as `_split` cuts a directory (`#n` ids)."""
+    if not 0 < min_bytes <= max_bytes:
+        raise InvalidValueError(f"need 0 < min_bytes <= max_bytes, got {min_bytes}, {max_bytes}")
+    names: list[str] = []
+    pool: list[_Entry] = []
+
+    def emit() -> Iterator[tuple[str, str]]:
+        doc_id = f"{prefix}/{names[0]}" + (f"..{names[-1]}" if len(names) > 1 else "")
+        parts = _split(pool, max_bytes, min_bytes)
+        for i, part in enumerate(parts):
+            yield (f"{doc_id}#{i}" if len(parts) > 1 else doc_id), "".join(e.text for e in part)
+
+    for name, pieces in works:
+        texts = [p for p in pieces if p]
+        if not texts:
+            continue
+        if pool:
+            texts[0] = "\n" + texts[0]
+        pool += [_Entry(t, len(t.encode("utf-8"))) for t in texts]
+        names.append(name)
+        if sum(e.size for e in pool) >= min_bytes:
+            yield from emit()
+            names, pool = [], []
+    if pool:
+        yield from emit()
+
+
 @dataclass(frozen=True)
 class CorpusSet:
     """A named document set: the Debian packages it reads and which files of them it keeps
-    (`suffixes`, matched after `.gz` is dropped; None keeps every text file). Subclass and
-    override `documents` for a set that is not built from directory subtrees."""
+    (`suffixes`, matched after `.gz` is dropped; None keeps every text file), or, where `works`
+    is given, the works it names in each package (`works_documents` makes the documents; ids
+    start with the package name)."""
 
     name: str
     packages: tuple[str, ...]
     suffixes: tuple[str, ...] | None
     description: str
+    works: Callable[[Package], Iterable[tuple[str, Sequence[str]]]] | None = None
 
     def documents(
         self,
@@ -225,8 +272,13 @@ class CorpusSet:
         max_file_bytes: int = MAX_FILE_BYTES,
     ) -> Iterator[tuple[str, str]]:
         """`(doc_id, text)` of every package, in the order given, each read as `package_trees`
-        says and cut as `tree_documents` says."""
+        says and cut as `tree_documents` says, or by its works (class doc)."""
         for package in packages:
+            if self.works is not None:
+                yield from works_documents(
+                    self.works(package), package.name, min_bytes=min_bytes, max_bytes=max_bytes
+                )
+                continue
             for prefix, tree in package_trees(package, max_file_bytes=max_file_bytes):
                 yield from tree_documents(
                     tree,
@@ -306,6 +358,14 @@ SETS: dict[str, CorpusSet] = {
             ),
             (".v", ".ml"),
             "Coq libraries (.v) and HOL Light (.ml)",
+        ),
+        CorpusSet(
+            "books",
+            ("r-cran-janeaustenr", "r-cran-tokenizers", "sword-text-kjv", "sword-text-web"),
+            None,
+            "the paper's PG-19, weakly: Jane Austen's six novels, Moby Dick, the KJV and WEB "
+            "Bibles by book",
+            works=books.package_works,
         ),
     )
 }
