@@ -1,0 +1,377 @@
+"""Distraction (paper section 3.3, Fig. 3): the positive attention mass r_d.
+
+A query window C_curr of a held-out document reads, at every memory layer, the keys of d context
+windows at position 0: its own previous window C_prev (the positive) and d-1 windows of other
+documents (the negatives). r_d = attention on the positive's keys / attention on all d contexts'
+keys, averaged over the window's tokens, the heads and the memory layers. A model that cannot
+tell its document's keys from others' spreads its attention evenly, r_d ~ 1/d; FoT keeps it high.
+
+The local keys are in the same softmax but cancel in the ratio, so r_d = sum over positive keys of
+exp(q.k) / sum over all memory keys of exp(q.k), with q the layer's scaled, rotated query: exactly
+what a memory provider is handed (layer.py), so the provider computes r_d while the real forward
+runs (the queries of a memory layer depend on what earlier memory layers read)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..exceptions import InvalidValueError
+from ..torch import FotForCausalLM, Memory
+from . import common
+
+DEFAULT_DS = (1, 2, 4, 8, 16, 32, 64)
+# float32 logits per block of the mass computation (1 GiB): bounds memory at large d.
+LOGIT_BUDGET = 1 << 28
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One query window: C_curr = docs[doc][start : start + W], C_prev the W tokens before it;
+    `negatives`: (document index, start) of the negative windows, never of `doc`."""
+
+    doc: int
+    start: int
+    negatives: tuple[tuple[int, int], ...]
+
+
+def draw_windows(
+    docs: Sequence[tuple[str, np.ndarray]], windows: int, window: int, negatives: int, seed: int
+) -> list[Draw]:
+    """`windows` query windows with `negatives` negative windows each, reproducible by `seed`.
+
+    Query documents go round a shuffled order of those with >= 2 * window tokens (spread over
+    documents, repeating when there are fewer than `windows`); each negative is a uniformly drawn
+    window of a uniformly drawn other document (with repeats, so few documents suffice)."""
+    _positive("windows", windows)
+    _positive("window", window)
+    if negatives < 0:
+        raise InvalidValueError(f"negatives must be >= 0, got {negatives}")
+    lengths = [len(tokens) for _, tokens in docs]
+    queries = [i for i, n in enumerate(lengths) if n >= 2 * window]
+    if not queries:
+        raise InvalidValueError(
+            f"no document has 2 * window = {2 * window} tokens (a previous and a current "
+            f"window); longest {max(lengths, default=0)}"
+        )
+    usable = np.array([i for i, n in enumerate(lengths) if n >= window])
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(queries) for _ in range(-(-windows // len(queries)))])
+    out = []
+    for doc in order[:windows].tolist():
+        start = int(rng.integers(window, lengths[doc] - window + 1))
+        others = usable[usable != doc]
+        if negatives and not len(others):
+            raise InvalidValueError(
+                f"d > 1 needs negatives from documents other than the query's; only "
+                f"{docs[doc][0]!r} has >= {window} tokens"
+            )
+        picks = rng.choice(others, size=negatives) if negatives else np.array([], dtype=int)
+        negs = tuple(
+            (int(j), int(rng.integers(0, lengths[j] - window + 1))) for j in picks.tolist()
+        )
+        out.append(Draw(int(doc), start, negs))
+    return out
+
+
+def window_tokens(
+    docs: Sequence[tuple[str, np.ndarray]], draws: Sequence[Draw], window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(current `[N, W]`, contexts `[N, 1 + negatives, W]`), the positive first, as int64."""
+
+    def cut(doc: int, start: int) -> np.ndarray:
+        return np.asarray(docs[doc][1][start : start + window], dtype=np.int64)
+
+    current = np.stack([cut(d.doc, d.start) for d in draws])
+    contexts = np.stack(
+        [
+            np.stack([cut(d.doc, d.start - window)] + [cut(j, s) for j, s in d.negatives])
+            for d in draws
+        ]
+    )
+    return torch.from_numpy(current), torch.from_numpy(contexts)
+
+
+@torch.inference_mode()
+def attention_mass(
+    model: FotForCausalLM,
+    current: torch.Tensor,
+    contexts: torch.Tensor,
+    ds: Sequence[int],
+    *,
+    batch: int = 8,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """{d: r `[memory layers, N]`}: the positive attention mass of each query window
+    (`current [N, W]`) at each memory layer, averaged over its tokens and heads, with the first d
+    windows of `contexts [N, n, W]` in memory (the positive first)."""
+    layers = model.config.memory_layers
+    n = contexts.shape[1]
+    if not layers:
+        raise InvalidValueError("the model has no memory layers to measure")
+    if any(d > n for d in ds):
+        raise InvalidValueError(f"d up to {max(ds)} needs {max(ds)} contexts, got {n}")
+    device = next(model.parameters()).device
+    started = time.time()
+    kv = context_kv(model, contexts.reshape(-1, contexts.shape[2]), batch, device)
+    if progress:
+        print(
+            f"[distraction] keys of {contexts.shape[0] * n} context windows "
+            f"({time.time() - started:.1f}s)",
+            flush=True,
+        )
+    out = {}
+    for d in ds:
+        started = time.time()
+        rows = []
+        for first in range(0, current.shape[0], batch):
+            rows.append(_window_mass(model, current, kv, n, d, range(first, first + batch)))
+        out[d] = torch.cat(rows, dim=1)
+        if progress:
+            print(
+                f"[distraction] d={d}: r={out[d].mean().item():.4f} ({time.time() - started:.1f}s)",
+                flush=True,
+            )
+    return out
+
+
+def context_kv(
+    model: FotForCausalLM, windows: torch.Tensor, batch: int, device: torch.device
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Memory-layer keys (unrotated: position 0) and values `[rows, Hkv, W, D]` of each window,
+    from a plain forward with no memory, as crossbatch computes its previous windows."""
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for first in range(0, windows.shape[0], batch):
+        ids = windows[first : first + batch].to(device)
+        for layer, kv in model(ids, logits_rows=slice(0, 0)).memory_kv.items():
+            parts.setdefault(layer, []).append(kv)
+    return {
+        layer: (torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs]))
+        for layer, kvs in parts.items()
+    }
+
+
+def _window_mass(
+    model: FotForCausalLM,
+    current: torch.Tensor,
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+    d: int,
+    rows: range,
+) -> torch.Tensor:
+    """r `[memory layers, rows]` for the query windows `rows` with d contexts in memory."""
+    rows = range(rows.start, min(rows.stop, current.shape[0]))
+    masses: dict[int, torch.Tensor] = {}
+
+    def first_d(x: torch.Tensor) -> torch.Tensor:
+        # [rows * n, Hkv, W, D] -> [rows, Hkv, d * W, D]: the contexts side by side per kv head.
+        _, hkv, w, dim = x.shape
+        x = x.view(-1, n, hkv, w, dim)[rows.start : rows.stop, :d].transpose(1, 2)
+        return x.reshape(len(rows), hkv, d * w, dim)
+
+    def provider(layer: int, queries: torch.Tensor) -> Memory:
+        keys, values = kv[layer]
+        memory = Memory(keys=first_d(keys), values=first_d(values))
+        assert memory.keys is not None
+        masses[layer] = positive_mass(queries, memory.keys, d)
+        return memory
+
+    ids = current[rows.start : rows.stop].to(kv[model.config.memory_layers[0]][0].device)
+    model(ids, memory=provider, logits_rows=slice(0, 0))
+    return torch.stack([masses[layer] for layer in model.config.memory_layers]).cpu()
+
+
+def positive_mass(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torch.Tensor:
+    """Mean positive mass per row `[B]` of queries `[B, H, T, D]` (scaled, rotated: q.k is the
+    logit) over shared memory keys `[B, Hkv, contexts * W, D]` whose first W are the positive.
+
+    Log-sum-exp per context in float32 (or wider); query head h reads kv head h // (H / Hkv),
+    as grouped-query attention does."""
+    b, h, t, dim = queries.shape
+    hkv, w = keys.shape[1], keys.shape[2] // contexts
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    q = queries.reshape(b, hkv, (h // hkv) * t, dim).to(dtype)
+    step = max(1, LOGIT_BUDGET // max(1, q.shape[:3].numel() * w))
+    lse = []
+    for first in range(0, contexts, step):
+        k = keys[:, :, first * w : (first + step) * w].to(dtype)
+        logits = torch.matmul(q, k.transpose(-1, -2))
+        lse.append(logits.unflatten(-1, (-1, w)).logsumexp(dim=-1))
+    per_context = torch.cat(lse, dim=-1)  # [B, Hkv, G * T, contexts]
+    r = (per_context[..., 0] - per_context.logsumexp(dim=-1)).exp()
+    return r.mean(dim=(1, 2))
+
+
+def distraction(
+    model: FotForCausalLM,
+    docs: Sequence[tuple[str, np.ndarray]],
+    ds: Sequence[int] = DEFAULT_DS,
+    *,
+    windows: int = 16,
+    window: int = 1024,
+    seed: int = 0,
+    batch: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """r_d for each d of `ds`, over `windows` query windows of `window` tokens drawn from `docs`
+    (the negatives of d are the first d-1 of the largest d's, so the curve is nested).
+
+    Returns {"ds", "window", "windows", "seed", "memory_layers", "seconds", "results": [{"d",
+    "r" (mean), "inverse_d", "per_layer" {layer: mean}, "per_window" [mean over layers],
+    "std" (over windows), "windows"}]}."""
+    ds = _check_ds(ds)
+    _positive("batch", batch)
+    if device is not None:
+        model = model.to(device)
+    started = time.time()
+    draws = draw_windows(docs, windows, window, max(ds) - 1, seed)
+    current, contexts = window_tokens(docs, draws, window)
+    masses = attention_mass(model, current, contexts, ds, batch=batch, progress=progress)
+    layers = model.config.memory_layers
+    results = []
+    for d in ds:
+        r = masses[d].double()  # [layers, windows]
+        per_window = r.mean(dim=0)
+        results.append(
+            {
+                "d": d,
+                "r": r.mean().item(),
+                "inverse_d": 1.0 / d,
+                "per_layer": {str(layer): r[i].mean().item() for i, layer in enumerate(layers)},
+                "per_window": per_window.tolist(),
+                "std": per_window.std().item() if len(draws) > 1 else 0.0,
+                "windows": len(draws),
+            }
+        )
+    return {
+        "ds": list(ds),
+        "window": window,
+        "windows": len(draws),
+        "seed": seed,
+        "memory_layers": list(layers),
+        "query_documents": len({d.doc for d in draws}),
+        "seconds": time.time() - started,
+        "results": results,
+    }
+
+
+def plot(results_by_model: dict[str, dict[str, Any]], png: str | Path) -> Path:
+    """r_d against d (log2 axis), one line per model, 1/d dashed."""
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    every_d: set[int] = set()
+    for name, result in results_by_model.items():
+        ds = [row["d"] for row in result["results"]]
+        every_d.update(ds)
+        ax.plot(ds, [row["r"] for row in result["results"]], marker="o", label=name)
+    ticks = sorted(every_d)
+    ax.plot(ticks, [1.0 / d for d in ticks], "k--", label="1/d")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(d) for d in ticks])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("d (contexts in memory)")
+    ax.set_ylabel("positive attention mass r_d")
+    ax.set_title("Distraction (paper section 3.3)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _check_ds(ds: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(ds)
+    if not values:
+        raise InvalidValueError("ds is empty: give at least one d")
+    for d in values:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise InvalidValueError(f"every d must be an integer >= 1, got {d!r}")
+    return tuple(sorted({int(d) for d in values}))
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(
+        prog="python -m fot_mem.eval.distraction", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--model", action="append", required=True, help="run/checkpoint/.gguf/smollm2")
+    p.add_argument("--name", action="append", help="a name per --model (default: the spec)")
+    p.add_argument("--data", required=True, help="token shards (fot_mem.train.shards)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--d", default=",".join(map(str, DEFAULT_DS)), help="e.g. 1,2,4,8,16,32,64")
+    p.add_argument("--windows", type=int, default=16, help="query windows")
+    p.add_argument("--window", type=int, default=1024, help="tokens per window")
+    p.add_argument("--batch", type=int, default=8, help="windows per forward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-layers", default="8,16,24", help="for .gguf / smollm2 only")
+    p.add_argument("--json", required=True)
+    p.add_argument("--png", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    args = p.parse_args(argv)
+    names = args.name or [Path(m).name or m for m in args.model]
+    if len(names) != len(args.model) or len(set(names)) != len(names):
+        raise InvalidValueError(f"give one distinct --name per --model, got {names}")
+    ds = _check_ds(_ints(args.d))
+    docs = common.documents(args.data, args.split, min_tokens=2 * args.window)
+    print(f"[distraction] {len(docs)} documents of >= {2 * args.window} tokens", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for name, spec in zip(names, args.model):
+        started = time.time()
+        model = common.load_model(
+            spec,
+            memory_layers=_ints(args.memory_layers),
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+        )
+        print(f"[distraction] {name}: {spec} loaded ({time.time() - started:.1f}s)", flush=True)
+        result = distraction(
+            model,
+            docs,
+            ds,
+            windows=args.windows,
+            window=args.window,
+            seed=args.seed,
+            batch=args.batch,
+        )
+        result.update(model=str(spec), dtype=args.dtype, device=args.device)
+        results[name] = result
+        summary = ", ".join(f"r_{row['d']}={row['r']:.3f}" for row in result["results"])
+        print(f"[distraction] {name}: {summary} ({result['seconds']:.1f}s)", flush=True)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    out = {"evaluation": "distraction", "data": str(args.data), "models": results}
+    common.write_json(args.json, out)
+    plot(results, args.png)
+    print(f"[distraction] wrote {args.json} and {args.png}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
