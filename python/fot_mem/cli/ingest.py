@@ -156,13 +156,14 @@ def ingest(
     store = document.store
     window, k, backend = int(meta["window"]), int(meta["k"]), str(meta["backend"])
     done = committed(document, store.layers)
-    low = min(done.values())
+    first = low = min(done.values())
+    start = time.perf_counter()
     if low != max(done.values()):
         low = _finish_window(model, document, ids, done, window, k, backend)
     reader = LongDocumentReader(model, document, window=window, k=k, backend=backend)
     _exit_hook(reader)
     bar = _bar(progress, len(ids), low, document.name)
-    start, losses = time.perf_counter(), []
+    losses = []
     for pos in range(low, len(ids), window):
         losses.append(reader.read(torch.from_numpy(ids[pos : pos + window])))
         if bar is not None:
@@ -170,11 +171,11 @@ def ingest(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
-    read = len(ids) - low
+    read = len(ids) - first
     loss = float(torch.cat(losses).mean()) if losses and sum(len(x) for x in losses) else None
     figures = {"tokens": len(ids), "read": read, "seconds": seconds}
     rate = f"{read / seconds:,.0f} tok/s" if read and seconds > 0 else "nothing to read"
-    resumed = f" (resumed at {low:,})" if low else ""
+    resumed = f" (resumed at {first:,})" if first else ""
     said = f", mean loss {loss:.3f}" if loss is not None else ""
     print(
         f"{document.name}: {len(ids):,} tokens{resumed}; {read:,} read in {seconds:.1f} s, "

@@ -1,0 +1,534 @@
+"""Perplexity against memory size on held-out long documents (the paper's Table 4 / Fig. 5).
+
+Protocol, per evaluated document of at least P + E tokens (P = the largest memory size, E =
+`span`):
+
+1. The prefix `tokens[:P]` is read ONCE by a `LongDocumentReader` into a store document (every
+   memory layer's keys and values), with exact retrieval (on the mirror if one is given), so that
+   every backend is scored against the same memory.
+2. For each memory size M, a fresh store document gets a copy of the prefix's last M tokens'
+   keys and values (read back from the store, no model forward). These keys were computed while
+   the reader had the whole prefix so far in memory, not only M tokens of it: the memory is the
+   document's own, truncated to its last M tokens.
+3. The evaluation span `tokens[P:P + E]` is read over that document, window by window, by a
+   reader with `backend` (hnsw indexes are built before the span is read). As in the paper the
+   span's own finished windows enter memory too, so M = 0 means "no memory from before the
+   span", not "no memory at all". The span's first token (predicted from the prefix's last
+   token, which no reader window holds) is not scored: E - 1 tokens per document.
+
+Every M is scored on the same tokens at the same positions (the span starts a fresh window), so
+sizes differ only in what the memory holds. Documents shorter than P + E are skipped (listed in
+the result); `limit_memory=True` first drops the sizes that not even the longest document
+allows (listed too).
+
+Multi-document memory (`distractors`): each distractor's first `distractor_tokens` tokens are
+read once (on their own, exact retrieval); every memory document then holds, in this order, all
+distractors' keys and values and then the document's own last M tokens. With distractors, M = 0
+means a memory of the distractors alone. A distractor with the evaluated document's id is left
+out of that document's memory.
+
+`python -m fot_mem.eval.perplexity --model SPEC --data DIR --memory 0,2048,8192 --span 2048
+--json out.json --png out.png`; `--plot a.json b.json --png out.png` draws saved results
+together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import backends
+from ..exceptions import InvalidValueError
+from ..store import Document, MemoryStore
+from ..torch import FotForCausalLM
+from ..torch.reader import LongDocumentReader, create_store
+from .common import documents, load_model, pyplot, write_json
+
+COPY_BLOCK = 1 << 16  # tokens copied per read/append: bounds the float32 buffer
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which memory sizes and documents an evaluation uses."""
+
+    sizes: list[int]  # ascending memory sizes
+    span: int  # E: tokens read after the prefix
+    prefix: int  # P: tokens read before the span (the largest size)
+    docs: list[tuple[str, np.ndarray]]  # evaluated
+    skipped: list[dict[str, Any]]  # too short: id, tokens
+    dropped: list[int]  # sizes no document allows (limit_memory)
+
+
+def _positive_int(value: Any, what: str, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise InvalidValueError(f"{what} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def check_memory(memory: Sequence[int]) -> list[int]:
+    """Memory sizes: a non-empty, strictly ascending sequence of integers >= 0."""
+    sizes = list(memory)
+    if not sizes:
+        raise InvalidValueError("memory sizes must not be empty")
+    for m in sizes:
+        _positive_int(m, "every memory size", least=0)
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise InvalidValueError(f"memory sizes must be strictly ascending, got {sizes}")
+    return [int(m) for m in sizes]
+
+
+def plan(
+    memory: Sequence[int],
+    span: int,
+    docs: Sequence[tuple[str, Any]],
+    *,
+    limit_memory: bool = False,
+    max_docs: int = 0,
+) -> Plan:
+    """Checks the options and picks the documents long enough for the largest size + span."""
+    sizes = check_memory(memory)
+    span = _positive_int(span, "span", least=2)  # its first token is not scored
+    if not docs:
+        raise InvalidValueError("no documents to evaluate")
+    lengths = [len(t) for _, t in docs]
+    dropped: list[int] = []
+    if limit_memory:
+        dropped = [m for m in sizes if m + span > max(lengths)]
+        sizes = [m for m in sizes if m + span <= max(lengths)]
+    if not sizes or max(lengths) < sizes[-1] + span:
+        largest = sizes[-1] if sizes else dropped[0]
+        raise InvalidValueError(
+            f"no document has memory {largest} + span {span} tokens; the longest has "
+            f"{max(lengths)} (limit_memory=True drops the sizes that do not fit)"
+        )
+    prefix = sizes[-1]
+    kept = [(str(i), np.asarray(t)) for i, t in docs if len(t) >= prefix + span]
+    skipped = [{"id": str(i), "tokens": len(t)} for i, t in docs if len(t) < prefix + span]
+    return Plan(sizes, span, prefix, kept[:max_docs] if max_docs else kept, skipped, dropped)
+
+
+def copy_memory(source: Document, target: Document, start: int, stop: int) -> None:
+    """Appends `source`'s tokens `start:stop` (keys and values of every layer) to `target`."""
+    for layer in source.store.layers:
+        for a in range(start, stop, COPY_BLOCK):
+            keys, values = source.read(layer, a, min(stop, a + COPY_BLOCK))
+            target.append(layer, keys, values)
+
+
+@dataclass
+class _Setup:
+    """How documents are read and scored."""
+
+    model: FotForCausalLM
+    window: int
+    k: int
+    backend: str
+    ef: int | None
+    mirror: str | None
+
+    def reader(self, document: Document, *, exact: bool = False) -> LongDocumentReader:
+        """Exact readers fill memories (on the mirror if any); scoring uses `backend`; a mirror
+        searches exactly, so it serves scoring only with backend "exact"."""
+        mirror = self.mirror if exact or self.backend == "exact" else None
+        backend = "exact" if exact else self.backend
+        return LongDocumentReader(
+            self.model,
+            document,
+            window=self.window,
+            k=self.k,
+            backend=backend,
+            ef=None if exact else self.ef,
+            mirror=mirror,
+        )
+
+
+def _ids(tokens: Any) -> torch.Tensor:
+    """Token ids as int64 (shards hold uint16/uint32, which torch reduces poorly)."""
+    return torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[perplexity] {message}", file=sys.stderr, flush=True)
+
+
+def span_losses(
+    setup: _Setup,
+    source: Document,
+    target_store: MemoryStore,
+    name: str,
+    span: torch.Tensor,
+    sizes: Sequence[int],
+    distractors: Sequence[Document] = (),
+    *,
+    keep: bool = False,
+) -> dict[int, dict[str, Any]]:
+    """Per memory size M: the losses `[len(span) - 1]` of `span` read over a memory of the
+    distractors and `source`'s last M tokens (document `name`-m{M} of `target_store`), with
+    seconds (copy + scoring) and, for hnsw, the tokens its graphs answer for."""
+    layer = target_store.layers[0]
+    have = source.length(layer)
+    out: dict[int, dict[str, Any]] = {}
+    for m in sizes:
+        t0 = time.perf_counter()
+        doc = target_store.document(f"{name}-m{m}")
+        doc.delete()  # a kept store from an earlier run
+        for d in distractors:
+            copy_memory(d, doc, 0, d.length(layer))
+        copy_memory(source, doc, have - m, have)
+        if setup.backend == "hnsw" and target_store.hnsw is not None:
+            target_store.build_indexes()  # every full span searched by its graphs
+        indexed = doc.indexed_tokens(layer) if setup.backend == "hnsw" and doc.exists else 0
+        losses = setup.reader(doc).read(span)
+        out[m] = {"losses": losses, "seconds": time.perf_counter() - t0, "indexed": indexed}
+        if not keep:
+            doc.delete()
+    return out
+
+
+def _summary(loss_sum: float, tokens: int, seconds: float) -> dict[str, Any]:
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "seconds": seconds}
+
+
+def _total(per_doc: list[dict[str, Any]], j: int) -> dict[str, Any]:
+    """Summary over all documents' scored tokens of the j-th memory size."""
+    rows = [d["by_memory"][j] for d in per_doc]
+    loss_sum = sum(r["loss"] * r["tokens"] for r in rows)
+    return _summary(loss_sum, sum(r["tokens"] for r in rows), sum(r["seconds"] for r in rows))
+
+
+def _read_distractors(
+    setup: _Setup, store: MemoryStore, distractors: Sequence[tuple[str, Any]], tokens: int
+) -> list[tuple[str, Document]]:
+    """(id, store document) of each distractor's first `tokens` tokens, read on their own."""
+    out = []
+    for j, (did, ids) in enumerate(distractors):
+        d = store.document(f"distractor{j}")
+        setup.reader(d, exact=True).read(_ids(ids[:tokens]))
+        out.append((str(did), d))
+    return out
+
+
+def _evaluate_document(
+    setup: _Setup,
+    p: Plan,
+    name: str,
+    tokens: np.ndarray,
+    prefix_store: MemoryStore,
+    memory_store: MemoryStore,
+    distractors: Sequence[Document],
+    keep: bool,
+) -> dict[str, Any]:
+    """Reads the prefix once, scores the span at every memory size: the document's row."""
+    t0 = time.perf_counter()
+    prefix = prefix_store.document(name)
+    setup.reader(prefix, exact=True).read(_ids(tokens[: p.prefix]))
+    prefix_s = time.perf_counter() - t0
+    span = _ids(tokens[p.prefix : p.prefix + p.span])
+    results = span_losses(setup, prefix, memory_store, name, span, p.sizes, distractors, keep=keep)
+    rows = []
+    for m, r in results.items():
+        loss_sum = float(r["losses"].double().sum())
+        row = {"memory": m, **_summary(loss_sum, r["losses"].numel(), r["seconds"])}
+        if setup.backend == "hnsw":
+            row["indexed_tokens"] = r["indexed"]
+        rows.append(row)
+    if not keep:
+        prefix.delete()
+    return {
+        "tokens": len(tokens),
+        "distractors": len(distractors),
+        "prefix_seconds": prefix_s,
+        "by_memory": rows,
+    }
+
+
+@contextlib.contextmanager
+def _store_dir(path: str | Path | None) -> Iterator[Path]:
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fot-perplexity-") as tmp:
+            yield Path(tmp)
+
+
+def perplexity(
+    model: FotForCausalLM,
+    docs: Sequence[tuple[str, Any]],
+    memory: Sequence[int] = (0, 2048, 8192, 32768, 131072),
+    *,
+    span: int = 2048,
+    window: int | None = None,
+    k: int | None = None,
+    backend: str = "exact",
+    ef: int | None = None,
+    mirror: str | None = None,
+    distractors: Sequence[tuple[str, Any]] | None = None,
+    distractor_tokens: int = 8192,
+    store_dtype: str = "bfloat16",
+    store_options: Mapping[str, Any] | None = None,
+    stores: str | Path | None = None,
+    limit_memory: bool = False,
+    max_docs: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mean next-token loss and perplexity per memory size over the spans of `docs` ((id,
+    tokens) pairs), following the module's protocol.
+
+    `window`: tokens of local context (default min(2048, max_position_embeddings)); `k`:
+    memories per query and head (default `config.memory_k`); `backend` / `ef`: retrieval while
+    scoring; `mirror`: a device for exact search (e.g. "cuda"; with backend "hnsw" it serves the
+    exact prefix reads only). `store_options`: create_store options (chunk_tokens; hnsw, a dict
+    of index options, for backend "hnsw"). `stores`: a folder to keep the stores in (default: a
+    temporary one, deleted). `max_docs`: evaluate the first N long-enough documents (0: all).
+
+    Returns a JSON-able dict: `settings`, `by_memory` (per size: memory, loss, perplexity,
+    tokens, seconds, memory_tokens (including distractors)), `documents` (per document: id,
+    tokens, prefix_seconds, by_memory), `skipped`, `memory_dropped`, `seconds`."""
+    t_start = time.perf_counter()
+    p = plan(memory, span, docs, limit_memory=limit_memory, max_docs=max_docs)
+    c = model.config
+    setup = _Setup(
+        model,
+        min(2048, c.max_position_embeddings) if window is None else window,
+        c.memory_k if k is None else k,
+        backends.check(backend),
+        ef,
+        mirror,
+    )
+    distractors = list(distractors or [])
+    distractor_tokens = _positive_int(distractor_tokens, "distractor_tokens")
+    if ef is not None:
+        _positive_int(ef, "ef")  # now, not after the prefix is read (prefix reads are exact)
+    options = dict(store_options or {})
+    hnsw = options.pop("hnsw", True)
+    hnsw = hnsw if backend == "hnsw" else None  # only the scored memories are searched by graphs
+    options.pop("dtype", None)
+
+    keep = stores is not None
+    per_doc: list[dict[str, Any]] = []
+    with _store_dir(stores) as folder:
+        prefix_store = create_store(folder / "prefix", model, dtype=store_dtype, **options)
+        memory_store = create_store(
+            folder / "memory", model, dtype=store_dtype, hnsw=hnsw, **options
+        )
+        try:
+            read = _read_distractors(setup, prefix_store, distractors, distractor_tokens)
+            distractor_lengths = [d.length(c.memory_layers[0]) for _, d in read]
+            if read:
+                _log(progress, f"read {len(read)} distractors ({sum(distractor_lengths)} tokens)")
+            for i, (doc_id, tokens) in enumerate(p.docs):
+                others = [d for did, d in read if did != doc_id]
+                row = _evaluate_document(
+                    setup, p, f"doc{i}", tokens, prefix_store, memory_store, others, keep
+                )
+                per_doc.append({"id": doc_id, **row})
+                _log(progress, f"{doc_id}: prefix read in {row['prefix_seconds']:.1f} s")
+                for r in row["by_memory"]:
+                    _log(
+                        progress,
+                        f"{doc_id}: M={r['memory']} loss {r['loss']:.4f} ({r['seconds']:.1f} s)",
+                    )
+        finally:
+            prefix_store.close()
+            memory_store.close()
+    extra = sum(distractor_lengths)
+    return {
+        "settings": {
+            "memory": p.sizes,
+            "span": p.span,
+            "scored_tokens_per_document": p.span - 1,
+            "prefix_tokens": p.prefix,
+            "window": setup.window,
+            "k": setup.k,
+            "backend": setup.backend,
+            "ef": ef,
+            "mirror": mirror,
+            "store_dtype": store_dtype,
+            "distractors": [str(did) for did, _ in distractors],
+            "distractor_tokens": distractor_lengths,
+        },
+        "by_memory": [
+            {"memory": m, "memory_tokens": m + extra, **_total(per_doc, j)}
+            for j, m in enumerate(p.sizes)
+        ],
+        "documents": per_doc,
+        "skipped": p.skipped,
+        "memory_dropped": p.dropped,
+        "stores": None if stores is None else str(stores),
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def plot(results_by_name: Mapping[str, Any], png: str | Path) -> Path:
+    """Perplexity against memory tokens (log2 axis), one line per result; M = 0 is a hollow
+    marker at the left, joined to its line by a dotted segment. `results_by_name`: name ->
+    result of `perplexity`, or one result alone."""
+    if "by_memory" in results_by_name:
+        results_by_name = {str(results_by_name.get("name", "model")): results_by_name}
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    nonzero = [r["memory"] for res in results_by_name.values() for r in res["by_memory"]]
+    nonzero = [m for m in nonzero if m > 0]
+    zero_x = min(nonzero) / 4 if nonzero else 1.0
+    for name, res in results_by_name.items():
+        rows = res["by_memory"]
+        xs = [r["memory"] for r in rows if r["memory"] > 0]
+        ys = [r["perplexity"] for r in rows if r["memory"] > 0]
+        (line,) = ax.plot(xs, ys, marker="o", label=name)
+        zero = [r["perplexity"] for r in rows if r["memory"] == 0]
+        if zero:
+            color = line.get_color()
+            ax.plot([zero_x], zero, marker="s", mfc="none", color=color, linestyle="none")
+            if xs:
+                ax.plot([zero_x, xs[0]], [zero[0], ys[0]], linestyle=":", color=color)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(nonzero))
+    ax.set_xticks([zero_x, *ticks])
+    ax.set_xticklabels(["none", *(_tokens_label(m) for m in ticks)])
+    ax.set_xlabel("memory (tokens of the document before the span)")
+    ax.set_ylabel("perplexity of the span")
+    ax.set_title("Perplexity against memory size")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _tokens_label(m: int) -> str:
+    if m % (1 << 20) == 0:
+        return f"{m >> 20}M"
+    if m % (1 << 10) == 0:
+        return f"{m >> 10}K"
+    return str(m)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers a,b,c; got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    a = argparse.ArgumentParser(
+        prog="python -m fot_mem.eval.perplexity",
+        description="Perplexity against memory size on held-out long documents.",
+    )
+    a.add_argument("--model", help="run folder, checkpoint folder, .gguf or 'smollm2'")
+    a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
+    a.add_argument("--data", help="token shards (python -m fot_mem.train.data build ...)")
+    a.add_argument("--split", default="val")
+    a.add_argument("--memory", type=_ints, default=[0, 2048, 8192, 32768, 131072])
+    a.add_argument("--span", type=int, default=2048, help="tokens scored after the prefix")
+    a.add_argument("--window", type=int, help="local window (default min(2048, model's))")
+    a.add_argument("--k", type=int, help="memories per query and head (default memory_k)")
+    a.add_argument("--backend", default="exact", choices=backends.BACKENDS)
+    a.add_argument("--ef", type=int)
+    a.add_argument("--mirror", help="device for exact search, e.g. cuda")
+    a.add_argument("--docs", type=int, default=0, help="documents evaluated (0: all that fit)")
+    a.add_argument("--multi-doc", type=int, default=0, help="distractor documents in memory")
+    a.add_argument("--distractor-tokens", type=int, default=8192)
+    a.add_argument("--limit-memory", action="store_true", help="drop sizes no document fits")
+    a.add_argument("--memory-layers", type=_ints, default=[8, 16, 24], help="GGUF models only")
+    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    a.add_argument("--store-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    a.add_argument("--stores", help="keep the stores in this folder (default: temporary)")
+    a.add_argument("--json", help="result file")
+    a.add_argument("--png", help="plot file")
+    a.add_argument("--plot", nargs="+", metavar="JSON", help="only plot saved results to --png")
+    a.add_argument("--quiet", action="store_true")
+    return a
+
+
+def _distractors(
+    docs: list[tuple[str, np.ndarray]], evaluated: list[tuple[str, np.ndarray]], n: int
+) -> list[tuple[str, np.ndarray]]:
+    """The first `n` documents of the split that are not evaluated."""
+    ids = {i for i, _ in evaluated}
+    others = [(i, t) for i, t in docs if i not in ids]
+    if len(others) < n:
+        raise InvalidValueError(
+            f"--multi-doc {n} needs {n} documents besides the {len(ids)} evaluated; the split has "
+            f"{len(others)}"
+        )
+    return others[:n]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.plot:
+        if not args.png:
+            parser.error("--plot needs --png")
+        results = {}
+        for f in args.plot:
+            res = json.loads(Path(f).read_text())
+            results[str(res.get("name", Path(f).stem))] = res
+        plot(results, args.png)
+        return results
+    if not args.model or not args.data:
+        parser.error("--model and --data are required (or --plot JSON... --png)")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    model = load_model(
+        args.model,
+        memory_layers=tuple(args.memory_layers),
+        device=args.device,
+        dtype=dtype[args.dtype],
+    )
+    docs = documents(args.data, args.split)
+    p = plan(args.memory, args.span, docs, limit_memory=args.limit_memory, max_docs=args.docs)
+    result = perplexity(
+        model,
+        docs,
+        args.memory,
+        span=args.span,
+        window=args.window,
+        k=args.k,
+        backend=args.backend,
+        ef=args.ef,
+        mirror=args.mirror,
+        distractors=_distractors(docs, p.docs, args.multi_doc) if args.multi_doc else None,
+        distractor_tokens=args.distractor_tokens,
+        store_dtype=args.store_dtype,
+        stores=args.stores,
+        limit_memory=args.limit_memory,
+        max_docs=args.docs,
+        progress=not args.quiet,
+    )
+    result = {"name": args.name or str(args.model), "model": str(args.model), **result}
+    result["settings"].update(device=str(args.device), dtype=args.dtype, data=str(args.data))
+    if args.json:
+        write_json(args.json, result)
+    if args.png:
+        plot({result["name"]: result}, args.png)
+    for r in result["by_memory"]:
+        _log(
+            not args.quiet,
+            f"M={r['memory']}: perplexity {r['perplexity']:.3f} ({r['tokens']} tokens)",
+        )
+    _log(not args.quiet, f"done in {result['seconds']:.1f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
