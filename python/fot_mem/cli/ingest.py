@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     model = models.load(args.model, layers=layers)
     folder = _folder(args, model)
-    tok = models.tokenizer(folder.meta["tokenizer"], model)
+    tok = models.tokenizer(folder.meta["tokenizer"], model.config.vocab_size)
     print(f"model {args.model} loaded in {time.perf_counter() - started:.1f} s", flush=True)
     path = folder.path / "store"
     store = (
@@ -75,7 +75,7 @@ def _folder(args: argparse.Namespace, model: Any) -> MemoryFolder:
         meta = {"model": args.model, "model_info": info, "tokenizer": args.tokenizer}
         meta.update(window=window, k=args.k, backend=args.backend)
         if meta["tokenizer"] == "auto":
-            meta["tokenizer"] = models.tokenizer("auto", model).name
+            meta["tokenizer"] = models.tokenizer("auto", model.config.vocab_size).name
         return MemoryFolder.create(args.memory, meta)
     folder = MemoryFolder.open(args.memory)
     check_model(folder, model)

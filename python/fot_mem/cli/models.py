@@ -61,15 +61,15 @@ def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausal
     return load_model(spec, memory_layers=layers)
 
 
-def tokenizer(spec: str, model: FotForCausalLM) -> ByteTokenizer | HFTokenizer:
+def tokenizer(spec: str, vocab_size: int) -> ByteTokenizer | HFTokenizer:
     """ "bytes", "smollm2", a .gguf path or a Hugging Face tokenizer folder; "auto": bytes for a
     256-token vocabulary, else SmolLM2's."""
     if spec == "auto":
-        spec = "bytes" if model.config.vocab_size == 256 else "smollm2"
+        spec = "bytes" if vocab_size == 256 else "smollm2"
     if spec == "bytes":
-        if model.config.vocab_size < 256:
+        if vocab_size < 256:
             raise InvalidValueError(
-                f"byte tokens need a vocabulary of 256, the model has {model.config.vocab_size}"
+                f"byte tokens need a vocabulary of 256, the model has {vocab_size}"
             )
         return ByteTokenizer()
     from transformers import AutoTokenizer
@@ -86,10 +86,9 @@ def tokenizer(spec: str, model: FotForCausalLM) -> ByteTokenizer | HFTokenizer:
         tok = load_tokenizer(spec)
     else:
         raise InvalidValueError(f"tokenizer {spec!r}: expected bytes, smollm2, auto or a path")
-    if len(tok) > model.config.vocab_size:
+    if len(tok) > vocab_size:
         raise InvalidValueError(
-            f"tokenizer {spec!r} has {len(tok)} tokens, the model's vocabulary "
-            f"{model.config.vocab_size}"
+            f"tokenizer {spec!r} has {len(tok)} tokens, the model's vocabulary {vocab_size}"
         )
     return HFTokenizer(spec, tok)
 

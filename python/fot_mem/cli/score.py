@@ -60,7 +60,7 @@ class Session:
         layers = tuple(meta["model_info"]["memory_layers"])
         self.model = models.load(spec, layers=layers)
         check_model(self.folder, self.model)
-        self.tok = models.tokenizer(meta["tokenizer"], self.model)
+        self.tok = models.tokenizer(meta["tokenizer"], self.model.config.vocab_size)
         self.name = self.folder.only_document(args.doc)
         self.ids = self.folder.tokens(self.name)
         self.store = self.folder.store(readonly=True)
@@ -132,8 +132,9 @@ def run_generate(args: argparse.Namespace) -> None:
             reader = s.reader()
         else:  # the document's end as the local window; the memory holds what precedes it
             p = min(args.prompt_tokens, len(s.ids), s.window - 1)
-            prompt = torch.from_numpy(np.ascontiguousarray(s.ids[len(s.ids) - p :]))
-            reader = s.reader(limit=len(s.ids) - p)
+            start = _line_start(s, len(s.ids) - p)
+            prompt = torch.from_numpy(np.ascontiguousarray(s.ids[start:]))
+            reader = s.reader(limit=start)
         if not 1 <= len(prompt) < s.window:
             raise InvalidValueError(
                 f"the prompt must have 1..{s.window - 1} tokens, got {len(prompt)}"
@@ -150,6 +151,15 @@ def run_generate(args: argparse.Namespace) -> None:
         print(s.tok.decode(new))
     finally:
         s.close()
+
+
+def _line_start(s: Session, start: int) -> int:
+    """The first line start at or after `start` (within 64 tokens), so the prompt begins with a
+    whole line."""
+    for i in range(start, min(start + 64, len(s.ids) - 1)):
+        if "\n" in s.tok.decode([int(s.ids[i])]):
+            return i + 1
+    return start
 
 
 def _read(path: Path) -> str:
