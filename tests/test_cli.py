@@ -223,3 +223,21 @@ def test_errors_are_clear(setup: Path, whole: Path) -> None:
 def test_bench_prints_ratios() -> None:
     out = fot("bench", "--tokens", 4096, "--queries", 16, "--repeats", 1, "--no-ann").stdout
     assert "fot_mem exact" in out and "1.00x" in out
+
+
+def test_verify_reports_damage_and_changes_nothing(setup: Path, whole: Path) -> None:
+    import shutil
+
+    assert "no problems found" in fot("verify", whole).stdout
+    damaged = setup / "damaged"
+    shutil.copytree(whole, damaged)
+    chunk = next(p for p in sorted((damaged / "store").rglob("*.keys")))
+    with open(chunk, "r+b") as f:
+        f.truncate(chunk.stat().st_size - 100)
+    (damaged / "tokens" / "doc.txt.u32").write_bytes(b"\0" * 8)
+    before = {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}
+    run = fot("verify", damaged, check=False)
+    assert run.returncode == 1
+    errors = [x for x in run.stdout.splitlines() if x.strip().startswith("error:")]
+    assert any(chunk.name in x for x in errors) and any("doc.txt.u32" in x for x in errors)
+    assert before == {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}

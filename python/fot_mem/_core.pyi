@@ -15,6 +15,7 @@ __all__ = [
     "__version__",
     "_panic_for_tests",
     "exact_kernel_info",
+    "verify_store",
 ]
 
 FORMAT_VERSION: int
@@ -26,6 +27,7 @@ _F32 = npt.NDArray[np.float32]
 
 def _panic_for_tests(message: str) -> None: ...
 def exact_kernel_info() -> dict[str, Any]: ...
+def verify_store(path: str | os.PathLike[str], deep: bool = True) -> dict[str, Any]: ...
 
 @final
 class MappedKeys:

@@ -176,6 +176,80 @@ class MemoryStore:
         """The background builder's statistics so far, without waiting."""
         return self._core.index_stats()
 
+    # -- checking and describing -------------------------------------------------------------
+    @staticmethod
+    def verify(path: str | os.PathLike[str], *, deep: bool = True) -> dict[str, Any]:
+        """Checks the store at `path` and reports every problem found, changing nothing: no
+        lock, no repair, no cleanup (works on a read-only filesystem, and while a writer has the
+        store open; then in-flight files may show up as warnings).
+
+        Returns `{"ok": bool, "problems": [...], "checked": {...}}`. `ok` is True when no problem
+        is an error. Each problem is `{"severity": "error" | "warning", "path": <relative to the
+        store, "/"-separated, "." for the store itself>, "message": str}`. Errors: damage that
+        loses or misreads data (a checksum that fails, a missing or truncated chunk, a commit
+        point that is unreadable, an index file that does not match its span). Warnings:
+        leftovers of a crash or of a writer at work (temp files, chunks past the committed count,
+        document directories the manifest does not name) and unknown files. `checked` counts
+        `documents`, `layers` (document-layers), `chunks`, `index_files`, `tokens` (committed)
+        and `bytes` (size of the files examined).
+
+        Checked: the manifest (version, checksum, configuration), every commit point (both slots'
+        checksums), that each chunk the committed count needs exists with the exact size, hnsw
+        index files (header checksum, section bounds, span, size, heads and dim against the
+        layer). `deep` (default) also reads every index section against its checksum and every
+        committed key and value, which must be finite; `deep=False` reads only metadata, headers
+        and commit points. Not covered: chunk contents have no checksum, so a flipped bit that
+        leaves a finite number goes unseen; hnswlib's index files are only counted.
+
+        Raises `StoreNotFoundError` when `path` does not exist and `NotAStoreError` when it is a
+        file or a directory that holds no store.
+        """
+        return _core.verify_store(os.fspath(path), _bool(deep, "deep"))
+
+    def describe(self) -> dict[str, Any]:
+        """What the store holds, for `fot-mem info`: its configuration (`path`, `dtype`, `layers`,
+        `kv_heads`, `head_dim`, `value_dim`, `chunk_tokens`, `hnsw`), `total_bytes`, and per
+        document its `bytes` and per layer `tokens`, `indexed_tokens`, `bytes` (and, for hnsw
+        stores, `index_files` built and `pending`: full spans still scanned). `index_files`
+        sums those: `{"built": n, "pending": n}`.
+
+        On a read-write handle this opens every document-layer, as any read through it would
+        (creating empty layer directories, and queueing builds of spans that lack an index)."""
+        config = self.config
+        element = 4 if config["dtype"] == "float32" else 2
+        token_bytes = self.kv_heads * (self.head_dim + self.value_dim) * element
+        hnsw = self.hnsw
+        span = int(hnsw["span_tokens"]) if hnsw else 0
+        built = pending = 0
+        documents: dict[str, Any] = {}
+        for doc in self:
+            layers: dict[int, dict[str, int]] = {}
+            for layer in self.layers:
+                tokens = doc.length(layer)
+                indexed = doc.indexed_tokens(layer)
+                entry = {"tokens": tokens, "indexed_tokens": indexed, "bytes": tokens * token_bytes}
+                if span:
+                    # Only full spans get an index file; indexed tokens are whole spans.
+                    entry["index_files"] = indexed // span
+                    entry["pending"] = tokens // span - indexed // span
+                    built += entry["index_files"]
+                    pending += entry["pending"]
+                layers[layer] = entry
+            documents[doc.name] = {"bytes": doc.nbytes, "layers": layers}
+        return {
+            "path": self.path,
+            "dtype": self.dtype,
+            "layers": self.layers,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "value_dim": self.value_dim,
+            "chunk_tokens": self.chunk_tokens,
+            "hnsw": hnsw,
+            "documents": documents,
+            "total_bytes": self.nbytes,
+            "index_files": {"built": built, "pending": pending},
+        }
+
     # -- documents ---------------------------------------------------------------------------
     def document(self, name: str) -> Document:
         """A handle on document `name`; the document is created by its first append."""

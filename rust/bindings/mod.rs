@@ -5,6 +5,7 @@
 mod arrays;
 mod errors;
 mod store;
+mod verify;
 
 use pyo3::prelude::*;
 
@@ -34,6 +35,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::MappedKeys>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(exact_kernel_info, m)?)?;
+    m.add_function(wrap_pyfunction!(verify::verify_store, m)?)?;
     m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;
     m.add("DEFAULT_CHUNK_TOKENS", crate::store::DEFAULT_CHUNK_TOKENS)?;
     m.add("MAX_K", crate::search::MAX_K)?;

@@ -19,11 +19,13 @@ mod layer;
 mod lock;
 mod manifest;
 mod read;
+mod verify;
 
 pub use config::{HnswConfig, StoreConfig, DEFAULT_CHUNK_TOKENS};
 pub use indexer::IndexStats;
 pub use layer::{KeyView, LayerMemory};
 pub use manifest::{FORMAT_VERSION, MANIFEST_FILE};
+pub use verify::{verify, Checked, Problem, Severity, VerifyReport};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -97,7 +97,7 @@ def run_verify(args: argparse.Namespace) -> None:
 
 
 def verify_store(path: Path) -> dict[str, Any]:
-    return MemoryStore.verify(path)  # type: ignore[attr-defined, no-any-return]
+    return MemoryStore.verify(path)
 
 
 def _check_tokens(folder: MemoryFolder, path: Path) -> list[dict[str, str]]:
