@@ -241,3 +241,179 @@ def test_verify_reports_damage_and_changes_nothing(setup: Path, whole: Path) -> 
     errors = [x for x in run.stdout.splitlines() if x.strip().startswith("error:")]
     assert any(chunk.name in x for x in errors) and any("doc.txt.u32" in x for x in errors)
     assert before == {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}
+
+
+# -- review fixes: in-process calls of the same entry point (`fot_mem.cli.main`) where a
+# subprocess would only add start-up time ------------------------------------------------------
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    from fot_mem.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_bounded_is_the_top_k_of_the_first_tokens_ties_and_all(tmp_path: Path) -> None:
+    from fot_mem.cli.memory import Bounded
+    from fot_mem.torch.retrieval import StoreRetriever
+
+    rng = np.random.default_rng(0)
+    for n, lim, k in [(100, 37, 8), (100, 5, 8), (10, 10, 16), (64, 64, 4), (50, 0, 4)]:
+        keys = rng.integers(-2, 3, (n, 2, 4)).astype(np.float32)  # many tied scores
+        values = rng.standard_normal((n, 2, 4)).astype(np.float32)
+        whole, part = (
+            MemoryStore.create(
+                tmp_path / f"{name}{n}-{lim}-{k}", layers=[0], kv_heads=2, head_dim=4
+            )
+            for name in ("whole", "part")
+        )
+        whole.document("x").append(0, keys, values)
+        if lim:
+            part.document("x").append(0, keys[:lim], values[:lim])
+        q = torch.from_numpy(rng.integers(-2, 3, (3, 4, 4)).astype(np.float32))
+        got = Bounded(whole.document("x"), lim).retrieve(0, q, k)
+        want = StoreRetriever(part.document("x")).retrieve(0, q, k) if lim else None
+        if want is None:
+            assert got is None
+            continue
+        for field in ("values", "scores", "mask"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), (n, lim, k, field)
+
+
+def test_a_kill_in_the_first_window_resumes_without_repeating_the_settings(
+    setup: Path, whole: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    memory = setup / "killed-first-window"
+    cut = ingest(setup, memory, FOT_MEM_TEST_EXIT_AFTER_APPENDS="1")  # window 1, layer 1 only
+    assert cut.returncode == 17
+    assert {layer: len(k) for layer, (k, _) in contents(memory).items()} == {1: 64, 2: 0}
+    code, out, _ = cli(capsys, "verify", memory)
+    assert code == 0 and "warning" in out and "ingest not finished" in out
+    code, out, _ = cli(capsys, "info", memory)
+    assert code == 0 and "ingest not finished" in out
+    # a later run from another directory: the model, window and k come from the memory
+    run = subprocess.run(
+        [sys.executable, "-m", "fot_mem", "ingest", memory, setup / "doc.txt", "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert same(contents(memory), contents(whole))
+
+
+def test_ingest_refuses_what_would_change_a_memory(
+    setup: Path, whole: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = contents(whole)
+    model = ("--model", setup / "run")
+    code, _, err = cli(capsys, "ingest", whole, setup / "doc.txt", "--window", 32, "--k", 8)
+    assert code == 2 and "other settings: --window 32 (it has 64)" in err and "--k" not in err
+    code, _, err = cli(capsys, "ingest", whole, setup / "doc.txt", "--max-tokens", 100, *model)
+    assert code == 2 and "another --max-tokens" in err
+    (setup / "a").mkdir(exist_ok=True)
+    (setup / "b").mkdir(exist_ok=True)
+    (setup / "a" / "x.txt").write_text("one text")
+    (setup / "b" / "x.txt").write_text("another")
+    code, _, err = cli(capsys, "ingest", whole, setup / "a", setup / "b", *model)
+    assert code == 2 and "would both be document 'x.txt'" in err
+    assert same(contents(whole), before)
+    assert MemoryStore.open(whole / "store", readonly=True).documents() == ["doc.txt"]
+
+
+def test_bad_inputs_are_refused_before_anything_is_made(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = setup / "bad-inputs"
+    bad.mkdir(exist_ok=True)
+    (bad / "empty.txt").write_bytes(b"")
+    (bad / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (bad / "dir").mkdir(exist_ok=True)
+    (bad / "dir" / ".hidden").write_text("hidden text")
+    (bad / "dir" / "blob.bin").write_bytes(b"\xff\xfe\x00")
+    memory = bad / "memory"
+    for path, says in [
+        (bad / "empty.txt", "empty.txt is empty"),
+        (bad / "latin1.txt", "latin1.txt is not UTF-8 text"),
+        (bad / "dir", "no text files to ingest"),
+    ]:
+        code, _, err = cli(capsys, "ingest", memory, path, "--model", setup / "run")
+        assert code == 2 and says in err and "Traceback" not in err, err
+        assert not memory.exists()
+    code, _, err = cli(capsys, "score", memory, "--text", "abc")
+    assert code == 2 and "does not exist" in err
+
+
+def test_a_memory_whose_creation_was_killed_is_made_again(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    memory = setup / "half-made"
+    (memory / "tokens").mkdir(parents=True)  # killed before its fot-mem.json was saved
+    (memory / "fot-mem.json.tmp").write_text("{")
+    args = ("--model", setup / "run", "--window", 64, "--k", 8, "--no-progress")
+    code, _, err = cli(capsys, "ingest", memory, setup / "doc.txt", "--max-tokens", 130, *args)
+    assert code == 0, err
+    # killed while making the store: the half-made one, under its temporary name, is discarded
+    shutil.rmtree(memory / "store")
+    (memory / "store.tmp").mkdir()
+    (memory / "store.tmp" / "junk").write_text("")
+    code, _, err = cli(capsys, "ingest", memory, setup / "doc.txt", "--max-tokens", 130)
+    assert code == 0 and not (memory / "store.tmp").exists(), err
+    store = MemoryStore.open(memory / "store", readonly=True)
+    assert store.document("doc.txt").length(2) == 130
+    store.close()
+
+
+def test_search_generate_errors_and_defaults(
+    setup: Path, whole: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra, says in [
+        (("--layer", 0), "layer 0 is not a memory layer"),
+        (("--head", 4), "head 4 is not in 0..3"),
+        (("--context", -1), "--context must be >= 0"),
+    ]:
+        code, _, err = cli(capsys, "search", whole, "--query", "x", *extra)
+        assert code == 2 and says in err, err
+    code, _, err = cli(capsys, "search", whole, "--query", "x" * 65)
+    assert code == 2 and "the query must have 1..64 tokens, got 65" in err
+    code, out, err = cli(capsys, "generate", whole, "-n", 3, "--prompt-tokens", 8)
+    assert code == 0 and "--- prompt (" in out and "continuation (3 tokens" in out, err
+    code, out, _ = cli(capsys, "generate", whole, "-n", 60, "--prompt", "def f1(x):\n")
+    assert code == 0 and "holds 54 new tokens" in out and "continuation (54 tokens" in out
+
+
+def test_the_smollm2_cache_is_published_whole(tmp_path: Path) -> None:
+    from fot_mem.cli.models import _publish
+
+    folder = tmp_path / "cache" / "model"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"half")  # an older, unmarked or killed cache
+
+    def killed(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _publish(folder, killed)
+    assert not (folder / "complete").exists() and len(list(folder.parent.iterdir())) == 1
+    _publish(folder, lambda tmp: (tmp / "model.safetensors").write_bytes(b"whole"))
+    assert (folder / "complete").is_file() and (
+        folder / "model.safetensors"
+    ).read_bytes() == b"whole"
+    assert [p.name for p in folder.parent.iterdir()] == ["model"]
+
+
+def test_bench_with_tokens_not_a_multiple_of_the_chunk(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "bench", "--tokens", 300, "--queries", 4, "--repeats", 1, "--k", 4)
+    assert code == 0, err
+    assert "fot_mem hnsw ef 128" in out

@@ -12,6 +12,7 @@ fot-mem bench                     retrieval speed here against FAISS / hnswlib /
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..exceptions import FotMemError
@@ -37,11 +38,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except FotMemError as e:  # a clear message, not a traceback
-        print(f"fot-mem {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(args.command, f"{type(e).__name__}: {e}", 2)
     except KeyboardInterrupt:
-        print(
-            f"fot-mem {args.command}: interrupted (an ingest resumes where it stopped)",
-            file=sys.stderr,
+        _fail(args.command, "interrupted (an ingest resumes where it stopped)", 130)
+    except BrokenPipeError:  # output piped into e.g. `head`, which has gone
+        sys.stderr.close()
+        raise SystemExit(1) from None
+    except OSError as e:  # a file system's answer: permissions, disk full, a missing package
+        _fail(args.command, f"{type(e).__name__}: {e}", 2)
+    except Exception as e:  # still one line; FOT_MEM_DEBUG=1 shows where
+        if os.environ.get("FOT_MEM_DEBUG"):
+            raise
+        _fail(
+            args.command,
+            f"unexpected {type(e).__name__}: {e} (FOT_MEM_DEBUG=1 shows the traceback)",
+            3,
         )
-        raise SystemExit(130) from None
+
+
+def _fail(command: str, message: str, code: int) -> None:
+    print(f"fot-mem {command}: {message}", file=sys.stderr)
+    raise SystemExit(code) from None

@@ -50,8 +50,10 @@ def median_s(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    if min(args.tokens, args.queries, args.k, args.repeats) < 1 or args.k > args.tokens:
-        raise InvalidValueError("tokens, queries, k and repeats must be >= 1, and k <= tokens")
+    if min(args.tokens, args.queries, args.k, args.repeats, args.ef) < 1 or args.k > args.tokens:
+        raise InvalidValueError("tokens, queries, k, repeats and ef must be >= 1, and k <= tokens")
+    if not args.no_ann and args.tokens > 1 << 26:
+        raise InvalidValueError("hnsw spans hold at most 2^26 tokens; give --no-ann or fewer")
     rng = np.random.default_rng(1)
     keys = clustered(rng, args.tokens * KV).reshape(args.tokens, KV, DIM)
     queries = clustered(rng, args.queries * HEADS).reshape(args.queries, HEADS, DIM)
@@ -59,15 +61,28 @@ def run(args: argparse.Namespace) -> None:
     print(f"{args.tokens:,} keys x {KV} kv heads x {DIM}; {n_q:,} queries (9 heads); k {args.k}")
     rows: list[tuple[str, float, float | None]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        # One graph over all the keys, as hnswlib builds: the span is every token, and the
+        # span must be whole chunks (4096 tokens, or one chunk of all when that does not divide)
+        chunk = 4096 if args.tokens % 4096 == 0 else args.tokens
         hnsw = None if args.no_ann else {"span_tokens": args.tokens}
         store = MemoryStore.create(
-            tmp + "/s", layers=[0], kv_heads=KV, head_dim=DIM, dtype="float32", hnsw=hnsw
+            tmp + "/s",
+            layers=[0],
+            kv_heads=KV,
+            head_dim=DIM,
+            dtype="float32",
+            chunk_tokens=chunk,
+            hnsw=hnsw,
         )
         doc = store.document("bench")
-        t = time.perf_counter()
         doc.append(0, keys, keys)
+        t = time.perf_counter()  # the graphs' build, started by the append of a full span
         if hnsw is not None:
             store.wait_for_indexes()
+            if doc.indexed_tokens(0) != args.tokens:
+                raise InvalidValueError(
+                    f"the hnsw index covers {doc.indexed_tokens(0)} of {args.tokens} keys"
+                )
         build = time.perf_counter() - t
         truth = doc.search(0, queries, args.k)[1]
         rows.append(

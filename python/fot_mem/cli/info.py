@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import InvalidValueError
+from ..exceptions import FotMemError, InvalidValueError
 from ..store import MemoryStore
 from .memory import META, MemoryFolder
 
@@ -72,14 +72,31 @@ def run_info(args: argparse.Namespace) -> None:
                     line += f" (of {d['tokens']:,}: ingest not finished)"
                 line += f"  <- {d['source']}"
             print(line)
+        if folder is not None:
+            for name, d in sorted(folder.meta["documents"].items()):
+                if name not in names:  # registered, nothing appended yet
+                    print(f"  - {name}: 0 tokens (of {d['tokens']:,}: ingest not finished)")
     finally:
         store.close()
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    folder, path = _split(args.memory)
-    report = verify_store(path)
-    problems = list(report["problems"])
+    path = args.memory
+    problems: list[dict[str, str]] = []
+    folder: MemoryFolder | None = None
+    if (path / META).is_file():
+        try:
+            folder = MemoryFolder.open(path)
+        except FotMemError as e:  # reported with the rest, not instead of it
+            problems.append({"severity": "error", "path": META, "message": str(e)})
+        path = path / "store"
+    elif not path.is_dir():
+        raise InvalidValueError(f"{path} does not exist or is not a directory")
+    try:
+        report = verify_store(path)
+    except FotMemError as e:
+        report = {"problems": [{"severity": "error", "path": ".", "message": str(e)}]}
+    problems += list(report["problems"])
     if folder is not None:
         problems += _check_tokens(folder, path)
     checked = report.get("checked", {})
@@ -101,35 +118,45 @@ def verify_store(path: Path) -> dict[str, Any]:
 
 
 def _check_tokens(folder: MemoryFolder, path: Path) -> list[dict[str, str]]:
-    """Each document's token file is whole and at least as long as its committed memory."""
+    """Each document's token file is whole and at least as long as its committed memory; an
+    ingest not finished, and store documents the memory does not name, are warnings."""
     problems = []
-    store = MemoryStore.open(path, readonly=True)
+
+    def problem(severity: str, where: str, message: str) -> None:
+        problems.append({"severity": severity, "path": where, "message": message})
+
+    try:
+        store: MemoryStore | None = MemoryStore.open(path, readonly=True)
+    except FotMemError:
+        store = None  # its problems are reported by the store's verify
     try:
         for name, d in folder.meta["documents"].items():
-            rel = str(folder.tokens_path(name).relative_to(folder.path))
             file = folder.tokens_path(name)
+            rel = str(file.relative_to(folder.path))
             size = file.stat().st_size if file.is_file() else -1
             if size != 4 * d["tokens"]:
-                problems.append(
-                    {
-                        "severity": "error",
-                        "path": rel,
-                        "message": f"{size} bytes; {d['tokens']} tokens need {4 * d['tokens']}",
-                    }
-                )
+                have = "missing" if size < 0 else f"{size} bytes"
+                problem("error", rel, f"{have}; {d['tokens']} tokens need {4 * d['tokens']}")
+                continue
+            if store is None:
                 continue
             doc = store.document(name)
-            longest = (
-                max((doc.length(layer) for layer in store.layers), default=0) if doc.exists else 0
-            )
-            if longest > d["tokens"]:
-                problems.append(
-                    {
-                        "severity": "error",
-                        "path": rel,
-                        "message": f"the store holds {longest} tokens, the document {d['tokens']}",
-                    }
+            lengths = [doc.length(layer) for layer in store.layers] if doc.exists else [0]
+            if max(lengths) > d["tokens"]:
+                held = f"the store holds {max(lengths)} tokens, the document {d['tokens']}"
+                problem("error", rel, held)
+            elif min(lengths) < d["tokens"]:
+                problem(
+                    "warning",
+                    rel,
+                    f"ingest not finished: {min(lengths):,} of {d['tokens']:,} tokens in memory "
+                    "(run the same ingest again to continue it)",
                 )
+        if store is not None:
+            for name in store.documents():
+                if name not in folder.meta["documents"]:
+                    problem("warning", f"store/{name}", f"the memory's {META} does not name it")
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     return problems

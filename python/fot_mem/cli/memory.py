@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -49,33 +51,40 @@ class MemoryFolder:
     @classmethod
     def create(cls, path: str | os.PathLike[str], meta: dict[str, Any]) -> MemoryFolder:
         folder = Path(path)
-        if folder.exists() and any(folder.iterdir()):
+        if folder.exists() and not folder.is_dir():
+            raise InvalidValueError(f"{folder} is a file, not a fot-mem memory folder")
+        if folder.exists() and not _only_leftovers(folder):
             raise InvalidValueError(f"{folder} exists and is not a fot-mem memory")
-        (folder / "tokens").mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         made = cls(folder, {**meta, "documents": {}})
-        made.save()
+        (folder / "tokens").mkdir(exist_ok=True)
+        made.save()  # last: the meta file marks the folder as a memory
         return made
 
     def save(self) -> None:
         """Atomic: a crash leaves the old or the new file, never half of one."""
-        tmp = self.path / (META + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=1))
-        _fsync(tmp)
-        tmp.replace(self.path / META)
+        _write_atomic(self.path / META, json.dumps(self.meta, indent=1).encode())
 
     def store(self, *, readonly: bool = False) -> MemoryStore:
         return MemoryStore.open(self.path / "store", readonly=readonly)
+
+    def create_store(self, make: Callable[[Path], MemoryStore]) -> MemoryStore:
+        """The store, made whole under a temporary name and then renamed, so that a run killed
+        while making it leaves no half-made store behind (the leftover is discarded)."""
+        final, tmp = self.path / "store", self.path / "store.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        make(tmp).close()
+        tmp.rename(final)
+        _fsync_dir(self.path)
+        return self.store()
 
     # -- documents -------------------------------------------------------------------------
     def tokens_path(self, name: str) -> Path:
         return self.path / "tokens" / (quote(name, safe="") + ".u32")
 
     def write_tokens(self, name: str, ids: np.ndarray) -> None:
-        path = self.tokens_path(name)
-        tmp = path.with_suffix(".tmp")
-        ids.astype("<u4").tofile(tmp)
-        _fsync(tmp)
-        tmp.replace(path)
+        _write_atomic(self.tokens_path(name), ids.astype("<u4").tobytes())
 
     def tokens(self, name: str) -> np.ndarray:
         if name not in self.meta["documents"]:
@@ -103,14 +112,16 @@ def committed(document: Document, layers: list[int]) -> dict[int, int]:
 
 
 class Bounded(StoreRetriever):
-    """Top-k among the first `limit` tokens of each layer: the store's search with a margin of
-    the tokens past the limit, which are then dropped. With the exact backend the result is the
-    top-k of the first `limit` tokens, scores identical to a search of a store holding only
-    them. (Resuming an ingest cut inside a window; a prompt taken from the document's end.)"""
+    """Top-k among the first `limit` tokens of each layer: the store's search widened by the
+    tokens past the limit, which are then dropped. With the exact backend the result is the
+    store's own top-k of the first `limit` tokens: the same ids in the same order (ties too,
+    the store's order is kept), the same scores, padded with -1 to k columns, as a search of a
+    store holding only them. With hnsw it is approximate, as hnsw is. (Resuming an ingest cut
+    inside a window; a prompt taken from the document's end.)"""
 
     def __init__(self, document: Document, limit: int, **search: Any) -> None:
         super().__init__(document, **search)
-        self.limit = limit
+        self.limit = max(0, int(limit))
 
     def length(self, layer: int) -> int:
         return min(super().length(layer), self.limit)
@@ -121,13 +132,16 @@ class Bounded(StoreRetriever):
         if lim == 0:
             return None
         q = queries.detach().float().cpu()
-        wide = min(n, k + n - lim)
+        wide = k + (n - lim)  # at most n - lim of the store's top `wide` lie past the limit
         scores, ids = self.document.search(layer, q, wide, backend=self.backend, ef=self.ef)
         s, i = torch.from_numpy(scores), torch.from_numpy(ids)
-        s = s.masked_fill((i >= lim) | (i < 0), float("-inf"))
-        s, pick = s.topk(min(k, wide), dim=-1)
-        i = i.gather(-1, pick).masked_fill(s == float("-inf"), -1)
-        _, values = self.document.gather(layer, i.clamp(min=0).numpy())
+        keep = (i >= 0) & (i < lim)
+        # the kept hits first, in the store's order (a stable sort), then k columns of them
+        order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :k]
+        keep = keep.gather(-1, order)
+        s = s.gather(-1, order).masked_fill(~keep, float("-inf"))
+        i = i.gather(-1, order).masked_fill(~keep, -1)
+        _, values = self.document.gather(layer, i.numpy())  # id -1 gives zeros
         dev = queries.device
         return _per_query(s.to(dev), i.to(dev), torch.from_numpy(values).to(dev), queries.dtype)
 
@@ -135,6 +149,38 @@ class Bounded(StoreRetriever):
         raise InvalidValueError("a bounded view of a memory is read-only")
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
+def _only_leftovers(folder: Path) -> bool:
+    """What a create killed before its meta file was saved leaves: an empty tokens folder and
+    temporary files."""
+    for entry in folder.iterdir():
+        if entry.name == "tokens" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        if entry.name == META + ".tmp":
+            continue
+        return False
+    return True
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """`data` whole in a temporary file, made durable, then renamed over `path` (and the
+    rename made durable): a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
         os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform; the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -11,6 +11,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +82,8 @@ def tokenizer(spec: str, vocab_size: int) -> ByteTokenizer | HFTokenizer:
     _offline()
     if spec == "smollm2":
         folder = cache_dir() / "smollm2-tokenizer"
-        if not (folder / "tokenizer.json").is_file():
-            load_tokenizer(smollm2_gguf()).save_pretrained(folder)
+        if not (folder / "complete").is_file():  # a conversion killed half-way is made again
+            _publish(folder, lambda tmp: load_tokenizer(smollm2_gguf()).save_pretrained(tmp))
         tok = AutoTokenizer.from_pretrained(str(folder))
     elif Path(spec).exists():
         tok = load_tokenizer(spec)
@@ -103,19 +106,40 @@ def _cached_smollm2(layers: tuple[int, ...]) -> FotForCausalLM:
     tag = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
     folder = cache_dir() / f"smollm2-{tag}"
     weights, config_file = folder / "model.safetensors", folder / "fot_config.json"
-    if weights.is_file() and config_file.is_file():
+    if (folder / "complete").is_file():
         fields = json.loads(config_file.read_text())
         model = FotForCausalLM(FotConfig(**{**fields, "memory_layers": tuple(layers)}))
         load_weights(model, str(weights))
         return model
     model = load_gguf(gguf, memory_layers=tuple(layers), qk_norm=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "model.safetensors.tmp"
-    save_model(model, str(tmp))
-    tmp.replace(weights)  # whole, then named; the config last marks the cache complete
-    fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "memory_layers"}
-    config_file.write_text(json.dumps(fields, indent=1))
+
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / weights.name))
+        fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "memory_layers"}
+        (tmp / config_file.name).write_text(json.dumps(fields, indent=1))
+
+    _publish(folder, write)
     return model
+
+
+def _publish(folder: Path, write: Callable[[Path], Any]) -> None:
+    """A cache folder made whole under a private temporary name, marked `complete`, then
+    renamed into place: a conversion killed half-way leaves nothing that a later run would
+    use (a folder without the mark, from an older version or a crash, is replaced)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+    try:
+        write(tmp)
+        (tmp / "complete").write_text("")
+        if folder.exists() and not (folder / "complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process published it first
+            if not (folder / "complete").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def describe(model: FotForCausalLM) -> dict[str, Any]:

@@ -56,22 +56,32 @@ class Session:
         t0 = time.perf_counter()
         self.folder = MemoryFolder.open(args.memory)
         meta = self.folder.meta
+        self.name = self.folder.only_document(args.doc)  # refused before the model loads
+        self.ids = self.folder.tokens(self.name)
+        if args.k is not None and args.k < 1:
+            raise InvalidValueError(f"--k must be >= 1, got {args.k}")
         spec = args.model or meta["model"]
         layers = tuple(meta["model_info"]["memory_layers"])
         self.model = models.load(spec, layers=layers)
         check_model(self.folder, self.model)
         self.tok = models.tokenizer(meta["tokenizer"], self.model.config.vocab_size)
-        self.name = self.folder.only_document(args.doc)
-        self.ids = self.folder.tokens(self.name)
         self.store = self.folder.store(readonly=True)
         self.document = self.store.document(self.name)
         self.window = int(meta["window"])
         self.k = args.k or int(meta["k"])
         self.backend = args.backend or str(meta["backend"])
         self.load_s = time.perf_counter() - t0
-        n = self.document.length(self.store.layers[0]) if self.document.exists else 0
+        # the tokens every layer holds (an ingest cut short may leave fewer than the text)
+        self.committed = (
+            min(self.document.length(layer) for layer in self.store.layers)
+            if self.document.exists
+            else 0
+        )
+        unfinished = (
+            f" of {len(self.ids):,} (ingest not finished)" if self.committed < len(self.ids) else ""
+        )
         print(
-            f"memory {self.name!r}: {n:,} tokens ({self.folder.path}); "
+            f"memory {self.name!r}: {self.committed:,} tokens{unfinished} ({self.folder.path}); "
             f"loaded in {self.load_s:.1f} s"
         )
 
@@ -130,14 +140,26 @@ def run_generate(args: argparse.Namespace) -> None:
         if args.prompt is not None:
             prompt = torch.tensor(s.tok.encode(args.prompt), dtype=torch.int64)
             reader = s.reader()
-        else:  # the document's end as the local window; the memory holds what precedes it
-            p = min(args.prompt_tokens, len(s.ids), s.window - 1)
-            start = _line_start(s, len(s.ids) - p)
-            prompt = torch.from_numpy(np.ascontiguousarray(s.ids[start:]))
+        else:  # the memory's end as the local window; the memory holds what precedes it
+            end = s.committed
+            if end == 0:
+                raise InvalidValueError(f"document {s.name!r} has no tokens in memory yet")
+            if args.prompt_tokens < 1:
+                raise InvalidValueError(f"--prompt-tokens must be >= 1, got {args.prompt_tokens}")
+            p = min(args.prompt_tokens, end, s.window - 1)
+            start = _line_start(s, end - p, end, p)
+            prompt = torch.from_numpy(np.ascontiguousarray(s.ids[start:end]))
             reader = s.reader(limit=start)
         if not 1 <= len(prompt) < s.window:
             raise InvalidValueError(
                 f"the prompt must have 1..{s.window - 1} tokens, got {len(prompt)}"
+            )
+        if args.new_tokens < 1:
+            raise InvalidValueError(f"--new-tokens must be >= 1, got {args.new_tokens}")
+        if len(prompt) + args.new_tokens > s.window:
+            print(
+                f"(the window of {s.window} tokens holds {s.window - len(prompt) + 1} new tokens "
+                "after this prompt)"
             )
         gen = torch.Generator().manual_seed(args.seed)
         t0 = time.perf_counter()
@@ -153,10 +175,10 @@ def run_generate(args: argparse.Namespace) -> None:
         s.close()
 
 
-def _line_start(s: Session, start: int) -> int:
-    """The first line start at or after `start` (within 64 tokens), so the prompt begins with a
-    whole line."""
-    for i in range(start, min(start + 64, len(s.ids) - 1)):
+def _line_start(s: Session, start: int, end: int, p: int) -> int:
+    """The first line start at or after `start` within the prompt's first half (at most 64
+    tokens on), so the prompt begins with a whole line and keeps most of its tokens."""
+    for i in range(start, min(start + min(64, p // 2), end - 1)):
         if "\n" in s.tok.decode([int(s.ids[i])]):
             return i + 1
     return start

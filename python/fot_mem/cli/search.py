@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> None:
         heads = s.model.config.num_heads
         if not 0 <= args.head < heads:
             raise InvalidValueError(f"head {args.head} is not in 0..{heads - 1}")
+        if args.context < 0:
+            raise InvalidValueError(f"--context must be >= 0, got {args.context}")
+        if s.committed == 0:
+            raise InvalidValueError(f"document {s.name!r} has no tokens in memory yet")
         if args.top < 1:
             raise InvalidValueError(f"--top must be >= 1, got {args.top}")
         ids = torch.tensor(s.tok.encode(args.query), dtype=torch.int64)
