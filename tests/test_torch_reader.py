@@ -211,6 +211,20 @@ def test_read_returns_losses_stats_and_fills_memory(model, stores) -> None:
     assert reader.memory_tokens() == n + 11
 
 
+def test_read_without_losses_fills_the_same_memory(model, stores) -> None:
+    store = stores(model)
+    full, bare = store.document("full"), store.document("bare")
+    n = 3 * WINDOW + 5
+    LongDocumentReader(model, full, window=WINDOW).read(tokens(n))
+    bare_reader = LongDocumentReader(model, bare, window=WINDOW)
+    assert bare_reader.read(tokens(n), losses=False).shape == (0,)
+    assert bare_reader.stats["tokens"] == n and bare_reader.stats["windows"] == 4
+    for layer in LAYERS:
+        want, got = full.read(layer, 0, n), bare.read(layer, 0, n)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_read_matches_attending_to_all_earlier_windows(model, stores) -> None:
     """With k >= the memory, top-k retrieval is all of the memory: read() must give the losses of
     a reference loop that passes every earlier window's keys and values as shared memory."""

@@ -317,7 +317,7 @@ class SharedReader:
         keep = shared // self.window * self.window
         if keep < len(self.memory):
             self._keep(keep)
-        self.reader.read(torch.from_numpy(tokens[keep:]))
+        self.reader.read(torch.from_numpy(tokens[keep:]), losses=False)
         self.memory = tokens.copy()
         self.read_tokens += len(tokens) - keep
         return len(tokens) - keep

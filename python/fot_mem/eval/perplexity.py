@@ -217,7 +217,7 @@ def _read_distractors(
     out = []
     for j, (did, ids) in enumerate(distractors):
         d = store.document(f"distractor{j}")
-        setup.reader(d, exact=True).read(_ids(ids[:tokens]))
+        setup.reader(d, exact=True).read(_ids(ids[:tokens]), losses=False)
         out.append((str(did), d))
     return out
 
@@ -235,7 +235,7 @@ def _evaluate_document(
     """Reads the prefix once, scores the span at every memory size: the document's row."""
     t0 = time.perf_counter()
     prefix = prefix_store.document(name)
-    setup.reader(prefix, exact=True).read(_ids(tokens[: p.prefix]))
+    setup.reader(prefix, exact=True).read(_ids(tokens[: p.prefix]), losses=False)
     prefix_s = time.perf_counter() - t0
     span = _ids(tokens[p.prefix : p.prefix + p.span])
     results = span_losses(setup, prefix, memory_store, name, span, p.sizes, distractors, keep=keep)

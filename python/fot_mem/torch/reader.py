@@ -149,25 +149,34 @@ class LongDocumentReader:
         return self.model(ids[None], memory=self._provider).logits[0]
 
     @torch.no_grad()
-    def read(self, tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def read(self, tokens: Sequence[int] | torch.Tensor, *, losses: bool = True) -> torch.Tensor:
         """Reads `tokens` window by window into memory. Returns the next-token loss (nats) of
         tokens 1..N-1, float32 `[N - 1]`: each token predicted from the window so far and the
-        memory of everything read before that window."""
+        memory of everything read before that window. `losses=False` only fills the memory:
+        the LM head is skipped (a fifth of SmolLM2's forward) and an empty tensor returned."""
         ids = self._tokens(tokens)
-        losses = []
+        if not losses:
+            for start in range(0, ids.numel(), self.window):
+                chunk = ids[start : start + self.window]
+                out = self.model(chunk[None], memory=self._provider, logits_rows=slice(0, 0))
+                self._append(out.memory_kv)
+                self.stats["tokens"] += chunk.numel()
+                self.stats["windows"] += 1
+            return torch.zeros(0)
+        losses_: list[torch.Tensor] = []
         last: torch.Tensor | None = None
         for start in range(0, ids.numel(), self.window):
             chunk = ids[start : start + self.window]
             out = self.model(chunk[None], memory=self._provider)
             logits = out.logits[0]
             if last is not None:  # the window's first token, from the previous window's end
-                losses.append(F.cross_entropy(last[None], chunk[:1], reduction="none"))
-            losses.append(F.cross_entropy(logits[:-1].float(), chunk[1:], reduction="none"))
+                losses_.append(F.cross_entropy(last[None], chunk[:1], reduction="none"))
+            losses_.append(F.cross_entropy(logits[:-1].float(), chunk[1:], reduction="none"))
             last = logits[-1].float()
             self._append(out.memory_kv)
             self.stats["tokens"] += chunk.numel()
             self.stats["windows"] += 1
-        return torch.cat(losses).cpu() if losses else torch.zeros(0)
+        return torch.cat(losses_).cpu() if losses_ else torch.zeros(0)
 
     @torch.no_grad()
     def generate(
