@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fot_mem import MemoryStore  # noqa: E402
-from fot_mem.train.loop import TrainConfig, Trainer  # noqa: E402
 from fot_mem.train.shards import write_shards  # noqa: E402
+from tiny import tiny_run  # noqa: E402
 
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n\n" for i in range(60))
 
@@ -29,26 +29,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     docs = [(f"d{i}", TEXT[i * 50 :] * 2) for i in range(6)]
     split = {"d0": "val", "d1": "val", "d2": "val"}
     write_shards(docs, root / "data", "bytes", lambda d: split.get(d, "train"), progress=False)
-    cfg = TrainConfig(
-        data=str(root / "data"),
-        out=str(root / "run"),
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=3,
-        num_heads=4,
-        num_kv_heads=2,
-        memory_layers="1,2",
-        batch=2,
-        window=64,
-        d_schedule="0:2",
-        steps=2,
-        eval_every=100,
-        eval_batches=1,
-        eval_d="1",
-        dtype="float32",
-        device="cpu",
-    )
-    Trainer(cfg).run(progress=False)
+    tiny_run(root / "data", root / "run", num_layers=3, memory_layers="1,2", window=64)
     (root / "doc.txt").write_text(TEXT)
     return root
 
@@ -195,27 +176,9 @@ def test_errors_are_clear(setup: Path, whole: Path) -> None:
     assert bad.returncode == 2 and "missing.txt does not exist" in bad.stderr
     other = setup / "other-run"
     if not other.exists():
-        cfg = TrainConfig(
-            data=str(setup / "data"),
-            out=str(other),
-            hidden_size=32,
-            intermediate_size=64,
-            num_layers=3,
-            num_heads=4,
-            num_kv_heads=2,
-            memory_layers="1,2",
-            batch=2,
-            window=64,
-            d_schedule="0:2",
-            steps=1,
-            eval_every=100,
-            eval_batches=1,
-            eval_d="1",
-            dtype="float32",
-            device="cpu",
-            seed=5,
+        tiny_run(
+            setup / "data", other, num_layers=3, memory_layers="1,2", window=64, steps=1, seed=5
         )
-        Trainer(cfg).run(progress=False)
     bad = fot("ingest", whole, setup / "doc.txt", "--model", other, check=False)
     assert bad.returncode == 2 and "this model differs" in bad.stderr and "checksum" in bad.stderr
 

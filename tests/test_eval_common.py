@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from fot_mem import InvalidValueError  # noqa: E402
 from fot_mem.eval.common import documents, load_model  # noqa: E402
-from fot_mem.train.loop import TrainConfig, Trainer  # noqa: E402
 from fot_mem.train.shards import write_shards  # noqa: E402
+from tiny import tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,27 +34,7 @@ def test_documents_filter_and_limit(data: str) -> None:
 
 
 def test_loads_a_training_run(data: str, tmp_path: Path) -> None:
-    cfg = TrainConfig(
-        data=data,
-        out=str(tmp_path / "run"),
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        memory_layers="1",
-        batch=2,
-        window=16,
-        d_schedule="0:2",
-        steps=2,
-        eval_every=100,
-        eval_batches=1,
-        eval_d="1",
-        dtype="float32",
-        device="cpu",
-    )
-    trainer = Trainer(cfg)
-    trainer.run(progress=False)
+    trainer = tiny_run(data, tmp_path / "run")
     ids = torch.arange(16)[None] % 200
     want = trainer.model.eval()(ids).logits
     for spec in (tmp_path / "run", tmp_path / "run" / "checkpoint-0000002"):

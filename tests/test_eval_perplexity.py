@@ -26,8 +26,9 @@ from fot_mem.eval import perplexity as ppl  # noqa: E402
 from fot_mem.eval.common import documents  # noqa: E402
 from fot_mem.torch import FotConfig, FotForCausalLM  # noqa: E402
 from fot_mem.torch.reader import LongDocumentReader, create_store  # noqa: E402
-from fot_mem.train.loop import TrainConfig, Trainer  # noqa: E402
+from fot_mem.train.loop import Trainer  # noqa: E402
 from fot_mem.train.shards import write_shards  # noqa: E402
+from tiny import tiny_config  # noqa: E402
 
 CFG = FotConfig(
     vocab_size=256,
@@ -295,27 +296,7 @@ def test_plot_draws_several_results(model: FotForCausalLM, docs: list, tmp_path:
 
 def test_cli_on_a_trained_checkpoint(data: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = TrainConfig(
-        data=data,
-        out=str(run),
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        memory_layers="1",
-        batch=2,
-        window=16,
-        d_schedule="0:2",
-        eval_d="1,2",
-        steps=2,
-        warmup=1,
-        eval_every=2,
-        eval_batches=1,
-        checkpoint_every=2,
-        dtype="float32",
-        device="cpu",
-    )
+    cfg = tiny_config(data, run, eval_d="1,2", warmup=1, eval_every=2, checkpoint_every=2)
     Trainer(cfg).run(progress=False)
     out = tmp_path / "out"
     argv = [

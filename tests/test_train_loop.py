@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 from fot_mem import InvalidValueError  # noqa: E402
 from fot_mem.train.loop import TrainConfig, Trainer, learning_rate, schedule_value  # noqa: E402
 from fot_mem.train.shards import write_shards  # noqa: E402
+from tiny import tiny_config  # noqa: E402
 
 TEXT = "def add(a, b):\n    return a + b\n\n"
 
@@ -36,17 +37,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def config(data: str, out: Path, **changes: object) -> TrainConfig:
-    base = dict(
-        data=data,
-        out=str(out),
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        memory_layers="1",
+    base: dict[str, object] = dict(
         batch=3,
-        window=16,
         d_schedule="0:1,4:2",
         steps=6,
         lr=3e-3,
@@ -55,11 +47,8 @@ def config(data: str, out: Path, **changes: object) -> TrainConfig:
         eval_batches=2,
         eval_d="1,2",
         checkpoint_every=3,
-        dtype="float32",
-        device="cpu",
     )
-    base.update(changes)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+    return tiny_config(data, out, **{**base, **changes})
 
 
 def test_schedules() -> None:

@@ -91,3 +91,34 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, png: str | os.PathLike[str]) -> Path:
+    """Writes a finished matplotlib figure as PNG and closes it."""
+    plt = pyplot()
+    fig.tight_layout()
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def load_results(files: list[str]) -> dict[str, Any]:
+    """Saved results by name (their "name" field, else the file's stem): `--plot` input."""
+    results = {}
+    for f in files:
+        res = json.loads(Path(f).read_text())
+        results[str(res.get("name", Path(f).stem))] = res
+    return results
+
+
+def plot_only(args: Any, parser: Any, plot: Any) -> dict[str, Any] | None:
+    """`--plot A.json B.json --png F`: draws saved results together; None when not asked."""
+    if not args.plot:
+        return None
+    if not args.png:
+        parser.error("--plot needs --png")
+    results = load_results(args.plot)
+    plot(results, args.png)
+    return results

@@ -282,12 +282,7 @@ def plot(results_by_model: dict[str, dict[str, Any]], png: str | Path) -> Path:
     ax.set_title("Distraction (paper section 3.3)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return common.save_figure(fig, png)
 
 
 def _check_ds(ds: Sequence[int]) -> tuple[int, ...]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import re
 import tempfile
@@ -40,7 +39,7 @@ from ..torch import FotForCausalLM
 from ..torch.reader import LongDocumentReader, create_store
 from ..torch.retrieval import DeviceMirror
 from ..train.shards import BytesTokenizer
-from .common import documents, load_model, pyplot, write_json
+from .common import documents, load_model, plot_only, pyplot, write_json
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -658,15 +657,9 @@ def load_tokenizer(kind: str, gguf: str | None = None) -> Tokenizer:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.plot:
-        if not args.png:
-            parser.error("--plot needs --png")
-        results = {}
-        for f in args.plot:
-            res = json.loads(Path(f).read_text())
-            results[str(res.get("name", Path(f).stem))] = res
-        plot(results, args.png)
-        return results
+    drawn = plot_only(args, parser, plot)
+    if drawn is not None:
+        return drawn
     if not args.model:
         parser.error("--model is required (or --plot JSON... --png)")
     kind = args.filler or ("data" if args.filler_data else "repeat")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from ..exceptions import InvalidValueError
 from ..store import Document, MemoryStore
 from ..torch import FotForCausalLM
 from ..torch.reader import LongDocumentReader, create_store
-from .common import documents, load_model, pyplot, write_json
+from .common import documents, load_model, plot_only, pyplot, save_figure, write_json
 
 COPY_BLOCK = 1 << 16  # tokens copied per read/append: bounds the float32 buffer
 
@@ -405,12 +404,7 @@ def plot(results_by_name: Mapping[str, Any], png: str | Path) -> Path:
     ax.set_title("Perplexity against memory size")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, png)
 
 
 def _tokens_label(m: int) -> str:
@@ -477,15 +471,9 @@ def _distractors(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.plot:
-        if not args.png:
-            parser.error("--plot needs --png")
-        results = {}
-        for f in args.plot:
-            res = json.loads(Path(f).read_text())
-            results[str(res.get("name", Path(f).stem))] = res
-        plot(results, args.png)
-        return results
+    drawn = plot_only(args, parser, plot)
+    if drawn is not None:
+        return drawn
     if not args.model or not args.data:
         parser.error("--model and --data are required (or --plot JSON... --png)")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
