@@ -379,3 +379,128 @@ fn kill_mid_append() {
     );
     assert_eq!(tally.lost, 0);
 }
+
+const CREATE_CHILD_TEST: &str = "crash_child_creates";
+const CREATE_DIR_ENV: &str = "FOT_MEM_CRASH_CREATE_DIR";
+
+/// The child of `kill_mid_create`: creates stores `s0`, `s1`, ... in the directory it is given
+/// until it is killed, printing `begin <i>` before and `created <i>` after each. Odd-numbered
+/// stores are created in an empty directory the child makes first (the in-place path), even ones
+/// at a path that does not exist (the temporary directory and rename path).
+#[test]
+#[ignore = "run by crash::kill_mid_create as its child process"]
+fn crash_child_creates() {
+    let Ok(dir) = std::env::var(CREATE_DIR_ENV) else {
+        return; // run by hand with --ignored: nothing to do
+    };
+    let mut out = std::io::stdout().lock();
+    for i in 0.. {
+        let root = Path::new(&dir).join(format!("s{i}"));
+        if i % 2 == 1 {
+            std::fs::create_dir(&root).unwrap();
+        }
+        writeln!(out, "begin {i}").unwrap();
+        out.flush().unwrap();
+        drop(MemoryStore::create(&root, config(Dtype::Float16)).unwrap());
+        writeln!(out, "created {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// Kill-mid-create: a child creating stores one after another is killed with SIGKILL after
+/// varying delays; afterwards every path it touched is either a complete, empty, openable store
+/// or not a store, and then create succeeds on it. A path that did not exist never shows a
+/// half-made store (it is missing or complete).
+#[test]
+fn kill_mid_create() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut runs, mut inside, mut complete, mut missing, mut retaken, mut temp_left) =
+        (0, 0, 0, 0, 0, 0);
+    for run in 0..30u64 {
+        let dir = tmp.path().join(format!("run{run}"));
+        std::fs::create_dir(&dir).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                CREATE_CHILD_TEST,
+                "--nocapture",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CREATE_DIR_ENV, &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reaper = Reaper(Some(child));
+        let stdout = reaper.0.as_mut().unwrap().stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect::<Vec<_>>()
+        });
+        // Wait for the child to start creating, then kill it a varying time later.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dir.join("s0").exists() && !started_creating(&dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_micros(300 + (run * 1777) % 20_000));
+        let mut child = reaper.0.take().unwrap();
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "the child died by itself");
+        let lines = lines.join().unwrap();
+        let last = lines.last().cloned().unwrap_or_default();
+        inside += usize::from(last.starts_with("begin"));
+        runs += 1;
+        let created: usize = lines.iter().filter(|l| l.starts_with("created")).count();
+        // Every store reported created opens; the one in progress (and one past it, whose
+        // directory the child may have made) is complete or recoverable.
+        for i in 0..created + 2 {
+            let root = dir.join(format!("s{i}"));
+            match MemoryStore::open(&root, false) {
+                Ok(mut s) => {
+                    assert_eq!(s.config(), &config(Dtype::Float16));
+                    assert!(s.documents().unwrap().is_empty());
+                    complete += usize::from(i >= created);
+                }
+                Err(e) => {
+                    assert!(i >= created, "store s{i} was reported created: {e}");
+                    assert!(
+                        i % 2 == 1 || !root.exists(),
+                        "s{i}: a path that did not exist shows a half-made store: {e}"
+                    );
+                    let existed = root.exists();
+                    let mut s = MemoryStore::create(&root, config(Dtype::Float16))
+                        .unwrap_or_else(|e| panic!("create over the remains of s{i}: {e}"));
+                    append_expected(&mut s, "doc", 0, 3);
+                    retaken += usize::from(existed);
+                    missing += usize::from(!existed);
+                }
+            }
+        }
+        temp_left += std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().contains(".creating-")
+            })
+            .count();
+    }
+    eprintln!(
+        "kill-mid-create: {runs} runs, {inside} killed inside create, {complete} in-progress \
+         stores found complete, {retaken} unfinished directories and {missing} missing paths \
+         created over, {temp_left} temporary directories left \
+         ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(inside > 0, "no kill landed inside create");
+}
+
+/// True once the child has made anything in `dir`.
+fn started_creating(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}

@@ -586,3 +586,17 @@ def test_gather_accepts_integer_ids(store, rng, make_ids) -> None:
     ek, ev = expected_gather(k, v, ids)
     np.testing.assert_array_equal(gk, ek)
     np.testing.assert_array_equal(gv, ev)
+
+
+def test_create_over_the_remains_of_a_crashed_create(tmp_path: Path) -> None:
+    """A directory an interrupted create left (only the empty lock file and an empty docs/, no
+    manifest) is not a store yet, and create takes it over."""
+    d = tmp_path / "crashed"
+    (d / "docs").mkdir(parents=True)
+    (d / "LOCK").touch()
+    with pytest.raises(fot_mem.exceptions.NotAStoreError):
+        MemoryStore.open(d)
+    with MemoryStore.create(d, layers=[0], kv_heads=1, head_dim=2) as s:
+        assert s.documents() == []
+    with MemoryStore.open(d, readonly=True) as s:
+        assert s.layers == [0] and s.documents() == []

@@ -36,4 +36,15 @@ impl WriterLock {
             Err(TryLockError::Error(e)) => Err(Error::io(path, e)),
         }
     }
+
+    /// Takes the lock of an existing lock file without creating one; `None` if there is no lock
+    /// file or it is held (or cannot be opened).
+    pub fn try_existing(root: &Path) -> Option<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(root.join(LOCK_FILE))
+            .ok()?;
+        file.try_lock().ok()?;
+        Some(WriterLock { _file: file })
+    }
 }

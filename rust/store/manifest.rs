@@ -15,6 +15,8 @@ use crate::error::{Error, IoContext, Result};
 
 /// The file name of the manifest inside a store directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The temp file a new manifest is written to before it is renamed over the manifest.
+pub const TEMP_MANIFEST_FILE: &str = "manifest.json.tmp";
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &str = "fot_mem-manifest";
@@ -133,7 +135,7 @@ impl Manifest {
             "{MAGIC} version={FORMAT_VERSION} crc32={:08x}\n",
             crc32fast::hash(&body)
         );
-        let tmp: PathBuf = root.join(format!("{MANIFEST_FILE}.tmp"));
+        let tmp: PathBuf = root.join(TEMP_MANIFEST_FILE);
         let path = root.join(MANIFEST_FILE);
         {
             let mut f = File::create(&tmp).at(&tmp)?;
@@ -141,6 +143,7 @@ impl Manifest {
             f.write_all(&body).at(&tmp)?;
             f.sync_all().at(&tmp)?;
         }
+        super::create::crash_point("manifest: temp written");
         fs::rename(&tmp, &path).at(&path)?;
         sync_dir(root)
     }
@@ -148,7 +151,7 @@ impl Manifest {
 
 /// Removes a temp manifest left by a crash before its rename (writers only).
 pub fn remove_temp(root: &Path) {
-    let _ = fs::remove_file(root.join(format!("{MANIFEST_FILE}.tmp")));
+    let _ = fs::remove_file(root.join(TEMP_MANIFEST_FILE));
 }
 
 /// Makes a rename or a new file in `dir` durable.

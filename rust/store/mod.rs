@@ -14,6 +14,7 @@
 mod chunk;
 mod commit;
 mod config;
+mod create;
 mod indexer;
 mod layer;
 mod lock;
@@ -53,37 +54,14 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// Creates a new store in `root`, which must not exist or be an empty directory.
+    /// Creates a new store in `root`, which must not exist or be an empty directory (or one an
+    /// interrupted create left: only an empty `LOCK`, an empty `docs/` and a temp manifest).
+    /// Crash-safe: whenever the process dies inside, `root` afterwards is either not a store and
+    /// create succeeds on it, or a complete, empty store (see `create.rs`).
     pub fn create(root: &Path, config: StoreConfig) -> Result<Self> {
         config.validate()?;
-        if root.join(MANIFEST_FILE).exists() {
-            return Err(Error::Exists(format!(
-                "a fot_mem store already exists at {}; open it with MemoryStore.open",
-                root.display()
-            )));
-        }
-        if root.exists() && !root.is_dir() {
-            return Err(Error::NotAStore(format!(
-                "cannot create a store at {}: it is a file, not a directory",
-                root.display()
-            )));
-        }
-        if root.exists() {
-            let mut entries = std::fs::read_dir(root).at(root)?;
-            if entries.next().is_some() {
-                return Err(Error::NotAStore(format!(
-                    "cannot create a store in {}: the directory is not empty",
-                    root.display()
-                )));
-            }
-        }
-        std::fs::create_dir_all(root.join(DOCS_DIR)).at(root)?;
-        let lock = WriterLock::acquire(root)?;
         let manifest = Manifest::new(config.clone());
-        manifest.save(root)?;
-        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        let lock = create::create(root, &manifest)?;
         Ok(MemoryStore {
             root: root.to_owned(),
             config: Arc::new(config),
