@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 /// The commit file's name inside a layer directory.
 pub const COUNT_FILE: &str = "count";
 const MAGIC: u32 = 0x4354_4f46; // "FOTC"
-const SLOT: usize = 32;
+pub(super) const SLOT: usize = 32;
 
 /// A decoded slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,8 @@ fn encode(c: Commit) -> [u8; SLOT] {
     b
 }
 
-fn decode(b: &[u8]) -> Option<Commit> {
+/// A slot's commit, or None when its magic or checksum is wrong (also for short input).
+pub(super) fn decode(b: &[u8]) -> Option<Commit> {
     if b.len() < SLOT || u32::from_le_bytes(b[0..4].try_into().ok()?) != MAGIC {
         return None;
     }

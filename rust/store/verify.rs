@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use super::commit::COUNT_FILE;
+use super::commit::{self, COUNT_FILE, SLOT};
 use super::config::StoreConfig;
 use super::lock::LOCK_FILE;
 use super::manifest::{Manifest, FORMAT_VERSION, MANIFEST_FILE};
@@ -197,7 +197,7 @@ fn classify(name: &str) -> LayerFile {
     LayerFile::Unknown
 }
 
-/// The committed state of one commit slot, mirroring `commit::decode` (private there).
+/// The committed state of one commit slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     /// All zero: never written (slot 1 before the first commit).
@@ -209,9 +209,6 @@ enum Slot {
     Damaged,
 }
 
-const COMMIT_MAGIC: u32 = 0x4354_4f46; // "FOTC", as in commit.rs
-const SLOT: usize = 32;
-
 fn slot(b: &[u8]) -> Slot {
     let Some(b) = b.get(..SLOT) else {
         return Slot::Damaged;
@@ -219,14 +216,12 @@ fn slot(b: &[u8]) -> Slot {
     if b.iter().all(|&x| x == 0) {
         return Slot::Blank;
     }
-    let le = |r: std::ops::Range<usize>| b[r].iter().rev().fold(0u64, |a, &x| a << 8 | x as u64);
-    if le(0..4) == COMMIT_MAGIC as u64 && le(24..28) == crc32fast::hash(&b[..24]) as u64 {
-        Slot::Valid {
-            seq: le(4..12),
-            count: le(12..20),
-        }
-    } else {
-        Slot::Damaged
+    match commit::decode(b) {
+        Some(c) => Slot::Valid {
+            seq: c.seq,
+            count: c.count,
+        },
+        None => Slot::Damaged,
     }
 }
 
