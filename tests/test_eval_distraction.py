@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,7 +153,7 @@ def test_matches_brute_force(qk_norm: bool) -> None:
             assert row["r"] == 1.0 and set(row["per_layer"].values()) == {1.0}  # exactly
         else:
             # far from uniform attention, so that the comparison can fail
-            assert np.abs(np.array(row["per_window"]) - 1 / d).max() > 0.02
+            assert np.abs(np.array(row["per_window"]) - 1 / d).max() > 0.01
     # One window per forward gives the same numbers.
     again = dx.distraction(model, docs, ds, windows=3, window=W, seed=4, batch=1, progress=False)
     for a, b in zip(res["results"], again["results"]):
@@ -302,3 +303,34 @@ def test_cli_writes_json_and_png(tmp_path: Path) -> None:
     assert result["models"]["run"]["results"] == result["models"]["ckpt"]["results"]
     assert 0 < rows[2]["r"] < 1 and rows[2]["windows"] == 3
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shared_pool_embeds_each_window_once_and_rows_per_forward_do_not_matter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = peaked(CONFIG)
+    docs = random_docs(5, 3 * W, seed=2)
+    draws = dx.draw_windows(docs, 6, W, 7, seed=1)
+    pool = {w for d in draws for w in d.negatives}
+    assert len(pool) <= 14  # the default pool: 2 * negatives windows, shared
+    for d in draws:
+        assert len(set(d.negatives)) == 7 and all(j != d.doc for j, _ in d.negatives)
+    current, contexts = dx.window_tokens(docs, draws, W)
+    embedded: list[int] = []
+    real = dx.context_kv
+
+    def counting(model: FotForCausalLM, windows: torch.Tensor, *a: Any) -> Any:
+        embedded.append(windows.shape[0])
+        return real(model, windows, *a)
+
+    monkeypatch.setattr(dx, "context_kv", counting)
+    r = dx.attention_mass(model, current, contexts, (1, 4, 8), batch=6)
+    distinct = len({tuple(row) for row in contexts.reshape(-1, W).tolist()})
+    assert embedded == [distinct] and distinct <= 6 + 14 < 6 * 8
+    monkeypatch.setattr(dx, "MEMORY_WINDOWS", 8)  # one query window per forward at d = 8
+    again = dx.attention_mass(model, current, contexts, (1, 4, 8), batch=6)
+    for d in r:
+        np.testing.assert_allclose(again[d].numpy(), r[d].numpy(), rtol=1e-12)
+    # without a pool, every query window draws its own negatives
+    own = dx.draw_windows(docs, 6, W, 7, seed=1, pool=0)
+    assert len({w for d in own for w in d.negatives}) > 14

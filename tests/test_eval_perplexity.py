@@ -320,3 +320,25 @@ def test_cli_on_a_trained_checkpoint(data: str, tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (out / "both.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shared_prefixes_are_read_once_and_give_the_same_losses(
+    model: FotForCausalLM, docs: list
+) -> None:
+    plain = ppl.perplexity(model, docs[:2], SIZES, **OPTIONS)
+    multi = ppl.perplexity(model, docs[:2], SIZES, **OPTIONS, distractors=[docs[3]])
+    ppl.share_prefixes(True)
+    try:
+        first = ppl.perplexity(model, docs[:2], SIZES, **OPTIONS)
+        again = ppl.perplexity(model, docs[:2], SIZES, **OPTIONS, distractors=[docs[3]])
+        other = ppl.perplexity(model, docs[:2], SIZES, **{**OPTIONS, "window": 4})
+        assert len(ppl._PREFIXES) == 2  # a store per (model, window, ...)
+    finally:
+        ppl.share_prefixes(False)
+    assert not ppl._PREFIXES and ppl._PREFIX_DIR is None
+    assert [d["prefix_reused"] for d in first["documents"]] == [False, False]
+    assert [d["prefix_reused"] for d in again["documents"]] == [True, True]
+    assert [d["prefix_reused"] for d in other["documents"]] == [False, False]
+    for a, b in ((plain, first), (multi, again)):
+        for x, y in zip(a["by_memory"], b["by_memory"]):
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-12)

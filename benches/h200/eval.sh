@@ -20,26 +20,54 @@ case "$1" in
     bash benches/h200/train.sh one 0 fot-rand "$steps" 100 0:2,300:1-16
     bash benches/h200/train.sh one 0 control "$steps" 100 0:1 ;;
   evals)
+    # One process runs every step (python -m fot_mem.eval.suite): each model loads once. A step
+    # writes its JSON as soon as it is done (passkey after every prompt) and a failing step does
+    # not stop the others. Results are made in /tmp/fot/eval (kept while the machine is warm)
+    # and copied to $R at the end; the suite stops after $BUDGET s, before the device call's
+    # 600 s limit, and a second `eval.sh evals` call runs only the steps not done yet.
+    # The defaults should fit the three models in about 5.5 minutes on one H200 (estimated from
+    # the forward and mirror-search rates, not measured yet): start and model loads ~15 s,
+    # distraction ~15 s, perplexity ~20 s a model (multi-doc ~11 s more, hnsw ~22 s: their
+    # prefixes are read once, by the first step), passkey ~60 s a model (TRIALS=2: ~40 s;
+    # 262144 in LENGTHS: ~+90 s a model). Steps run in order of importance, so a timeout cuts
+    # the last ones. Sizes come from the environment: WINDOWS, MEMORY, DOCS, MULTI, LENGTHS,
+    # TRIALS, BUDGET (seconds for the suite).
+    W=/tmp/fot/eval; mkdir -p "$W"
     dev="--device cuda --dtype bfloat16"
-    args=(); for i in 0 1 2; do args+=(--model "${MODELS[$i]}" --name "${NAMES[$i]}"); done
-    python -m fot_mem.eval.distraction "${args[@]}" --data "$CODE" --d 1,2,4,8,16,32,64,128 \
-      --windows "${WINDOWS:-32}" --window 1024 $dev --json "$R/distraction.json" --png "$R/distraction.png"
-    for i in 0 1 2; do
-      n=${NAMES[$i]}
-      python -m fot_mem.eval.perplexity --model "${MODELS[$i]}" --name "$n" --data "$CODE" \
-        --memory "${MEMORY:-0,2048,8192,32768,131072}" --span 2048 --window 1024 --limit-memory \
-        --docs "${DOCS:-2}" --mirror cuda $dev --json "$R/ppl-$n.json" --quiet
-      python -m fot_mem.eval.perplexity --model "${MODELS[$i]}" --name "$n multi-doc" --data "$CODE" \
-        --memory "${MEMORY:-0,2048,8192,32768,131072}" --span 2048 --window 1024 --limit-memory \
-        --docs "${DOCS:-2}" --multi-doc "${MULTI:-4}" --mirror cuda $dev --json "$R/ppl-$n-multi.json" --quiet
-      python -m fot_mem.eval.passkey --model "${MODELS[$i]}" --name "$n" --gguf "$G" \
-        --lengths "${LENGTHS:-4096,16384,65536,131072,262144}" --depths 0.1,0.5,0.9 \
-        --trials "${TRIALS:-3}" --window 1024 --filler data --filler-data "$BOOKS" \
-        --filler-split train --mirror cuda $dev --json "$R/passkey-$n.json" --quiet
-    done
-    python -m fot_mem.eval.perplexity --model "${MODELS[0]}" --name "fot hnsw" --data "$CODE" \
-      --memory "${MEMORY:-0,2048,8192,32768,131072}" --span 2048 --window 1024 --limit-memory \
-      --docs "${DOCS:-2}" --backend hnsw $dev --json "$R/ppl-fot-hnsw.json" --quiet
-    python -m fot_mem.eval.perplexity --plot "$R"/ppl-*.json --png "$R/perplexity.png"
-    python -m fot_mem.eval.passkey --plot "$R"/passkey-*.json --png "$R/passkey.png" ;;
+    mem=${MEMORY:-0,2048,8192,32768,131072}
+    ppl="--data $CODE --memory $mem --span 2048 --window 1024 --limit-memory --docs ${DOCS:-2} --mirror cuda $dev"
+    steps=$W/steps.txt
+    {
+      args=""; for i in 0 1 2; do args+=" --model ${MODELS[$i]} --name ${NAMES[$i]}"; done
+      echo "distraction $args --data $CODE --d 1,2,4,8,16,32,64,128 --windows ${WINDOWS:-32}" \
+        "--window 1024 $dev --json $W/distraction.json --png $W/distraction.png"
+      for i in 0 1 2; do
+        echo "perplexity --model ${MODELS[$i]} --name ${NAMES[$i]} $ppl --json $W/ppl-${NAMES[$i]}.json"
+      done
+      for i in 0 1 2; do
+        echo "passkey --model ${MODELS[$i]} --name ${NAMES[$i]} --gguf $G" \
+          "--lengths ${LENGTHS:-4096,16384,65536,131072} --depths 0.1,0.5,0.9" \
+          "--trials ${TRIALS:-3} --window 1024 --filler data --filler-data $BOOKS" \
+          "--filler-split train --mirror cuda $dev --json $W/passkey-${NAMES[$i]}.json"
+      done
+      for i in 0 1 2; do
+        echo "perplexity --model ${MODELS[$i]} --name '${NAMES[$i]} multi-doc' $ppl" \
+          "--multi-doc ${MULTI:-4} --json $W/ppl-${NAMES[$i]}-multi.json"
+      done
+      echo "perplexity --model ${MODELS[0]} --name '${NAMES[0]} hnsw' $ppl --backend hnsw" \
+        "--json $W/ppl-${NAMES[0]}-hnsw.json"
+    } > "$steps"
+    cat "$steps"
+    nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
+    start=$SECONDS
+    timeout --signal=INT --kill-after=20 "${BUDGET:-540}" python -m fot_mem.eval.suite "$steps" \
+      --skip-done --summary "$W/suite.json" || echo "SUITE: some steps FAILED or timed out (rc $?)"
+    echo "suite: $((SECONDS - start)) s"
+    python -m fot_mem.eval.perplexity --plot "$W"/ppl-*.json --png "$W/perplexity.png" \
+      || echo "FAILED: perplexity plot"
+    python -m fot_mem.eval.passkey --plot "$W"/passkey-*.json --png "$W/passkey.png" \
+      || echo "FAILED: passkey plot"
+    cp -r "$W"/. "$R"/
+    ls -la "$R"
+    echo "evals: $((SECONDS - start)) s" ;;
 esac

