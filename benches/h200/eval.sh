@@ -3,13 +3,17 @@
 # with data/code-smollm2-s05v and data/books-smollm2 carried: train the FoT model and its d = 1
 # control side by side on the one GPU, then evaluate both and the base model. Sizes come from
 # the environment so that a first run can be cut to fit; results go to $OUT/eval.
+# Carry plan (64 MiB a call; files stay while the machine is warm, 30 s idle):
+#   1. python/fot_mem/_core.abi3.so, wheels/gguf-*.whl, carry/gguf.part.aa   -> train.sh part
+#   2. carry/gguf.part.ab, .ac, gguf.sha256, data/books-smollm2 (7.7 MB)       -> train.sh join
+#   3. data/code-smollm2-s05v (56 MB)      -> eval.sh train 1500; then train.sh wait / eval.sh evals
 #   eval.sh train [STEPS]    both runs, in the background (setsid); poll with train.sh wait
 #   eval.sh evals            distraction, perplexity (exact, hnsw, multi-document), passkey
 set -euo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 G=${G:-/tmp/fot/smollm2.gguf}
 CODE=$PWD/data/code-smollm2-s05v
-BOOKS=$PWD/data/books-smollm2
+BOOKS=/tmp/fot/books-smollm2  # copied aside by train.sh join
 R=${OUT:-/tmp/fot/out}/eval
 mkdir -p "$R"
 MODELS=(/tmp/fot/fot-rand /tmp/fot/control "$G")

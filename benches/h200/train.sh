@@ -31,7 +31,8 @@ case "$1" in
     cp carry/gguf.part.* /tmp/fot/parts/
     cat /tmp/fot/parts/gguf.part.* > "$G"
     (cd /tmp/fot && sha256sum smollm2.gguf) | cut -d' ' -f1 | cmp - <(cut -d' ' -f1 carry/gguf.sha256)
-    echo "GGUF ok" ;;
+    echo "GGUF ok"
+    if [ -d data/books-smollm2 ]; then cp -r data/books-smollm2 /tmp/fot/; fi ;;
   args)  # the shared options, for a look
     STEPS=${2:-1} EVAL=${3:-1}; common ;;
   bench)  # step time and MFU: plain against crossbatch at equal tokens
