@@ -18,7 +18,7 @@ from fot_mem.eval import passkey as pk  # noqa: E402
 from fot_mem.torch import FotConfig, FotForCausalLM  # noqa: E402
 from fot_mem.torch.reader import LongDocumentReader, create_store  # noqa: E402
 
-TOK = pk.ByteTokenizer()
+TOK = pk.BytesTokenizer()
 WINDOW, TAIL = 64, 48  # the question is 38 bytes
 CFG = FotConfig(
     vocab_size=256,

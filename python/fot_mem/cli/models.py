@@ -22,6 +22,7 @@ import torch
 
 from ..exceptions import InvalidValueError
 from ..torch import FotConfig, FotForCausalLM
+from ..train.shards import BytesTokenizer, HFTokenizer
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_LAYERS = (8, 16, 24)
@@ -29,30 +30,6 @@ DEFAULT_LAYERS = (8, 16, 24)
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FOT_MEM_CACHE", Path.home() / ".cache" / "fot_mem"))
-
-
-class ByteTokenizer:
-    """UTF-8 bytes (vocabulary 256): for small models trained on byte data."""
-
-    name = "bytes"
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Any) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    def __init__(self, name: str, tokenizer: Any) -> None:
-        self.name = name
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Any) -> str:
-        return str(self.tokenizer.decode([int(i) for i in ids]))
 
 
 def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausalLM:
@@ -64,7 +41,7 @@ def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausal
     return load_model(spec, memory_layers=layers)
 
 
-def tokenizer(spec: str, vocab_size: int) -> ByteTokenizer | HFTokenizer:
+def tokenizer(spec: str, vocab_size: int) -> BytesTokenizer | HFTokenizer:
     """ "bytes", "smollm2", a .gguf path or a Hugging Face tokenizer folder; "auto": bytes for a
     256-token vocabulary, else SmolLM2's."""
     if spec == "auto":
@@ -74,7 +51,7 @@ def tokenizer(spec: str, vocab_size: int) -> ByteTokenizer | HFTokenizer:
             raise InvalidValueError(
                 f"byte tokens need a vocabulary of 256, the model has {vocab_size}"
             )
-        return ByteTokenizer()
+        return BytesTokenizer()
     from transformers import AutoTokenizer
 
     from ..torch.weights import _offline, load_tokenizer, smollm2_gguf

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..exceptions import InvalidValueError
-from ..torch.reader import LongDocumentReader
+from ..torch.reader import LongDocumentReader, window_losses
 from . import models
 from .ingest import check_model
 from .memory import Bounded, MemoryFolder
@@ -95,22 +94,6 @@ class Session:
 
     def close(self) -> None:
         self.store.close()
-
-
-def window_losses(model: Any, ids: torch.Tensor, window: int, memory: Any) -> torch.Tensor:
-    """Next-token losses of tokens 1.. of `ids` read in windows, each window against `memory`
-    (a provider, or None) and its own local context; the memory is not extended. A window's
-    first token is predicted from the previous window's last logits."""
-    losses, last = [], None
-    for start in range(0, len(ids), window):
-        chunk = ids[start : start + window]
-        with torch.no_grad():
-            logits = model(chunk[None], memory=memory).logits[0].float()
-        if last is not None:
-            losses.append(F.cross_entropy(last[None], chunk[:1], reduction="none"))
-        losses.append(F.cross_entropy(logits[:-1], chunk[1:], reduction="none"))
-        last = logits[-1]
-    return torch.cat(losses) if losses else torch.zeros(0)
 
 
 def run_score(args: argparse.Namespace) -> None:

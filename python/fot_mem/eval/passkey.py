@@ -59,13 +59,6 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
-class ByteTokenizer(BytesTokenizer):
-    """UTF-8 bytes, with the `decode` that passkey needs (tiny models and tests, no GGUF)."""
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
 def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     return np.asarray(tokenizer.encode(text), dtype=np.int64).reshape(-1)
 
@@ -692,7 +685,7 @@ def _parser() -> argparse.ArgumentParser:
 @functools.lru_cache(maxsize=4)  # the suite's steps share it
 def load_tokenizer(kind: str, gguf: str | None = None) -> Tokenizer:
     if kind == "bytes":
-        return ByteTokenizer()
+        return BytesTokenizer()
     from ..torch.weights import load_tokenizer as from_gguf
     from ..torch.weights import smollm2_gguf
 

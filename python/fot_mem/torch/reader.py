@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -155,28 +155,16 @@ class LongDocumentReader:
         memory of everything read before that window. `losses=False` only fills the memory:
         the LM head is skipped (a fifth of SmolLM2's forward) and an empty tensor returned."""
         ids = self._tokens(tokens)
-        if not losses:
-            for start in range(0, ids.numel(), self.window):
-                chunk = ids[start : start + self.window]
-                out = self.model(chunk[None], memory=self._provider, logits_rows=slice(0, 0))
-                self._append(out.memory_kv)
-                self.stats["tokens"] += chunk.numel()
-                self.stats["windows"] += 1
-            return torch.zeros(0)
-        losses_: list[torch.Tensor] = []
-        last: torch.Tensor | None = None
-        for start in range(0, ids.numel(), self.window):
-            chunk = ids[start : start + self.window]
-            out = self.model(chunk[None], memory=self._provider)
-            logits = out.logits[0]
-            if last is not None:  # the window's first token, from the previous window's end
-                losses_.append(F.cross_entropy(last[None], chunk[:1], reduction="none"))
-            losses_.append(F.cross_entropy(logits[:-1].float(), chunk[1:], reduction="none"))
-            last = logits[-1].float()
+
+        def remember(out: Any, chunk: torch.Tensor) -> None:
             self._append(out.memory_kv)
             self.stats["tokens"] += chunk.numel()
             self.stats["windows"] += 1
-        return torch.cat(losses_).cpu() if losses_ else torch.zeros(0)
+
+        found = window_losses(
+            self.model, ids, self.window, self._provider, after=remember, losses=losses
+        )
+        return found.cpu()
 
     @torch.no_grad()
     def generate(
@@ -213,3 +201,36 @@ class LongDocumentReader:
                 break
             feed = torch.tensor([[token]], device=self.device)
         return new
+
+
+@torch.no_grad()
+def window_losses(
+    model: FotForCausalLM,
+    ids: torch.Tensor,
+    window: int,
+    memory: Any,
+    *,
+    after: Callable[[Any, torch.Tensor], None] | None = None,
+    losses: bool = True,
+) -> torch.Tensor:
+    """Next-token losses of tokens 1..N-1 of `ids [N]`, read in windows against `memory` (a
+    provider, a mapping or None); a window's first token is predicted from the previous
+    window's last logits. `after(out, chunk)` runs after each window (a reader appends the
+    window's keys there; without it the memory is left as it is). `losses=False` skips the LM
+    head and returns an empty tensor."""
+    found: list[torch.Tensor] = []
+    last: torch.Tensor | None = None
+    for start in range(0, ids.numel(), window):
+        chunk = ids[start : start + window]
+        if not losses:
+            out = model(chunk[None], memory=memory, logits_rows=slice(0, 0))
+        else:
+            out = model(chunk[None], memory=memory)
+            logits = out.logits[0]
+            if last is not None:  # the window's first token, from the previous window's end
+                found.append(F.cross_entropy(last[None], chunk[:1], reduction="none"))
+            found.append(F.cross_entropy(logits[:-1].float(), chunk[1:], reduction="none"))
+            last = logits[-1].float()
+        if after is not None:
+            after(out, chunk)
+    return torch.cat(found) if found else torch.zeros(0)

