@@ -12,17 +12,23 @@
 set -euo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 G=${G:-/tmp/fot/smollm2.gguf}
-CODE=$PWD/data/code-smollm2-s05v
-BOOKS=/tmp/fot/books-smollm2  # copied aside by train.sh join
+CODE=${CODE:-/tmp/fot/code-smollm2-s05v}  # copied aside by eval.sh train
+BOOKS=${BOOKS:-/tmp/fot/books-smollm2}  # copied aside by train.sh join
 R=${OUT:-/tmp/fot/out}/eval
 mkdir -p "$R"
 MODELS=(/tmp/fot/fot-rand /tmp/fot/control "$G")
 NAMES=(fot control base)
+# PICK (model indices, "0 1 2"), DEVICE, W (working folder) and D (distraction's d) make a
+# smoke run possible: PICK=2 DEVICE=cpu W=/tmp/smoke ... eval.sh evals runs the base model alone.
+PICK=(${PICK:-0 1 2})
 case "$1" in
   train)
+    # A carried folder need not outlive the next call's tree: the data is copied aside first.
     steps=${2:-1500}
-    bash benches/h200/train.sh one 0 fot-rand "$steps" 100 0:2,300:1-16
-    bash benches/h200/train.sh one 0 control "$steps" 100 0:1 ;;
+    cp -r data/code-smollm2-s05v /tmp/fot/
+    export DATA=/tmp/fot/code-smollm2-s05v
+    bash benches/h200/train.sh one 0 fot-rand "$steps" 250 0:2,300:1-16
+    bash benches/h200/train.sh one 0 control "$steps" 250 0:1 ;;
   evals)
     # One process runs every step (python -m fot_mem.eval.suite): each model loads once. A step
     # writes its JSON as soon as it is done (passkey after every prompt) and a failing step does
@@ -36,30 +42,31 @@ case "$1" in
     # 262144 in LENGTHS: ~+90 s a model). Steps run in order of importance, so a timeout cuts
     # the last ones. Sizes come from the environment: WINDOWS, MEMORY, DOCS, MULTI, LENGTHS,
     # TRIALS, BUDGET (seconds for the suite).
-    W=/tmp/fot/eval; mkdir -p "$W"
-    dev="--device cuda --dtype bfloat16"
+    W=${W:-/tmp/fot/eval}; mkdir -p "$W"
+    dev="--device ${DEVICE:-cuda} --dtype bfloat16"
     mem=${MEMORY:-0,2048,8192,32768,131072}
-    ppl="--data $CODE --memory $mem --span 2048 --window 1024 --limit-memory --docs ${DOCS:-2} --mirror cuda $dev"
+    ppl="--data $CODE --memory $mem --span 2048 --window 1024 --limit-memory --docs ${DOCS:-2} --mirror ${DEVICE:-cuda} $dev"
     steps=$W/steps.txt
     {
-      args=""; for i in 0 1 2; do args+=" --model ${MODELS[$i]} --name ${NAMES[$i]}"; done
-      echo "distraction $args --data $CODE --d 1,2,4,8,16,32,64,128 --windows ${WINDOWS:-32}" \
+      args=""; for i in "${PICK[@]}"; do args+=" --model ${MODELS[$i]} --name ${NAMES[$i]}"; done
+      echo "distraction $args --data $CODE --d ${D:-1,2,4,8,16,32,64,128} --windows ${WINDOWS:-32}" \
         "--window 1024 $dev --json $W/distraction.json --png $W/distraction.png"
-      for i in 0 1 2; do
+      for i in "${PICK[@]}"; do
         echo "perplexity --model ${MODELS[$i]} --name ${NAMES[$i]} $ppl --json $W/ppl-${NAMES[$i]}.json"
       done
-      for i in 0 1 2; do
+      for i in "${PICK[@]}"; do
         echo "passkey --model ${MODELS[$i]} --name ${NAMES[$i]} --gguf $G" \
           "--lengths ${LENGTHS:-4096,16384,65536,131072} --depths 0.1,0.5,0.9" \
           "--trials ${TRIALS:-3} --window 1024 --filler data --filler-data $BOOKS" \
-          "--filler-split train --mirror cuda $dev --json $W/passkey-${NAMES[$i]}.json"
+          "--filler-split train --mirror ${DEVICE:-cuda} $dev --json $W/passkey-${NAMES[$i]}.json"
       done
-      for i in 0 1 2; do
+      for i in "${PICK[@]}"; do
         echo "perplexity --model ${MODELS[$i]} --name '${NAMES[$i]} multi-doc' $ppl" \
           "--multi-doc ${MULTI:-4} --json $W/ppl-${NAMES[$i]}-multi.json"
       done
-      echo "perplexity --model ${MODELS[0]} --name '${NAMES[0]} hnsw' $ppl --backend hnsw" \
-        "--json $W/ppl-${NAMES[0]}-hnsw.json"
+      h=${PICK[0]}
+      echo "perplexity --model ${MODELS[$h]} --name '${NAMES[$h]} hnsw' $ppl --backend hnsw" \
+        "--json $W/ppl-${NAMES[$h]}-hnsw.json"
     } > "$steps"
     cat "$steps"
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true

@@ -14,7 +14,7 @@
 set -euo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 G=${G:-/tmp/fot/smollm2.gguf}
-DATA=$PWD/data/code-smollm2-s05v
+DATA=${DATA:-$PWD/data/code-smollm2-s05v}
 mkdir -p /tmp/fot/parts
 # One model, one data set; the FoT run, its d = 1 control and the two-GPU run differ only in
 # the named options.
