@@ -58,11 +58,12 @@ def random_docs(
 
 def brute_force(
     model: FotForCausalLM, current: torch.Tensor, contexts: torch.Tensor
-) -> list[float]:
+) -> list[tuple[float, float, float]]:
     """r per memory layer for one query window `current [W]` and its `contexts [d, W]`: q and k
     rebuilt from the projections' outputs (forward hooks), RoPE by the pair formula, memory given
     as a mapping (not a provider), and a softmax over memory AND causal local keys per head and
-    token, in explicit loops."""
+    token, in explicit loops. Per layer: (r, the contexts' first keys' share of the memory mass,
+    r over the other keys)."""
     cfg = model.config
     heads, kv_heads, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     seen: dict[tuple[str, int], torch.Tensor] = {}
@@ -117,7 +118,10 @@ def brute_force(
                 q = rope(q)
                 local = rope(norm(seen["k", layer].view(-1, kv_heads, dim)))
                 w = contexts.shape[1]
-                ratios = []
+                n = keys[layer].shape[0]
+                firsts = list(range(0, n, w))  # each context's first key
+                content = [i for i in range(n) if i % w]
+                ratios, shares, rests = [], [], []
                 for h in range(heads):
                     g = h // (heads // kv_heads)
                     for t in range(q.shape[0]):
@@ -125,8 +129,10 @@ def brute_force(
                             (keys[layer][:, g] @ q[t, h], local[: t + 1, g] @ q[t, h])
                         )
                         p = torch.softmax(logits, dim=0)
-                        ratios.append((p[:w].sum() / p[: keys[layer].shape[0]].sum()).item())
-                out.append(float(np.mean(ratios)))
+                        ratios.append((p[:w].sum() / p[:n].sum()).item())
+                        shares.append((p[firsts].sum() / p[:n].sum()).item())
+                        rests.append((p[1:w].sum() / p[content].sum()).item())
+                out.append((float(np.mean(ratios)), float(np.mean(shares)), np.mean(rests)))
             return out
     finally:
         for hook in hooks:
@@ -143,11 +149,15 @@ def test_matches_brute_force(qk_norm: bool) -> None:
     current, contexts = dx.window_tokens(docs, draws, W)
     for row in res["results"]:
         d = row["d"]
-        brute = np.array([brute_force(model, current[i], contexts[i, :d]) for i in range(3)])
+        stats = np.array([brute_force(model, current[i], contexts[i, :d]) for i in range(3)])
+        brute = stats[..., 0]  # [windows, layers]
         got = [row["per_layer"][str(layer)] for layer in CONFIG.memory_layers]
         np.testing.assert_allclose(got, brute.mean(axis=0), rtol=1e-7)
         np.testing.assert_allclose(row["per_window"], brute.mean(axis=1), rtol=1e-7)
         assert row["r"] == pytest.approx(brute.mean(), rel=1e-7)
+        assert row["first_key_share"] == pytest.approx(stats[..., 1].mean(), rel=1e-7)
+        assert row["r_without_first_keys"] == pytest.approx(stats[..., 2].mean(), rel=1e-7)
+        assert 0 < row["first_key_share"] < 1 and row["first_key_share"] != pytest.approx(1 / W)
         assert row["inverse_d"] == 1 / d and row["windows"] == 3
         if d == 1:
             assert row["r"] == 1.0 and set(row["per_layer"].values()) == {1.0}  # exactly

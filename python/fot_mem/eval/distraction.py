@@ -137,6 +137,22 @@ def attention_mass(
     """{d: r `[memory layers, N]`}: the positive attention mass of each query window
     (`current [N, W]`) at each memory layer, averaged over its tokens and heads, with the first d
     windows of `contexts [N, n, W]` in memory (the positive first)."""
+    stats = attention_stats(model, current, contexts, ds, batch=batch, progress=progress)
+    return {d: s[..., 0] for d, s in stats.items()}
+
+
+@torch.inference_mode()
+def attention_stats(
+    model: FotForCausalLM,
+    current: torch.Tensor,
+    contexts: torch.Tensor,
+    ds: Sequence[int],
+    *,
+    batch: int = 8,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """{d: `mass_stats` `[memory layers, N, 3]`}: as `attention_mass`, with the first keys'
+    share and r without them beside r."""
     layers = model.config.memory_layers
     n = contexts.shape[1]
     if not layers:
@@ -167,7 +183,8 @@ def attention_mass(
         out[d] = torch.cat(rows, dim=1)
         if progress:
             print(
-                f"[distraction] d={d}: r={out[d].mean().item():.4f} ({time.time() - started:.1f}s)",
+                f"[distraction] d={d}: r={out[d][..., 0].mean().item():.4f}, first keys' share "
+                f"{out[d][..., 1].mean().item():.3f} ({time.time() - started:.1f}s)",
                 flush=True,
             )
     return out
@@ -197,7 +214,7 @@ def _window_mass(
     d: int,
     rows: range,
 ) -> torch.Tensor:
-    """r `[memory layers, rows]` for the query windows `rows` with d contexts in memory."""
+    """`mass_stats` `[memory layers, rows, 3]` of the query windows `rows`, d contexts in memory."""
     rows = range(rows.start, min(rows.stop, current.shape[0]))
     masses: dict[int, torch.Tensor] = {}
 
@@ -212,7 +229,7 @@ def _window_mass(
         keys, values = kv[layer]
         memory = Memory(keys=first_d(keys), values=first_d(values))
         assert memory.keys is not None
-        masses[layer] = positive_mass(queries, memory.keys, d)
+        masses[layer] = mass_stats(queries, memory.keys, d)
         return memory
 
     ids = current[rows.start : rows.stop].to(kv[model.config.memory_layers[0]][0].device)
@@ -222,7 +239,17 @@ def _window_mass(
 
 def positive_mass(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torch.Tensor:
     """Mean positive mass per row `[B]` of queries `[B, H, T, D]` (scaled, rotated: q.k is the
-    logit) over shared memory keys `[B, Hkv, contexts * W, D]` whose first W are the positive.
+    logit) over shared memory keys `[B, Hkv, contexts * W, D]` whose first W are the positive."""
+    return mass_stats(queries, keys, contexts)[:, 0]
+
+
+def mass_stats(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torch.Tensor:
+    """`[B, 3]` per row, means over heads and tokens: the positive mass r; the share of all
+    memory mass on the contexts' first keys; r with those first keys left out.
+
+    A window's first token is an attention sink (it saw nothing before it), so every context
+    brings one key that draws mass whatever the query: the share says how much of r's
+    denominator sinks hold, and the third figure is r over content keys alone.
 
     Log-sum-exp per context in float32 (or wider); query head h reads kv head h // (H / Hkv),
     as grouped-query attention does."""
@@ -231,14 +258,25 @@ def positive_mass(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> t
     dtype = torch.promote_types(queries.dtype, torch.float32)
     q = queries.reshape(b, hkv, (h // hkv) * t, dim).to(dtype)
     step = max(1, LOGIT_BUDGET // max(1, q.shape[:3].numel() * w))
-    lse = []
-    for first in range(0, contexts, step):
-        k = keys[:, :, first * w : (first + step) * w].to(dtype)
-        logits = torch.matmul(q, k.transpose(-1, -2))
-        lse.append(logits.unflatten(-1, (-1, w)).logsumexp(dim=-1))
+    lse, first = [], []
+    for start in range(0, contexts, step):
+        k = keys[:, :, start * w : (start + step) * w].to(dtype)
+        logits = torch.matmul(q, k.transpose(-1, -2)).unflatten(-1, (-1, w))
+        lse.append(logits.logsumexp(dim=-1))
+        first.append(logits[..., 0])
     per_context = torch.cat(lse, dim=-1)  # [B, Hkv, G * T, contexts]
-    r = (per_context[..., 0] - per_context.logsumexp(dim=-1)).exp()
-    return r.mean(dim=(1, 2))
+    first_logit = torch.cat(first, dim=-1)
+    total = per_context.logsumexp(dim=-1)
+    r = (per_context[..., 0] - total).exp()
+    share = (first_logit.logsumexp(dim=-1) - total).exp()
+    if w > 1:
+        # mass of a context without its first key: exp(lse) - exp(first), in log space
+        gap = (first_logit - per_context).clamp(max=0)
+        rest = per_context + torch.log1p(-gap.exp().clamp(max=1 - 1e-12))
+        r_rest = (rest[..., 0] - rest.logsumexp(dim=-1)).exp()
+    else:
+        r_rest = torch.full_like(r, float("nan"))
+    return torch.stack([r, share, r_rest], dim=-1).mean(dim=(1, 2))
 
 
 def distraction(
@@ -259,8 +297,9 @@ def distraction(
     the shared negative windows, see `draw_windows`).
 
     Returns {"ds", "window", "windows", "seed", "memory_layers", "seconds", "results": [{"d",
-    "r" (mean), "inverse_d", "per_layer" {layer: mean}, "per_window" [mean over layers],
-    "std" (over windows), "windows"}]}."""
+    "r" (mean), "first_key_share" and "r_without_first_keys" (`mass_stats`), "inverse_d",
+    "per_layer" {layer: mean}, "per_window" [mean over layers], "std" (over windows),
+    "windows"}]}."""
     ds = _check_ds(ds)
     _positive("batch", batch)
     if device is not None:
@@ -268,16 +307,18 @@ def distraction(
     started = time.time()
     draws = draw_windows(docs, windows, window, max(ds) - 1, seed, pool=pool)
     current, contexts = window_tokens(docs, draws, window)
-    masses = attention_mass(model, current, contexts, ds, batch=batch, progress=progress)
+    stats = attention_stats(model, current, contexts, ds, batch=batch, progress=progress)
     layers = model.config.memory_layers
     results = []
     for d in ds:
-        r = masses[d].double()  # [layers, windows]
+        r = stats[d][..., 0].double()  # [layers, windows]
         per_window = r.mean(dim=0)
         results.append(
             {
                 "d": d,
                 "r": r.mean().item(),
+                "first_key_share": stats[d][..., 1].double().mean().item(),
+                "r_without_first_keys": stats[d][..., 2].double().mean().item(),
                 "inverse_d": 1.0 / d,
                 "per_layer": {str(layer): r[i].mean().item() for i, layer in enumerate(layers)},
                 "per_window": per_window.tolist(),
@@ -299,14 +340,18 @@ def distraction(
 
 
 def plot(results_by_model: dict[str, dict[str, Any]], png: str | Path) -> Path:
-    """r_d against d (log2 axis), one line per model, 1/d dashed."""
+    """r_d against d (log2 axis), one line per model (dotted: without the contexts' first
+    keys, the sinks), 1/d dashed."""
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     every_d: set[int] = set()
     for name, result in results_by_model.items():
         ds = [row["d"] for row in result["results"]]
         every_d.update(ds)
-        ax.plot(ds, [row["r"] for row in result["results"]], marker="o", label=name)
+        (line,) = ax.plot(ds, [row["r"] for row in result["results"]], marker="o", label=name)
+        rest = [row.get("r_without_first_keys") for row in result["results"]]
+        if all(r is not None for r in rest):  # results saved before this figure lack it
+            ax.plot(ds, rest, ":", marker=".", color=line.get_color(), label=f"{name}, no sinks")
     ticks = sorted(every_d)
     ax.plot(ticks, [1.0 / d for d in ticks], "k--", label="1/d")
     ax.set_xscale("log", base=2)
