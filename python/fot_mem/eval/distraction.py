@@ -405,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pool", type=int, help="shared negative windows (default 2 * (max d - 1))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-layers", default="8,16,24", help="for .gguf / smollm2 only")
+    p.add_argument(
+        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
+    )
     p.add_argument("--json", required=True)
     p.add_argument("--png", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -431,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             model = common.load_model(
                 spec,
                 memory_layers=_ints(args.memory_layers),
+                sink_token=args.sink_token,
                 device=args.device,
                 dtype=DTYPES[args.dtype],
             )

@@ -673,6 +673,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--tokenizer", default="gguf", choices=("gguf", "bytes"))
     a.add_argument("--gguf", help="GGUF file of the tokenizer (default: SmolLM2's)")
     a.add_argument("--memory-layers", type=_list(int), default=[8, 16, 24], help="GGUF only")
+    a.add_argument(
+        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
+    )
     a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a.add_argument("--dtype", default="float32", choices=tuple(_DTYPES))
     a.add_argument("--json", help="result file")
@@ -714,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_model(
         args.model,
         memory_layers=tuple(args.memory_layers),
+        sink_token=args.sink_token,
         device=args.device,
         dtype=_DTYPES[args.dtype],
     )

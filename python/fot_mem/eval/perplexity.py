@@ -485,6 +485,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--distractor-tokens", type=int, default=8192)
     a.add_argument("--limit-memory", action="store_true", help="drop sizes no document fits")
     a.add_argument("--memory-layers", type=_ints, default=[8, 16, 24], help="GGUF models only")
+    a.add_argument(
+        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
+    )
     a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     a.add_argument("--store-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
@@ -522,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_model(
         args.model,
         memory_layers=tuple(args.memory_layers),
+        sink_token=args.sink_token,
         device=args.device,
         dtype=dtype[args.dtype],
     )

@@ -32,6 +32,10 @@ class FotConfig:
     L2-normalise queries and keys and scale by a learnable per-head temperature instead of
     1/sqrt(head_dim) (the paper's small models); off for a pretrained Llama. `memory_k`: top-k
     retrieved per query and head at inference (the paper: 128 for the small models).
+    `sink_token`: a token id put before every window that starts afresh (no local cache) and
+    dropped from its outputs. A window's first token saw nothing before it and turns into an
+    attention sink whose key draws attention whatever the query; with this token in front, the
+    sink is a token whose key memory never keeps, so memory holds content keys only. None: off.
     """
 
     vocab_size: int = 32000
@@ -48,6 +52,7 @@ class FotConfig:
     memory_layers: tuple[int, ...] = ()
     qk_norm: bool = False
     memory_k: int = 128
+    sink_token: int | None = None
 
     def __post_init__(self) -> None:
         for name in _INTS:
@@ -85,6 +90,14 @@ class FotConfig:
             )
         if self.head_dim % 2:
             raise InvalidValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        sink = self.sink_token
+        if sink is not None and (
+            isinstance(sink, bool) or not isinstance(sink, int) or not 0 <= sink < self.vocab_size
+        ):
+            raise InvalidValueError(
+                f"FotConfig.sink_token must be None or a token id in 0..{self.vocab_size - 1}, "
+                f"got {sink!r}"
+            )
         outside = [i for i in self.memory_layers if not 0 <= i < self.num_layers]
         if outside or len(set(self.memory_layers)) != len(self.memory_layers):
             raise InvalidValueError(

@@ -50,10 +50,12 @@ class FotAttention(nn.Module):
         sin: torch.Tensor,
         memory: MemoryArg = None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        sunk: int = 0,
     ) -> tuple[
         torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None
     ]:
-        """`x [B, T, hidden]` -> (output, new local cache (rotated k, v), memory-layer (k, v))."""
+        """`x [B, T, hidden]` -> (output, new local cache (rotated k, v), memory-layer (k, v)).
+        `sunk`: leading sink positions, whose keys and values memory does not get."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -65,7 +67,7 @@ class FotAttention(nn.Module):
             q = q * (self.head_dim**-0.5)
         # Under autocast the tables (and QK-norm) are float32 while v is bf16: one dtype for all,
         # as the fused kernels need.
-        unrotated = (k.to(v.dtype), v) if self.is_memory else None
+        unrotated = (k[:, :, sunk:].to(v.dtype), v[:, :, sunk:]) if self.is_memory else None
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if cache is not None:
             k = torch.cat((cache[0], k), dim=2)

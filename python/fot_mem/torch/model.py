@@ -58,10 +58,13 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         memory: MemoryArg,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
+        sunk: int = 0,
     ) -> tuple[
         torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None
     ]:
-        h, local, kv = self.self_attn(self.input_layernorm(x), cos, sin, memory=memory, cache=cache)
+        h, local, kv = self.self_attn(
+            self.input_layernorm(x), cos, sin, memory=memory, cache=cache, sunk=sunk
+        )
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), local, kv
 
@@ -126,7 +129,9 @@ class FotForCausalLM(nn.Module):
         retrieval runs at inference). `cache`: the local window so far; these tokens are
         appended to it and take the positions after it. Without a cache, positions are 0..T-1.
         `memory` may also be a `Crossbatch` (training). `logits_rows`: compute logits for these
-        batch rows only.
+        batch rows only. With `config.sink_token`, a window that starts afresh (no cache, or an
+        empty one) gets the sink token in front; logits and `memory_kv` leave it out, and a
+        cache keeps it (so a window holds one token fewer).
         """
         if input_ids.dim() != 2:
             raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
@@ -140,6 +145,10 @@ class FotForCausalLM(nn.Module):
                     f"0..{self.config.vocab_size - 1}"
                 )
         past = 0 if cache is None else cache.length
+        sunk = 0
+        if self.config.sink_token is not None and past == 0 and input_ids.shape[1]:
+            sink = input_ids.new_full((input_ids.shape[0], 1), self.config.sink_token)
+            input_ids, sunk = torch.cat((sink, input_ids), dim=1), 1
         t = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)
         positions = torch.arange(past, past + t, device=input_ids.device)
@@ -152,9 +161,11 @@ class FotForCausalLM(nn.Module):
             prior = None if cache is None else cache.layers.get(i)
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 # Recompute the layer in the backward pass instead of keeping its activations.
-                x, local, kv = checkpoint(layer, x, cos, sin, memory, prior, use_reentrant=False)
+                x, local, kv = checkpoint(
+                    layer, x, cos, sin, memory, prior, sunk, use_reentrant=False
+                )
             else:
-                x, local, kv = layer(x, cos, sin, memory, prior)
+                x, local, kv = layer(x, cos, sin, memory, prior, sunk)
             if cache is not None:
                 cache.layers[i] = local
             if kv is not None:
@@ -163,7 +174,7 @@ class FotForCausalLM(nn.Module):
                 x = x[trim:]
         if logits_rows is not None:  # crossbatch needs no logits of the previous windows
             x = x[logits_rows]
-        return FotOutput(self.lm_head(self.model.norm(x)), memory_kv)
+        return FotOutput(self.lm_head(self.model.norm(x[:, sunk:])), memory_kv)
 
     def _trim(
         self, rows: int, memory: MemoryArg, cache: LocalCache | None, logits_rows: slice | None

@@ -42,6 +42,7 @@ class TrainConfig:
     num_kv_heads: int = 8
     memory_layers: str = "4"  # comma-separated layer indices
     qk_norm: bool = True  # the paper's small models; False when fine-tuning a Llama
+    sink_token: int = -1  # a token before every window, kept out of memory (-1: none)
     batch: int = 8  # document slots per process
     window: int = 512  # tokens of local context (C)
     prev: int = 1  # previous windows per slot (w)
@@ -78,6 +79,8 @@ class TrainConfig:
                 raise InvalidValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise InvalidValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        if self.sink_token < -1:
+            raise InvalidValueError(f"sink_token must be a token id or -1, got {self.sink_token}")
         if self.eval_batch < 0:
             raise InvalidValueError(f"eval_batch must be >= 0, got {self.eval_batch}")
         self.d_at(0)
@@ -159,6 +162,7 @@ class Distributed:
 
 def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
     layers = tuple(int(x) for x in cfg.memory_layers.split(","))
+    sink = None if cfg.sink_token < 0 else cfg.sink_token
     if cfg.init == "scratch":
         config = FotConfig(
             vocab_size=vocab,
@@ -170,6 +174,7 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
             max_position_embeddings=cfg.window,
             memory_layers=layers,
             qk_norm=cfg.qk_norm,
+            sink_token=sink,
         )
         return FotForCausalLM(config)
     if cfg.init == "smollm2":
@@ -178,7 +183,7 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
         path = smollm2_gguf()
     else:
         path = Path(cfg.init)
-    model = load_gguf(path, memory_layers=layers, qk_norm=cfg.qk_norm)
+    model = load_gguf(path, memory_layers=layers, qk_norm=cfg.qk_norm, sink_token=sink)
     if model.config.vocab_size != vocab:
         raise InvalidValueError(
             f"the model's vocabulary has {model.config.vocab_size} tokens, the data's {vocab}"
