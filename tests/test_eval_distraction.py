@@ -171,6 +171,32 @@ def test_matches_brute_force(qk_norm: bool) -> None:
     json.dumps(res)  # JSON-able
 
 
+def test_first_keys_that_hold_all_the_mass() -> None:
+    """Sinks whose logits are hundreds above every other key's: their share is 1, and r over
+    the other keys is still exact (not the context's mass minus the sink's, which rounds to 0)."""
+    g = torch.Generator().manual_seed(0)
+    b, h, hkv, t, w, d, dim = 2, 4, 2, 3, 5, 3, 8
+    queries = torch.randn(b, h, t, dim, generator=g, dtype=torch.float64)
+    queries[..., 0] = 1 + queries[..., 0].abs()  # every query leans towards dimension 0
+    keys = torch.randn(b, hkv, d * w, dim, generator=g, dtype=torch.float64)
+    keys[..., 0] = 0  # content keys: nothing along dimension 0
+    content = [i for i in range(d * w) if i % w]
+    want = []
+    for i in range(b):
+        rs = []
+        for head in range(h):
+            logits = queries[i, head] @ keys[i, head // (h // hkv)].T  # [t, d * w]
+            mass = logits.exp()
+            rs.append(mass[:, 1:w].sum(-1) / mass[:, content].sum(-1))
+        want.append(torch.cat(rs).mean())
+    keys[:, :, ::w] = 0
+    keys[:, :, ::w, 0] = 300.0  # each context's first key: a sink 300+ above the rest
+    stats = dx.mass_stats(queries.float(), keys.float(), d)
+    assert torch.isfinite(stats).all()
+    assert stats[:, 1].min() > 0.999  # the sinks' share
+    np.testing.assert_allclose(stats[:, 2].numpy(), torch.stack(want).numpy(), rtol=1e-4)
+
+
 def test_identical_keys_give_one_over_d() -> None:
     model = peaked(CONFIG)
     docs = random_docs(4, 3 * W, seed=1)

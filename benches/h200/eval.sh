@@ -78,7 +78,9 @@ case "$1" in
       || echo "FAILED: perplexity plot"
     python -m fot_mem.eval.passkey --plot "$W"/passkey-*.json --png "$W/passkey.png" \
       || echo "FAILED: passkey plot"
-    cp -r "$W"/. "$R"/
+    # At most 8 files come back from a call: the JSON in one archive, beside the plots.
+    cp "$W"/*.png "$R"/ 2>/dev/null || true
+    tar czf "$R/results.tar.gz" -C "$W" --exclude='*.png' .
     ls -la "$R"
     echo "evals: $((SECONDS - start)) s" ;;
 esac

@@ -258,24 +258,20 @@ def mass_stats(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torc
     dtype = torch.promote_types(queries.dtype, torch.float32)
     q = queries.reshape(b, hkv, (h // hkv) * t, dim).to(dtype)
     step = max(1, LOGIT_BUDGET // max(1, q.shape[:3].numel() * w))
-    lse, first = [], []
+    lse, first, rest = [], [], []
     for start in range(0, contexts, step):
         k = keys[:, :, start * w : (start + step) * w].to(dtype)
         logits = torch.matmul(q, k.transpose(-1, -2)).unflatten(-1, (-1, w))
         lse.append(logits.logsumexp(dim=-1))
         first.append(logits[..., 0])
+        # summed apart, not lse minus the first: a sink can hold all of a context's mass
+        rest.append(logits[..., 1:].logsumexp(dim=-1))
     per_context = torch.cat(lse, dim=-1)  # [B, Hkv, G * T, contexts]
-    first_logit = torch.cat(first, dim=-1)
     total = per_context.logsumexp(dim=-1)
     r = (per_context[..., 0] - total).exp()
-    share = (first_logit.logsumexp(dim=-1) - total).exp()
-    if w > 1:
-        # mass of a context without its first key: exp(lse) - exp(first), in log space
-        gap = (first_logit - per_context).clamp(max=0)
-        rest = per_context + torch.log1p(-gap.exp().clamp(max=1 - 1e-12))
-        r_rest = (rest[..., 0] - rest.logsumexp(dim=-1)).exp()
-    else:
-        r_rest = torch.full_like(r, float("nan"))
+    share = (torch.cat(first, dim=-1).logsumexp(dim=-1) - total).exp()
+    without = torch.cat(rest, dim=-1)  # -inf everywhere when W = 1: r is then NaN
+    r_rest = (without[..., 0] - without.logsumexp(dim=-1)).exp()
     return torch.stack([r, share, r_rest], dim=-1).mean(dim=(1, 2))
 
 
