@@ -1,6 +1,7 @@
 """Markdown tables of saved evaluation results (fot_mem.eval's JSON), for the README.
 
-    python benches/eval_tables.py bench-results/eval-h200/pipeline bench-results/eval-h200/six-docs
+    python benches/eval_tables.py bench-results/eval-h200/pipeline \
+        bench-results/eval-h200/six-docs bench-results/eval-cpu
 
 For every folder: distraction (r_d per model and d), perplexity against memory size (one column
 per result file, with the change against no memory) and passkey accuracy by length. Every figure
@@ -89,9 +90,9 @@ def passkey_table(results: list[tuple[str, dict[str, Any]]]) -> str:
 
 def tables(folder: Path) -> str:
     parts = [f"## {folder}"]
-    distraction = folder / "distraction.json"
-    if distraction.is_file():
-        parts += ["### distraction", distraction_table(json.loads(distraction.read_text()))]
+    for distraction in sorted(folder.glob("distraction*.json")):
+        table = distraction_table(json.loads(distraction.read_text()))
+        parts += [f"### distraction ({distraction.name})", table]
     ppl = _load(folder, "ppl*.json")
     if ppl:
         parts += [f"### perplexity ({scored(ppl)})", perplexity_table(ppl)]

@@ -39,6 +39,7 @@ def test_tables_from_files(tmp_path: Path) -> None:
     )
     text = tables.main([str(tmp_path)])
     lines = text.splitlines()
+    assert "### distraction (distraction.json)" in lines
     assert "| fot | 1.000 | 0.812 |" in lines  # 0.8125 rounds half to even
     assert "| base | 1.000 |  |" in lines  # a d the model lacks stays empty
     assert "| 1/d | 1.000 | 0.250 |" in lines
@@ -53,6 +54,6 @@ def test_tables_from_files(tmp_path: Path) -> None:
 def test_committed_results_render() -> None:
     """The committed H200 results still parse: the README's tables can be regenerated."""
     folders = [ROOT / "bench-results" / "eval-h200" / f for f in ("pipeline", "six-docs")]
-    text = tables.main([str(f) for f in folders])
-    assert text.count("### perplexity") == 2
+    text = tables.main([str(f) for f in [*folders, ROOT / "bench-results" / "eval-cpu"]])
+    assert text.count("### perplexity") == 3
     assert "| 1/d |" in text and "### passkey accuracy" in text
