@@ -44,11 +44,14 @@ def distraction_table(result: dict[str, Any]) -> str:
     for name, m in models.items():
         by_d = {row["d"]: row["r"] for row in m["results"]}
         rows.append([name] + [f"{by_d[d]:.3f}" if d in by_d else "" for d in ds])
-        if all("first_key_share" in row for row in m["results"]):
-            for key, label in (
-                ("r_without_first_keys", "no sinks"),
-                ("first_key_share", "sinks' share"),
-            ):
+        labels = [
+            ("r_without_first_keys", "no sinks"),
+            ("first_key_share", "sinks' share"),
+            ("r_weighted", "r weighted by memory use"),
+            ("memory_share", "memory's share"),
+        ]
+        for key, label in labels:  # figures that results saved before them lack
+            if all(key in row for row in m["results"]):
                 by = {row["d"]: row[key] for row in m["results"]}
                 rows.append([f"{name}, {label}"] + [f"{by[d]:.3f}" if d in by else "" for d in ds])
     rows.append(["1/d"] + [f"{1 / d:.3f}" for d in ds])

@@ -58,12 +58,13 @@ def random_docs(
 
 def brute_force(
     model: FotForCausalLM, current: torch.Tensor, contexts: torch.Tensor
-) -> list[tuple[float, float, float]]:
+) -> list[tuple[float, float, float, float, float]]:
     """r per memory layer for one query window `current [W]` and its `contexts [d, W]`: q and k
     rebuilt from the projections' outputs (forward hooks), RoPE by the pair formula, memory given
     as a mapping (not a provider), and a softmax over memory AND causal local keys per head and
     token, in explicit loops. Per layer: (r, the contexts' first keys' share of the memory mass,
-    r over the other keys)."""
+    r over the other keys, memory's share of the whole softmax, attention on the positive over
+    attention on memory summed over heads and tokens)."""
     cfg = model.config
     heads, kv_heads, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     seen: dict[tuple[str, int], torch.Tensor] = {}
@@ -121,7 +122,7 @@ def brute_force(
                 n = keys[layer].shape[0]
                 firsts = list(range(0, n, w))  # each context's first key
                 content = [i for i in range(n) if i % w]
-                ratios, shares, rests = [], [], []
+                ratios, shares, rests, in_memory, on_positive = [], [], [], [], []
                 for h in range(heads):
                     g = h // (heads // kv_heads)
                     for t in range(q.shape[0]):
@@ -132,7 +133,17 @@ def brute_force(
                         ratios.append((p[:w].sum() / p[:n].sum()).item())
                         shares.append((p[firsts].sum() / p[:n].sum()).item())
                         rests.append((p[1:w].sum() / p[content].sum()).item())
-                out.append((float(np.mean(ratios)), float(np.mean(shares)), np.mean(rests)))
+                        in_memory.append(p[:n].sum().item())
+                        on_positive.append(p[:w].sum().item())
+                out.append(
+                    (
+                        float(np.mean(ratios)),
+                        float(np.mean(shares)),
+                        float(np.mean(rests)),
+                        float(np.mean(in_memory)),
+                        float(np.sum(on_positive) / np.sum(in_memory)),
+                    )
+                )
             return out
     finally:
         for hook in hooks:
@@ -157,6 +168,11 @@ def test_matches_brute_force(qk_norm: bool) -> None:
         assert row["r"] == pytest.approx(brute.mean(), rel=1e-7)
         assert row["first_key_share"] == pytest.approx(stats[..., 1].mean(), rel=1e-7)
         assert row["r_without_first_keys"] == pytest.approx(stats[..., 2].mean(), rel=1e-7)
+        assert row["memory_share"] == pytest.approx(stats[..., 3].mean(), rel=1e-7)
+        assert row["r_weighted"] == pytest.approx(stats[..., 4].mean(), rel=1e-7)
+        assert 0.02 < row["memory_share"] < 0.98  # memory and local keys both draw mass
+        if d > 1:  # weighting changes r, so the two comparisons are not the same one
+            assert abs(row["r_weighted"] - row["r"]) > 1e-4
         assert 0 < row["first_key_share"] < 1 and row["first_key_share"] != pytest.approx(1 / W)
         assert row["inverse_d"] == 1 / d and row["windows"] == 3
         if d == 1:
@@ -192,9 +208,18 @@ def test_first_keys_that_hold_all_the_mass() -> None:
     keys[:, :, ::w] = 0
     keys[:, :, ::w, 0] = 300.0  # each context's first key: a sink 300+ above the rest
     stats = dx.mass_stats(queries.float(), keys.float(), d)
-    assert torch.isfinite(stats).all()
+    assert torch.isfinite(stats[:, :3]).all() and stats[:, 3:].isnan().all()  # no local keys
     assert stats[:, 1].min() > 0.999  # the sinks' share
     np.testing.assert_allclose(stats[:, 2].numpy(), torch.stack(want).numpy(), rtol=1e-4)
+
+
+def test_a_sink_token_model_is_measured_with_its_sink_in_the_local_keys() -> None:
+    model = peaked(CONFIG.replace(sink_token=3))
+    docs = random_docs(3, 3 * W)
+    res = dx.distraction(model, docs, (1, 2), windows=2, window=W, seed=0, progress=False)
+    for row in res["results"]:
+        assert 0 < row["memory_share"] < 1 and 0 < row["r_weighted"] <= 1
+        assert np.isfinite([row["r"], row["first_key_share"], row["r_without_first_keys"]]).all()
 
 
 def test_identical_keys_give_one_over_d() -> None:

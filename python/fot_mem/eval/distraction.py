@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +151,8 @@ def attention_stats(
     batch: int = 8,
     progress: bool = False,
 ) -> dict[int, torch.Tensor]:
-    """{d: `mass_stats` `[memory layers, N, 3]`}: as `attention_mass`, with the first keys'
-    share and r without them beside r."""
+    """{d: `mass_stats` `[memory layers, N, 5]`}: as `attention_mass`, with the other figures
+    of `mass_stats` beside r."""
     layers = model.config.memory_layers
     n = contexts.shape[1]
     if not layers:
@@ -214,7 +214,9 @@ def _window_mass(
     d: int,
     rows: range,
 ) -> torch.Tensor:
-    """`mass_stats` `[memory layers, rows, 3]` of the query windows `rows`, d contexts in memory."""
+    """`mass_stats` `[memory layers, rows, 5]` of the query windows `rows`, d contexts in memory
+    (each memory layer's queries and memory from its provider call, its local keys from the
+    attention's output, through a forward hook)."""
     rows = range(rows.start, min(rows.stop, current.shape[0]))
     masses: dict[int, torch.Tensor] = {}
 
@@ -225,15 +227,34 @@ def _window_mass(
         _, hkv, w, dim = x.shape
         return x[pick].transpose(1, 2).reshape(len(rows), hkv, d * w, dim)
 
+    asked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def provider(layer: int, queries: torch.Tensor) -> Memory:
         keys, values = kv[layer]
         memory = Memory(keys=first_d(keys), values=first_d(values))
         assert memory.keys is not None
-        masses[layer] = mass_stats(queries, memory.keys, d)
+        asked[layer] = (queries, memory.keys)
         return memory
 
-    ids = current[rows.start : rows.stop].to(kv[model.config.memory_layers[0]][0].device)
-    model(ids, memory=provider, logits_rows=slice(0, 0))
+    def measure(layer: int) -> Callable[..., None]:
+        # after the layer's attention: its output holds the rotated local keys the queries saw
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            queries, keys = asked.pop(layer)
+            masses[layer] = mass_stats(queries, keys, d, local=output[1][0])
+
+        return hook
+
+    hooks = []
+    for layer in model.config.memory_layers:
+        attention = model.model.layers[layer].self_attn
+        assert isinstance(attention, torch.nn.Module)
+        hooks.append(attention.register_forward_hook(measure(layer)))
+    try:
+        ids = current[rows.start : rows.stop].to(kv[model.config.memory_layers[0]][0].device)
+        model(ids, memory=provider, logits_rows=slice(0, 0))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return torch.stack([masses[layer] for layer in model.config.memory_layers]).cpu()
 
 
@@ -243,13 +264,24 @@ def positive_mass(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> t
     return mass_stats(queries, keys, contexts)[:, 0]
 
 
-def mass_stats(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torch.Tensor:
-    """`[B, 3]` per row, means over heads and tokens: the positive mass r; the share of all
-    memory mass on the contexts' first keys; r with those first keys left out.
+def mass_stats(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    contexts: int,
+    *,
+    local: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[B, 5]` per row, means over heads and tokens: the positive mass r; the share of all
+    memory mass on the contexts' first keys; r with those first keys left out; and, given the
+    rotated `local` keys `[B, Hkv, T, D]` the queries attend causally (else NaN), memory's share
+    of the whole softmax and r weighted by it (attention on the positive over attention on all
+    of memory, summed over heads and tokens).
 
     A window's first token is an attention sink (it saw nothing before it), so every context
     brings one key that draws mass whatever the query: the share says how much of r's
-    denominator sinks hold, and the third figure is r over content keys alone.
+    denominator sinks hold, and the third figure is r over content keys alone. r is a mean
+    over every query, also those that barely read memory; the weighted r counts each query as
+    much as it reads memory.
 
     Log-sum-exp per context in float32 (or wider); query head h reads kv head h // (H / Hkv),
     as grouped-query attention does."""
@@ -272,7 +304,22 @@ def mass_stats(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torc
     share = (torch.cat(first, dim=-1).logsumexp(dim=-1) - total).exp()
     without = torch.cat(rest, dim=-1)  # -inf everywhere when W = 1: r is then NaN
     r_rest = (without[..., 0] - without.logsumexp(dim=-1)).exp()
-    return torch.stack([r, share, r_rest], dim=-1).mean(dim=(1, 2))
+    stats = torch.stack([r, share, r_rest], dim=-1).mean(dim=(1, 2))
+    if local is None:
+        return torch.cat((stats, torch.full_like(stats[:, :2], float("nan"))), dim=1)
+    # causal local log-sum-exp: query t (of each group's T) sees local keys 0..t
+    n = local.shape[2]
+    logits = torch.matmul(q, local.to(dtype).transpose(-1, -2))  # [B, Hkv, G * T, n]
+    seen = (
+        torch.arange(n, device=q.device)[None, :]
+        <= torch.arange(n - t, n, device=q.device)[:, None]
+    )
+    logits = logits.masked_fill(~seen.repeat(h // hkv, 1), float("-inf"))
+    whole = torch.logaddexp(total, logits.logsumexp(dim=-1))
+    memory = (total - whole).exp()  # memory's share of each query's softmax
+    positive = (per_context[..., 0] - whole).exp()
+    weighted = positive.sum(dim=(1, 2)) / memory.sum(dim=(1, 2))
+    return torch.cat((stats, memory.mean(dim=(1, 2))[:, None], weighted[:, None]), dim=1)
 
 
 def distraction(
@@ -293,7 +340,8 @@ def distraction(
     the shared negative windows, see `draw_windows`).
 
     Returns {"ds", "window", "windows", "seed", "memory_layers", "seconds", "results": [{"d",
-    "r" (mean), "first_key_share" and "r_without_first_keys" (`mass_stats`), "inverse_d",
+    "r" (mean), "first_key_share", "r_without_first_keys", "memory_share" and "r_weighted"
+    (`mass_stats`), "inverse_d",
     "per_layer" {layer: mean}, "per_window" [mean over layers], "std" (over windows),
     "windows"}]}."""
     ds = _check_ds(ds)
@@ -315,6 +363,8 @@ def distraction(
                 "r": r.mean().item(),
                 "first_key_share": stats[d][..., 1].double().mean().item(),
                 "r_without_first_keys": stats[d][..., 2].double().mean().item(),
+                "memory_share": stats[d][..., 3].double().mean().item(),
+                "r_weighted": stats[d][..., 4].double().mean().item(),
                 "inverse_d": 1.0 / d,
                 "per_layer": {str(layer): r[i].mean().item() for i, layer in enumerate(layers)},
                 "per_window": per_window.tolist(),
