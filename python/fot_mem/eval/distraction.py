@@ -8,8 +8,10 @@ tell its document's keys from others' spreads its attention evenly, r_d ~ 1/d; F
 
 The local keys are in the same softmax but cancel in the ratio, so r_d = sum over positive keys of
 exp(q.k) / sum over all memory keys of exp(q.k), with q the layer's scaled, rotated query: exactly
-what a memory provider is handed (layer.py), so the provider computes r_d while the real forward
-runs (the queries of a memory layer depend on what earlier memory layers read)."""
+what a memory provider is handed (layer.py). The provider keeps the queries while the real forward
+runs (the queries of a memory layer depend on what earlier memory layers read), and a hook on the
+layer's attention measures once its local keys are known: they give memory's share of the whole
+softmax, beside r_d and the sinks' share (`mass_stats`)."""
 
 from __future__ import annotations
 
@@ -341,9 +343,8 @@ def distraction(
 
     Returns {"ds", "window", "windows", "seed", "memory_layers", "seconds", "results": [{"d",
     "r" (mean), "first_key_share", "r_without_first_keys", "memory_share" and "r_weighted"
-    (`mass_stats`), "inverse_d",
-    "per_layer" {layer: mean}, "per_window" [mean over layers], "std" (over windows),
-    "windows"}]}."""
+    (`mass_stats`), "inverse_d", "per_layer" {layer: mean}, "per_window" [mean over layers],
+    "std" (over windows), "windows"}]}."""
     ds = _check_ds(ds)
     _positive("batch", batch)
     if device is not None:
