@@ -3,9 +3,11 @@ SmolLM2 base model with memory layers), held-out documents, and JSON/plot output
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,51 @@ def _load_checkpoint(path: Path) -> FotForCausalLM:
     model = FotForCausalLM(config)
     load_weights(model, str(path / "model.safetensors"))
     return model
+
+
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+
+
+def comma_list(kind: type) -> Callable[[str], list[Any]]:
+    """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)]."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind.__name__}s a,b,c; got {text!r}"
+            ) from None
+
+    return parse
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options every evaluation loads its model with (`model_from_args`)."""
+    parser.add_argument(
+        "--memory-layers", type=comma_list(int), default=[8, 16, 24], help="GGUF models only"
+    )
+    parser.add_argument(
+        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+
+
+def model_from_args(spec: str | os.PathLike[str], args: argparse.Namespace) -> FotForCausalLM:
+    """`load_model(spec)` with the options of `add_model_options`."""
+    return load_model(
+        spec,
+        memory_layers=tuple(args.memory_layers),
+        sink_token=args.sink_token,
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+    )
 
 
 def documents(

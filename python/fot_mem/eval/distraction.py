@@ -260,12 +260,6 @@ def _window_mass(
     return torch.stack([masses[layer] for layer in model.config.memory_layers]).cpu()
 
 
-def positive_mass(queries: torch.Tensor, keys: torch.Tensor, contexts: int) -> torch.Tensor:
-    """Mean positive mass per row `[B]` of queries `[B, H, T, D]` (scaled, rotated: q.k is the
-    logit) over shared memory keys `[B, Hkv, contexts * W, D]` whose first W are the positive."""
-    return mass_stats(queries, keys, contexts)[:, 0]
-
-
 def mass_stats(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -427,9 +421,6 @@ def _positive(name: str, value: int) -> None:
         raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -451,14 +442,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=8, help="windows per forward")
     p.add_argument("--pool", type=int, help="shared negative windows (default 2 * (max d - 1))")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-layers", default="8,16,24", help="for .gguf / smollm2 only")
-    p.add_argument(
-        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
-    )
+    common.add_model_options(p)
     p.add_argument("--json", required=True)
     p.add_argument("--png", required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     args = p.parse_args(argv)
     names = args.name or [Path(m).name or m for m in args.model]
     if len(names) != len(args.model) or len(set(names)) != len(names):
@@ -478,13 +464,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         started = time.time()
         model: FotForCausalLM | None = None
         try:
-            model = common.load_model(
-                spec,
-                memory_layers=_ints(args.memory_layers),
-                sink_token=args.sink_token,
-                device=args.device,
-                dtype=DTYPES[args.dtype],
-            )
+            model = common.model_from_args(spec, args)
             print(f"[distraction] {name}: {spec} loaded ({time.time() - started:.1f}s)", flush=True)
             result = distraction(
                 model,

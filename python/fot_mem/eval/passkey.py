@@ -39,7 +39,15 @@ from ..torch import FotForCausalLM
 from ..torch.reader import LongDocumentReader, create_store
 from ..torch.retrieval import DeviceMirror
 from ..train.shards import BytesTokenizer
-from .common import documents, load_model, plot_only, pyplot, write_json
+from .common import (
+    add_model_options,
+    comma_list,
+    documents,
+    model_from_args,
+    plot_only,
+    pyplot,
+    write_json,
+)
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -50,7 +58,6 @@ QUESTION = " What is the pass key? The pass key is"
 FILLER_SENTENCE = (
     " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Tokenizer(Protocol):
@@ -636,18 +643,6 @@ def _tokens_label(n: int) -> str:
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-def _list(kind: type) -> Callable[[str], list[Any]]:
-    def parse(text: str) -> list[Any]:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {kind.__name__}s a,b,c; got {text!r}"
-            ) from None
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     a = argparse.ArgumentParser(
         prog="python -m fot_mem.eval.passkey",
@@ -655,8 +650,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--model", help="run folder, checkpoint folder, .gguf or 'smollm2'")
     a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
-    a.add_argument("--lengths", type=_list(int), default=[4096, 16384, 65536, 131072, 262144])
-    a.add_argument("--depths", type=_list(float), default=[0.1, 0.5, 0.9])
+    a.add_argument("--lengths", type=comma_list(int), default=[4096, 16384, 65536, 131072, 262144])
+    a.add_argument("--depths", type=comma_list(float), default=[0.1, 0.5, 0.9])
     a.add_argument("--trials", type=int, default=5)
     a.add_argument("--window", type=int, default=1024, help="local window of the reader")
     a.add_argument("--k", type=int, help="memories per query and head (default memory_k)")
@@ -672,12 +667,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-share", action="store_true", help="read every prompt whole")
     a.add_argument("--tokenizer", default="gguf", choices=("gguf", "bytes"))
     a.add_argument("--gguf", help="GGUF file of the tokenizer (default: SmolLM2's)")
-    a.add_argument("--memory-layers", type=_list(int), default=[8, 16, 24], help="GGUF only")
-    a.add_argument(
-        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
-    )
-    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a.add_argument("--dtype", default="float32", choices=tuple(_DTYPES))
+    add_model_options(a)
     a.add_argument("--json", help="result file")
     a.add_argument("--png", help="plot file")
     a.add_argument("--plot", nargs="+", metavar="JSON", help="only plot saved results to --png")
@@ -714,13 +704,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return result
 
     t0 = time.perf_counter()
-    model = load_model(
-        args.model,
-        memory_layers=tuple(args.memory_layers),
-        sink_token=args.sink_token,
-        device=args.device,
-        dtype=_DTYPES[args.dtype],
-    )
+    model = model_from_args(args.model, args)
     tokenizer = load_tokenizer(args.tokenizer, args.gguf)
     _log(not args.quiet, f"model and tokenizer loaded in {time.perf_counter() - t0:.1f} s")
     result = passkey(

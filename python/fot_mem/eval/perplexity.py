@@ -54,7 +54,16 @@ from ..exceptions import InvalidValueError
 from ..store import Document, MemoryStore
 from ..torch import FotForCausalLM
 from ..torch.reader import LongDocumentReader, create_store
-from .common import documents, load_model, plot_only, pyplot, save_figure, write_json
+from .common import (
+    add_model_options,
+    comma_list,
+    documents,
+    model_from_args,
+    plot_only,
+    pyplot,
+    save_figure,
+    write_json,
+)
 
 COPY_BLOCK = 1 << 16  # tokens copied per read/append: bounds the float32 buffer
 
@@ -457,13 +466,6 @@ def _tokens_label(m: int) -> str:
     return str(m)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers a,b,c; got {text!r}") from None
-
-
 def _parser() -> argparse.ArgumentParser:
     a = argparse.ArgumentParser(
         prog="python -m fot_mem.eval.perplexity",
@@ -473,7 +475,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
     a.add_argument("--data", help="token shards (python -m fot_mem.train.data build ...)")
     a.add_argument("--split", default="val")
-    a.add_argument("--memory", type=_ints, default=[0, 2048, 8192, 32768, 131072])
+    a.add_argument("--memory", type=comma_list(int), default=[0, 2048, 8192, 32768, 131072])
     a.add_argument("--span", type=int, default=2048, help="tokens scored after the prefix")
     a.add_argument("--window", type=int, help="local window (default min(2048, model's))")
     a.add_argument("--k", type=int, help="memories per query and head (default memory_k)")
@@ -484,12 +486,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--multi-doc", type=int, default=0, help="distractor documents in memory")
     a.add_argument("--distractor-tokens", type=int, default=8192)
     a.add_argument("--limit-memory", action="store_true", help="drop sizes no document fits")
-    a.add_argument("--memory-layers", type=_ints, default=[8, 16, 24], help="GGUF models only")
-    a.add_argument(
-        "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"
-    )
-    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_model_options(a)
     a.add_argument("--store-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     a.add_argument("--stores", help="keep the stores in this folder (default: temporary)")
     a.add_argument("--json", help="result file")
@@ -521,14 +518,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return drawn
     if not args.model or not args.data:
         parser.error("--model and --data are required (or --plot JSON... --png)")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    model = load_model(
-        args.model,
-        memory_layers=tuple(args.memory_layers),
-        sink_token=args.sink_token,
-        device=args.device,
-        dtype=dtype[args.dtype],
-    )
+    model = model_from_args(args.model, args)
     docs = documents(args.data, args.split)
     p = plan(args.memory, args.span, docs, limit_memory=args.limit_memory, max_docs=args.docs)
     result = perplexity(
