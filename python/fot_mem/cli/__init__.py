@@ -7,6 +7,7 @@ fot-mem search MEMORY --query Q   what the memory retrieves for a query, in cont
 fot-mem info MEMORY               what a memory holds
 fot-mem verify MEMORY             check every checksum and count (changes nothing)
 fot-mem bench                     retrieval speed here against FAISS / hnswlib / numpy
+fot-mem dictionary run --out DIR  the paper's dictionary lookup experiment, end to end
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..exceptions import FotMemError
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import bench, info, ingest, score, search
+    from . import bench, dictionary, info, ingest, score, search
 
     p = argparse.ArgumentParser(
         prog="fot-mem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -30,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_parser(sub)
     info.add_parsers(sub)
     bench.add_parser(sub)
+    dictionary.add_parsers(sub)
     return p
 
 

@@ -152,9 +152,10 @@ def attention_stats(
     *,
     batch: int = 8,
     progress: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """{d: `mass_stats` `[memory layers, N, 5]`}: as `attention_mass`, with the other figures
-    of `mass_stats` beside r."""
+    of `mass_stats` beside r. `positions [N, W]` (bool): average over these tokens only."""
     layers = model.config.memory_layers
     n = contexts.shape[1]
     if not layers:
@@ -181,7 +182,9 @@ def attention_stats(
         # fewer query windows per forward as d grows: memory keys of at most MEMORY_WINDOWS
         step = max(1, min(batch, MEMORY_WINDOWS // d))
         for first in range(0, current.shape[0], step):
-            rows.append(_window_mass(model, current, kv, index, d, range(first, first + step)))
+            rows.append(
+                _window_mass(model, current, kv, index, d, range(first, first + step), positions)
+            )
         out[d] = torch.cat(rows, dim=1)
         if progress:
             print(
@@ -215,12 +218,14 @@ def _window_mass(
     index: torch.Tensor,
     d: int,
     rows: range,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`mass_stats` `[memory layers, rows, 5]` of the query windows `rows`, d contexts in memory
     (each memory layer's queries and memory from its provider call, its local keys from the
     attention's output, through a forward hook)."""
     rows = range(rows.start, min(rows.stop, current.shape[0]))
     masses: dict[int, torch.Tensor] = {}
+    tokens = None if positions is None else positions[rows.start : rows.stop]
 
     pick = index[rows.start : rows.stop, :d]  # [rows, d]: rows of the distinct windows' kv
 
@@ -242,7 +247,7 @@ def _window_mass(
         # after the layer's attention: its output holds the rotated local keys the queries saw
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             queries, keys = asked.pop(layer)
-            masses[layer] = mass_stats(queries, keys, d, local=output[1][0])
+            masses[layer] = mass_stats(queries, keys, d, local=output[1][0], positions=tokens)
 
         return hook
 
@@ -266,6 +271,7 @@ def mass_stats(
     contexts: int,
     *,
     local: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`[B, 5]` per row, means over heads and tokens: the positive mass r; the share of all
     memory mass on the contexts' first keys; r with those first keys left out; and, given the
@@ -278,6 +284,8 @@ def mass_stats(
     denominator sinks hold, and the third figure is r over content keys alone. r is a mean
     over every query, also those that barely read memory; the weighted r counts each query as
     much as it reads memory.
+
+    `positions [B, T]` (bool): means and sums over these tokens only (the rest weigh 0).
 
     Log-sum-exp per context in float32 (or wider); query head h reads kv head h // (H / Hkv),
     as grouped-query attention does."""
@@ -300,7 +308,17 @@ def mass_stats(
     share = (torch.cat(first, dim=-1).logsumexp(dim=-1) - total).exp()
     without = torch.cat(rest, dim=-1)  # -inf everywhere when W = 1: r is then NaN
     r_rest = (without[..., 0] - without.logsumexp(dim=-1)).exp()
-    stats = torch.stack([r, share, r_rest], dim=-1).mean(dim=(1, 2))
+    # weight of each (kv head, query) entry: its token's, over heads alike
+    weight = torch.ones(b, t, dtype=dtype, device=q.device)
+    if positions is not None:
+        weight = positions.to(q.device, dtype)
+    weight = weight.repeat(1, h // hkv)[:, None, :].expand(b, hkv, -1)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        w = weight if x.dim() == 3 else weight[..., None]
+        return (x * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2))
+
+    stats = mean(torch.stack([r, share, r_rest], dim=-1))
     if local is None:
         return torch.cat((stats, torch.full_like(stats[:, :2], float("nan"))), dim=1)
     # causal local log-sum-exp: query t (of each group's T) sees local keys 0..t
@@ -314,8 +332,8 @@ def mass_stats(
     whole = torch.logaddexp(total, logits.logsumexp(dim=-1))
     memory = (total - whole).exp()  # memory's share of each query's softmax
     positive = (per_context[..., 0] - whole).exp()
-    weighted = positive.sum(dim=(1, 2)) / memory.sum(dim=(1, 2))
-    return torch.cat((stats, memory.mean(dim=(1, 2))[:, None], weighted[:, None]), dim=1)
+    weighted = (positive * weight).sum(dim=(1, 2)) / (memory * weight).sum(dim=(1, 2))
+    return torch.cat((stats, mean(memory)[:, None], weighted[:, None]), dim=1)
 
 
 def distraction(

@@ -36,6 +36,10 @@ class FotConfig:
     dropped from its outputs. A window's first token saw nothing before it and turns into an
     attention sink whose key draws attention whatever the query; with this token in front, the
     sink is a token whose key memory never keeps, so memory holds content keys only. None: off.
+    `qk_temperature`: QK-norm's starting temperature (0: sqrt(head_dim)); cosine logits need
+    a large one to be sharp. `memory_rope`: False gives memory layers no positional encoding
+    at all, local keys included (the paper's small models); True rotates local queries and
+    keys as Llama does, with memory keys at position 0 (LongLLaMA).
     """
 
     vocab_size: int = 32000
@@ -53,6 +57,8 @@ class FotConfig:
     qk_norm: bool = False
     memory_k: int = 128
     sink_token: int | None = None
+    memory_rope: bool = True
+    qk_temperature: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _INTS:
@@ -78,6 +84,9 @@ class FotConfig:
                 f"memory_layers must be a sequence of layer indices, got {self.memory_layers!r}"
             ) from None
         object.__setattr__(self, "memory_layers", tuple(layers))  # the store keeps them sorted
+        t = self.qk_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+            raise InvalidValueError(f"FotConfig.qk_temperature must be >= 0, got {t!r}")
         for name in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -90,6 +99,10 @@ class FotConfig:
             )
         if self.head_dim % 2:
             raise InvalidValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if not isinstance(self.memory_rope, bool):
+            raise InvalidValueError(
+                f"FotConfig.memory_rope must be a bool, got {self.memory_rope!r}"
+            )
         sink = self.sink_token
         if sink is not None and (
             isinstance(sink, bool) or not isinstance(sink, int) or not 0 <= sink < self.vocab_size

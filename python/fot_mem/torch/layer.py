@@ -34,14 +34,30 @@ class FotAttention(nn.Module):
         )
         self.is_memory = layer in config.memory_layers
         self.qk_norm = config.qk_norm and self.is_memory
+        self.rope = config.memory_rope or not self.is_memory
         hid, hd = config.hidden_size, config.head_dim
         self.q_proj = nn.Linear(hid, self.heads * hd, bias=False)
         self.k_proj = nn.Linear(hid, self.kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(hid, self.kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(self.heads * hd, hid, bias=False)
         if self.qk_norm:
-            # Learnable temperature per head; starts at sqrt(d), a typical logit range.
-            self.log_temperature = nn.Parameter(torch.full((self.heads,), math.log(hd) / 2))
+            # Learnable temperature per head; starts at sqrt(d), a typical logit range, or
+            # where the config says.
+            start = config.qk_temperature or math.sqrt(hd)
+            self.log_temperature = nn.Parameter(torch.full((self.heads,), math.log(start)))
+
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (normalised under QK-norm, not rotated) and values `[B, Hkv, T, D]`."""
+        b, t, _ = x.shape
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        return (F.normalize(k, dim=-1) if self.qk_norm else k), v
+
+    def memory_kv(self, x: torch.Tensor, sunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `forward` hands back for memory, without the attention: `x [B, T, hidden]`
+        (normed input) -> unrotated keys and values `[B, Hkv, T - sunk, D]`."""
+        k, v = self._kv(x)
+        return k[:, :, sunk:].to(v.dtype), v[:, :, sunk:]
 
     def forward(
         self,
@@ -58,17 +74,17 @@ class FotAttention(nn.Module):
         `sunk`: leading sink positions, whose keys and values memory does not get."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        k, v = self._kv(x)
         if self.qk_norm:
             q = F.normalize(q, dim=-1) * self.log_temperature.exp().to(q.dtype)[None, :, None, None]
-            k = F.normalize(k, dim=-1)
         else:
             q = q * (self.head_dim**-0.5)
         # Under autocast the tables (and QK-norm) are float32 while v is bf16: one dtype for all,
         # as the fused kernels need.
         unrotated = (k[:, :, sunk:].to(v.dtype), v[:, :, sunk:]) if self.is_memory else None
-        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        if self.rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if cache is not None:
             k = torch.cat((cache[0], k), dim=2)
             v = torch.cat((cache[1], v), dim=2)

@@ -176,6 +176,30 @@ class FotForCausalLM(nn.Module):
             x = x[logits_rows]
         return FotOutput(self.lm_head(self.model.norm(x[:, sunk:])), memory_kv)
 
+    @torch.no_grad()
+    def first_memory_kv(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lowest memory layer's keys and values `[B, Hkv, T, D]` (as `memory_kv` holds
+        them) of windows `input_ids [B, T]` read afresh. Only plain layers feed that layer, so
+        no memory changes them: the windows of one long document can go in one batch, and the
+        layers above it are skipped. This is how a memory is filled fast."""
+        if not self.config.memory_layers:
+            raise InvalidValueError("the model has no memory layers")
+        if input_ids.dim() != 2:
+            raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
+        sunk = 0
+        if self.config.sink_token is not None and input_ids.shape[1]:
+            sink = input_ids.new_full((input_ids.shape[0], 1), self.config.sink_token)
+            input_ids, sunk = torch.cat((sink, input_ids), dim=1), 1
+        x = self.model.embed_tokens(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        cos, sin = self.model.rotary(positions, x.dtype)
+        top = self.config.memory_layers[0]
+        for layer in self.model.layers[:top]:
+            x = layer(x, cos, sin, None, None, sunk)[0]
+        layer = self.model.layers[top]
+        assert isinstance(layer, DecoderLayer)
+        return layer.self_attn.memory_kv(layer.input_layernorm(x), sunk)
+
     def _trim(
         self, rows: int, memory: MemoryArg, cache: LocalCache | None, logits_rows: slice | None
     ) -> tuple[int, slice | None]:

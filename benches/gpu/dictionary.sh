@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The dictionary lookup experiment (issue 17) on one lent GPU machine, in one lease:
+#   start    install the carried extension, run `fot-mem dictionary run` detached (setsid)
+#   poll     the log's tail, GPU and disk use
+#   collect  results.json, plots, logs and training metrics into $OUT
+# Here: `maturin build --release -o .whl` first; each device call carries .whl.
+set -uo pipefail
+W=/tmp/dictionary
+verb=${1:-poll}
+shift || true
+case "$verb" in
+start)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  cp /tmp/site/fot_mem/_core*.so python/fot_mem/  # the repository's Python, the wheel's core
+  mkdir -p "$W"
+  PYTHONPATH=python PYTHONUNBUFFERED=1 setsid nohup python3 -m fot_mem dictionary run \
+    --out "$W/out" --store "$W/stores" "$@" >"$W/log" 2>&1 </dev/null &
+  sleep "${WAIT:-45}"
+  tail -n 20 "$W/log"
+  ;;
+poll)
+  sleep "${WAIT:-0}"
+  tail -n 25 "$W/log"
+  nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
+  df -h /tmp | tail -1
+  ;;
+collect)
+  cp "$W/log" "$OUT/pipeline.log"
+  cp "$W"/out/*.json "$W"/out/*.png "$OUT/" 2>/dev/null
+  tar czf "$OUT/train.tgz" -C "$W/out" --exclude='checkpoint-*' --exclude='stores' . 2>/dev/null
+  ls -la "$OUT"
+  ;;
+esac

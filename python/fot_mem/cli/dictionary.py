@@ -1,0 +1,390 @@
+"""`fot-mem dictionary`: the paper's dictionary lookup experiment, end to end.
+
+fot-mem dictionary run --out DIR        train FoT, the d = 1 control and the no-memory baseline,
+                                        fill each memory size into a store, answer from a new
+                                        process, measure r_d; DIR/results.json and plots
+fot-mem dictionary fill MODEL STORE     dictionaries of --sizes tokens into a store
+fot-mem dictionary answer MODEL STORE   answer query windows from a reopened store (JSON out)
+fot-mem dictionary plot RESULTS         the plots of a results.json
+
+`--preset paper` is the paper's shape (37.7M parameters, local context 256, one memory layer
+without positional encoding, QK-norm, k = 32); `--preset tiny` is a CPU-sized version of the
+whole pipeline that runs in seconds (the tests run it)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Model and schedule of each preset; runs are `TrainConfig`s (see `_train_configs`).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "model": {
+            "hidden_size": 512,
+            "intermediate_size": 1664,
+            "num_layers": 12,
+            "num_heads": 8,
+            "num_kv_heads": 1,
+            "memory_layers": "8",
+        },
+        "task": {"dict_symbols": 64, "dict_key": 4, "dict_value": 4},
+        "window": 256,
+        "batch": 128,
+        "steps": 2500,
+        "baseline_steps": 1500,
+        "lr": 1e-3,
+        "qk_temperature": 16.0,
+        "sizes": [512, 4096, 16384, 65536, 262144, 1 << 20, 1 << 22, 1 << 24, 1 << 26],
+        "baseline_max": 1 << 18,
+        "ds": [1, 2, 4, 8, 16, 32, 64, 128],
+        "query_sets": 4,
+        "fill_batch": 1024,
+    },
+    "tiny": {
+        "model": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_layers": 3,
+            "num_heads": 4,
+            "num_kv_heads": 1,
+            "memory_layers": "2",
+        },
+        "task": {"dict_symbols": 16, "dict_key": 2, "dict_value": 1},
+        "window": 40,
+        "batch": 32,
+        "steps": 300,
+        "baseline_steps": 300,
+        "lr": 3e-3,
+        "qk_temperature": 16.0,
+        "sizes": [80, 400, 1200],
+        "baseline_max": 1200,
+        "ds": [1, 2, 4, 8],
+        "query_sets": 4,
+        "fill_batch": 16,
+    },
+}
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("dictionary", help="the paper's dictionary lookup experiment")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser("run", help="train, fill, answer, measure, plot")
+    run.add_argument("--out", required=True, help="folder for runs, stores and results.json")
+    run.add_argument("--preset", default="paper", choices=tuple(PRESETS))
+    run.add_argument("--steps", type=int, help="training steps of the memory models (preset's)")
+    run.add_argument("--baseline-steps", type=int, help="training steps of the baseline")
+    run.add_argument("--sizes", help="memory sizes N, comma-separated (preset's)")
+    run.add_argument("--store", help="where stores go (default OUT/stores); emptied per model")
+    run.add_argument("--device", default=None, help="cuda if available, else cpu")
+    run.add_argument("--only", default="fot,control_d1,baseline", help="models to run")
+    run.set_defaults(run=_run)
+
+    for name, fn in (("fill", _fill), ("answer", _answer)):
+        v = verbs.add_parser(name, help=f"{name} dictionaries of --sizes tokens")
+        v.add_argument("model", help="a training run folder or checkpoint")
+        v.add_argument("store", help="the store's folder")
+        v.add_argument("--sizes", required=True)
+        v.add_argument("--seed", type=int, default=0)
+        v.add_argument("--device", default=None)
+        v.add_argument("--fill-batch", type=int, default=512, help="windows per forward (fill)")
+        v.add_argument("--query-sets", type=int, default=4, help="query windows per size")
+        v.add_argument("--k", type=int, default=32, help="memories per query and head")
+        v.add_argument("--json", help="write the figures here")
+        v.set_defaults(run=fn)
+
+    plot = verbs.add_parser("plot", help="plots of a results.json")
+    plot.add_argument("results")
+    plot.set_defaults(
+        run=lambda a: print(
+            *plots(json.loads(Path(a.results).read_text()), Path(a.results).parent), sep="\n"
+        )
+    )
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sizes(text: str) -> list[int]:
+    from ..exceptions import InvalidValueError
+
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidValueError(f"--sizes must be integers a,b,c; got {text!r}") from None
+    if not sizes:
+        raise InvalidValueError("--sizes is empty")
+    return sizes
+
+
+def _load(model: str, device: str) -> Any:
+    import torch
+
+    from ..eval.common import load_model
+    from ..train.dictionary import DictionaryTask
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    net = load_model(model, device=device, dtype=dtype)
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    task = DictionaryTask(
+        symbols=cfg["dict_symbols"],
+        key_len=cfg["dict_key"],
+        value_len=cfg["dict_value"],
+        window=cfg["window"] if cfg["prev"] else cfg["window"] // 2,
+    )
+    return net, task
+
+
+def _fill(args: argparse.Namespace) -> None:
+    from ..eval.dictionary import fill
+
+    model, task = _load(args.model, _device(args.device))
+    found = fill(
+        model,
+        args.store,
+        task,
+        _sizes(args.sizes),
+        seed=args.seed,
+        batch_windows=args.fill_batch,
+        progress=lambda line: print(line, flush=True),
+    )
+    _emit(args.json, found)
+
+
+def _answer(args: argparse.Namespace) -> None:
+    from ..eval.dictionary import answer
+
+    device = _device(args.device)
+    model, task = _load(args.model, device)
+    found = answer(
+        model,
+        args.store,
+        task,
+        _sizes(args.sizes),
+        seed=args.seed,
+        query_sets=args.query_sets,
+        k=args.k,
+        mirror=device if device.startswith("cuda") else None,
+        progress=lambda line: print(line, flush=True),
+    )
+    _emit(args.json, found)
+
+
+def _emit(path: str | None, found: dict[str, Any]) -> None:
+    if path:
+        from ..eval.common import write_json
+
+        write_json(path, found)
+
+
+def _train_configs(
+    preset: dict[str, Any], out: Path, steps: int, baseline_steps: int, device: str
+) -> dict[str, Any]:
+    """The three runs: FoT (d = 1 until 98% training accuracy, the paper's schedule, or half
+    the steps if that comes first, then d = 128), the control (d = 1 throughout) and the baseline (no memory, both windows in one
+    local context of 2W, RoPE everywhere)."""
+    from ..train.loop import TrainConfig
+
+    batch = preset["batch"]
+    common = dict(
+        data="",
+        task="dictionary",
+        **preset["task"],
+        **preset["model"],
+        window=preset["window"],
+        batch=batch,
+        steps=steps,
+        lr=preset["lr"],
+        min_lr=preset["lr"] / 10,
+        warmup=min(100, steps // 10),
+        weight_decay=0.0,
+        qk_norm=True,
+        memory_rope=False,
+        qk_temperature=preset["qk_temperature"],
+        eval_every=max(1, steps // 10),
+        eval_batches=2,
+        eval_batch=batch,
+        checkpoint_every=steps,
+        keep_checkpoints=1,
+        device=device,
+    )
+    top = max(preset["ds"])
+    return {
+        "fot": TrainConfig(
+            out=str(out / "fot"),
+            d_schedule=f"0:{top}",
+            d_until_accuracy=0.98,
+            d_until_step=steps // 2,
+            eval_d=f"1,{top}",
+            **common,
+        ),
+        "control_d1": TrainConfig(
+            out=str(out / "control_d1"), d_schedule="0:1", eval_d=f"1,{top}", **common
+        ),
+        "baseline": TrainConfig(
+            out=str(out / "baseline"),
+            d_schedule="0:1",
+            eval_d="1",
+            **{
+                **common,
+                "window": 2 * preset["window"],
+                "memory_layers": "",
+                "prev": 0,
+                "steps": baseline_steps,
+                "checkpoint_every": baseline_steps,
+                "eval_every": max(1, baseline_steps // 10),
+            },
+        ),
+    }
+
+
+def _subcommand(*args: str) -> None:
+    """A new process of this command (fill and answer must not share one)."""
+    cmd = [sys.executable, "-m", "fot_mem", "dictionary", *args]
+    print("$ fot-mem dictionary " + " ".join(args), flush=True)
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if done.returncode:
+        from ..exceptions import FotMemError
+
+        raise FotMemError(f"fot-mem dictionary {args[0]} failed (exit status {done.returncode})")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ..eval import dictionary as ev
+    from ..eval.common import write_json
+    from ..train.loop import Trainer
+
+    started = time.time()
+    preset = PRESETS[args.preset]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(args.device)
+    steps = args.steps or preset["steps"]
+    sizes = _sizes(args.sizes) if args.sizes else preset["sizes"]
+    stores = Path(args.store) if args.store else out / "stores"
+    baseline_steps = args.baseline_steps or preset["baseline_steps"]
+    configs = _train_configs(preset, out, steps, baseline_steps, device)
+    only = [x for x in args.only.split(",") if x]
+    results: dict[str, Any] = {
+        "preset": args.preset,
+        "steps": steps,
+        "sizes": sizes,
+        "device": _describe(device),
+    }
+    path = out / "results.json"
+    for name in only:
+        cfg = configs[name]
+        t0 = time.time()
+        log = Trainer(cfg).run(progress=False)
+        last = {k: v for k, v in log[-1].items() if not k.startswith("temperature")}
+        entry: dict[str, Any] = {
+            "train": {"minutes": (time.time() - t0) / 60, "last": last},
+            "config": dataclasses.asdict(cfg),
+        }
+        switched = [r["step"] for r in log if r.get("d", 1) > 1]
+        entry["train"]["switched_at"] = switched[0] if switched else None
+        print(f"[{name}] trained {cfg.steps} steps in {entry['train']['minutes']:.1f} min: {last}")
+        model, task = _load(cfg.out, device)
+        if name == "baseline":
+            fits = [n for n in sizes if n <= preset["baseline_max"]]
+            entry["answers"] = ev.baseline(
+                model, task, fits, query_sets=preset["query_sets"], progress=print
+            )
+            if "out_of_memory" in entry["answers"]:  # a context too long for the device
+                entry["out_of_memory"] = entry["answers"].pop("out_of_memory")
+        else:
+            entry |= ev.focus(model, task, preset["ds"], seed=7)
+            print(f"[{name}] r_d {entry['r_d']}")
+            shutil.rmtree(stores, ignore_errors=True)
+            store = str(stores / name)
+            joined = ",".join(str(n) for n in sizes)
+            _subcommand(
+                "fill", cfg.out, store, "--sizes", joined, "--device", device,
+                "--fill-batch", str(preset["fill_batch"]), "--json", str(out / f"fill-{name}.json"),
+            )  # fmt: skip
+            _subcommand(
+                "answer", cfg.out, store, "--sizes", joined, "--device", device,
+                "--query-sets", str(preset["query_sets"]), "--json",
+                str(out / f"answer-{name}.json"),
+            )  # fmt: skip
+            entry["fill"] = json.loads((out / f"fill-{name}.json").read_text())
+            entry["answers"] = json.loads((out / f"answer-{name}.json").read_text())
+            shutil.rmtree(stores, ignore_errors=True)
+        entry["accuracy"] = {n: a["accuracy"] for n, a in entry["answers"].items()}
+        results[name] = entry
+        results["minutes"] = (time.time() - started) / 60
+        write_json(path, results)
+        del model
+    results["minutes"] = (time.time() - started) / 60
+    write_json(path, results)
+    for png in plots(results, out):
+        print(f"plot: {png}")
+    print(f"results: {path} ({results['minutes']:.1f} min)")
+
+
+def _describe(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    """accuracy.png (accuracy against N, min-max bands) and focus.png (r_d against d)."""
+    from ..eval.common import pyplot, save_figure
+
+    plt = pyplot()
+    names = {"fot": "FoT (crossbatch)", "control_d1": "control (d = 1)", "baseline": "baseline"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in names.items():
+        answers = results.get(key, {}).get("answers")
+        if not answers:
+            continue
+        ns = sorted(answers, key=int)
+        x = [int(n) for n in ns]
+        ax.plot(x, [answers[n]["accuracy"] for n in ns], marker="o", label=label)
+        ax.fill_between(
+            x, [answers[n]["min"] for n in ns], [answers[n]["max"] for n in ns], alpha=0.2
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("memory size N (tokens)")
+    ax.set_ylabel("answer-token accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Dictionary lookup, k = 32 ({results.get('device', '')})")
+    out = [save_figure(fig, folder / "accuracy.png")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("fot", "control_d1"):
+        r = results.get(key, {}).get("r_d")
+        if r:
+            ds = sorted(r, key=int)
+            ax.plot([int(d) for d in ds], [r[d] for d in ds], marker="o", label=names[key])
+    if ax.lines:
+        ds = [
+            int(d)
+            for d in sorted(results["fot" if "fot" in results else "control_d1"]["r_d"], key=int)
+        ]
+        ax.plot(ds, [1 / d for d in ds], "k:", label="1/d")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("contexts in memory d")
+        ax.set_ylabel("r_d (answer tokens)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out.append(save_figure(fig, folder / "focus.png"))
+    return out
