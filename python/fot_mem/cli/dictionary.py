@@ -82,6 +82,9 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--preset", default="paper", choices=tuple(PRESETS))
     run.add_argument("--steps", type=int, help="training steps of the memory models (preset's)")
     run.add_argument("--baseline-steps", type=int, help="training steps of the baseline")
+    run.add_argument(
+        "--minutes", default="0,0,0", help="training time caps of fot,control_d1,baseline (0: none)"
+    )
     run.add_argument("--sizes", help="memory sizes N, comma-separated (preset's)")
     run.add_argument("--store", help="where stores go (default OUT/stores); emptied per model")
     run.add_argument("--device", default=None, help="cuda if available, else cpu")
@@ -192,8 +195,8 @@ def _train_configs(
     preset: dict[str, Any], out: Path, steps: int, baseline_steps: int, device: str
 ) -> dict[str, Any]:
     """The three runs: FoT (d = 1 until 98% training accuracy, the paper's schedule, or half
-    the steps if that comes first, then d = 128), the control (d = 1 throughout) and the baseline (no memory, both windows in one
-    local context of 2W, RoPE everywhere)."""
+    the steps if that comes first, then d = 128), the control (d = 1 throughout) and the
+    baseline (no memory, both windows in one local context of 2W, RoPE everywhere)."""
     from ..train.loop import TrainConfig
 
     batch = preset["batch"]
@@ -276,6 +279,9 @@ def _run(args: argparse.Namespace) -> None:
     baseline_steps = args.baseline_steps or preset["baseline_steps"]
     configs = _train_configs(preset, out, steps, baseline_steps, device)
     only = [x for x in args.only.split(",") if x]
+    caps = dict(zip(("fot", "control_d1", "baseline"), (float(x) for x in args.minutes.split(","))))
+    for name, cap in caps.items():
+        configs[name] = dataclasses.replace(configs[name], minutes=cap)
     results: dict[str, Any] = {
         "preset": args.preset,
         "steps": steps,
@@ -294,7 +300,9 @@ def _run(args: argparse.Namespace) -> None:
         }
         switched = [r["step"] for r in log if r.get("d", 1) > 1]
         entry["train"]["switched_at"] = switched[0] if switched else None
-        print(f"[{name}] trained {cfg.steps} steps in {entry['train']['minutes']:.1f} min: {last}")
+        print(
+            f"[{name}] trained {last['step']} steps in {entry['train']['minutes']:.1f} min: {last}"
+        )
         model, task = _load(cfg.out, device)
         if name == "baseline":
             fits = [n for n in sizes if n <= preset["baseline_max"]]

@@ -59,6 +59,7 @@ class TrainConfig:
     d_until_accuracy: float = 0.0
     d_until_step: int = 0  # with d_until_accuracy: switch here at the latest (0: never)
     steps: int = 1000
+    minutes: float = 0.0  # > 0: stop (evaluate, save) once training has run this long
     lr: float = 3e-4
     min_lr: float = 3e-5
     warmup: int = 100
@@ -519,17 +520,24 @@ class Trainer:
                 log.append(row)
                 if metrics is not None:
                     metrics.write(json.dumps(row) + "\n")
+            started = time.perf_counter()
             while self.step < cfg.steps:
                 row = self.train_step()
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                late = cfg.minutes > 0 and time.perf_counter() - started > 60 * cfg.minutes
+                if late and self.dist.world > 1:  # every rank stops at the same step
+                    late = self.dist.mean(float(late), self.device) > 0
+                last = self.step == cfg.steps or late
+                if self.step % cfg.eval_every == 0 or last:
                     row.update(self.evaluate())
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or last:
                     self.save()
                 log.append(row)
                 if metrics is not None:
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                 next(bar, None)
+                if late:
+                    break
         finally:
             if metrics is not None:
                 metrics.close()
