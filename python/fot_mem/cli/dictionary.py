@@ -38,8 +38,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "task": {"dict_symbols": 64, "dict_key": 4, "dict_value": 4},
         "window": 256,
         "batch": 128,
-        "steps": 2500,
-        "baseline_steps": 1500,
+        "steps": 5000,
+        "baseline_steps": 2000,
         "lr": 1e-3,
         "qk_temperature": 16.0,
         "sizes": [512, 4096, 16384, 65536, 262144, 1 << 20, 1 << 22, 1 << 24, 1 << 26],
@@ -57,15 +57,15 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_kv_heads": 1,
             "memory_layers": "2",
         },
-        "task": {"dict_symbols": 16, "dict_key": 2, "dict_value": 1},
-        "window": 40,
+        "task": {"dict_symbols": 32, "dict_key": 1, "dict_value": 1},
+        "window": 32,
         "batch": 32,
         "steps": 300,
         "baseline_steps": 300,
         "lr": 3e-3,
         "qk_temperature": 16.0,
-        "sizes": [80, 400, 1200],
-        "baseline_max": 1200,
+        "sizes": [32, 64, 128],
+        "baseline_max": 128,
         "ds": [1, 2, 4, 8],
         "query_sets": 4,
         "fill_batch": 16,
@@ -83,7 +83,9 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--steps", type=int, help="training steps of the memory models (preset's)")
     run.add_argument("--baseline-steps", type=int, help="training steps of the baseline")
     run.add_argument(
-        "--minutes", default="0,0,0", help="training time caps of fot,control_d1,baseline (0: none)"
+        "--minutes",
+        default="0,0,0,0",
+        help="training time caps of d1_phase,fot,control_d1,baseline (0: none)",
     )
     run.add_argument("--sizes", help="memory sizes N, comma-separated (preset's)")
     run.add_argument("--store", help="where stores go (default OUT/stores); emptied per model")
@@ -194,9 +196,11 @@ def _emit(path: str | None, found: dict[str, Any]) -> None:
 def _train_configs(
     preset: dict[str, Any], out: Path, steps: int, baseline_steps: int, device: str
 ) -> dict[str, Any]:
-    """The three runs: FoT (d = 1 until 98% training accuracy, the paper's schedule, or half
-    the steps if that comes first, then d = 128), the control (d = 1 throughout) and the
-    baseline (no memory, both windows in one local context of 2W, RoPE everywhere)."""
+    """The runs. "d1_phase": d = 1 until 98% training accuracy (the paper's schedule) or half
+    the steps, then it stops. "fot" and "control_d1" both continue from its checkpoint (see
+    `_branch`): FoT with d = max(ds), the control with d = 1, on the same batches, so the two
+    differ only in crossbatch. "baseline": no memory, both windows in one local context of
+    2W, RoPE everywhere."""
     from ..train.loop import TrainConfig
 
     batch = preset["batch"]
@@ -224,13 +228,17 @@ def _train_configs(
     )
     top = max(preset["ds"])
     return {
-        "fot": TrainConfig(
-            out=str(out / "fot"),
+        "d1_phase": TrainConfig(
+            out=str(out / "d1_phase"),
             d_schedule=f"0:{top}",
             d_until_accuracy=0.98,
             d_until_step=steps // 2,
+            stop_at_switch=True,
             eval_d=f"1,{top}",
             **common,
+        ),
+        "fot": TrainConfig(
+            out=str(out / "fot"), d_schedule=f"0:{top}", eval_d=f"1,{top}", **common
         ),
         "control_d1": TrainConfig(
             out=str(out / "control_d1"), d_schedule="0:1", eval_d=f"1,{top}", **common
@@ -250,6 +258,19 @@ def _train_configs(
             },
         ),
     }
+
+
+def _branch(phase: Any, cfg: Any, top: int) -> Any:
+    """`cfg` continued from the d = 1 phase's last checkpoint: its folder copied, and for FoT
+    a schedule that raises d to `top` at the branch step."""
+    from ..train.loop import Trainer
+
+    branch = int((Path(phase.out) / "latest").read_text().strip().split("-")[-1])
+    shutil.rmtree(cfg.out, ignore_errors=True)
+    shutil.copytree(phase.out, cfg.out)
+    if cfg.d_schedule != "0:1":
+        cfg = dataclasses.replace(cfg, d_schedule=f"0:1,{branch}:{top}")
+    return Trainer(cfg), branch
 
 
 def _subcommand(*args: str) -> None:
@@ -279,7 +300,8 @@ def _run(args: argparse.Namespace) -> None:
     baseline_steps = args.baseline_steps or preset["baseline_steps"]
     configs = _train_configs(preset, out, steps, baseline_steps, device)
     only = [x for x in args.only.split(",") if x]
-    caps = dict(zip(("fot", "control_d1", "baseline"), (float(x) for x in args.minutes.split(","))))
+    names = ("d1_phase", "fot", "control_d1", "baseline")
+    caps = dict(zip(names, (float(x) for x in args.minutes.split(","))))
     for name, cap in caps.items():
         configs[name] = dataclasses.replace(configs[name], minutes=cap)
     results: dict[str, Any] = {
@@ -289,19 +311,33 @@ def _run(args: argparse.Namespace) -> None:
         "device": _describe(device),
     }
     path = out / "results.json"
+    top = max(preset["ds"])
+    if {"fot", "control_d1"} & set(only):
+        t0 = time.time()
+        log = Trainer(configs["d1_phase"]).run(progress=False)
+        results["d1_phase"] = {
+            "minutes": (time.time() - t0) / 60,
+            "last": {k: v for k, v in log[-1].items() if not k.startswith("temperature")},
+        }
+        print(f"[d1_phase] {results['d1_phase']}", flush=True)
     for name in only:
         cfg = configs[name]
         t0 = time.time()
-        log = Trainer(cfg).run(progress=False)
+        branch = None
+        if name == "baseline":
+            trainer = Trainer(cfg)
+        else:
+            trainer, branch = _branch(configs["d1_phase"], cfg, top)
+        log = trainer.run(progress=False)
         last = {k: v for k, v in log[-1].items() if not k.startswith("temperature")}
         entry: dict[str, Any] = {
-            "train": {"minutes": (time.time() - t0) / 60, "last": last},
-            "config": dataclasses.asdict(cfg),
+            "train": {"minutes": (time.time() - t0) / 60, "last": last, "branch": branch},
+            "config": dataclasses.asdict(trainer.cfg),
         }
-        switched = [r["step"] for r in log if r.get("d", 1) > 1]
-        entry["train"]["switched_at"] = switched[0] if switched else None
         print(
-            f"[{name}] trained {last['step']} steps in {entry['train']['minutes']:.1f} min: {last}"
+            f"[{name}] trained to step {last['step']} in {entry['train']['minutes']:.1f} min: "
+            f"{last}",
+            flush=True,
         )
         model, task = _load(cfg.out, device)
         if name == "baseline":

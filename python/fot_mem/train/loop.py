@@ -58,6 +58,7 @@ class TrainConfig:
     # d_schedule, its steps counted from that point (the paper's dictionary schedule)
     d_until_accuracy: float = 0.0
     d_until_step: int = 0  # with d_until_accuracy: switch here at the latest (0: never)
+    stop_at_switch: bool = False  # end the run (evaluate, save) where d_until_accuracy is met
     steps: int = 1000
     minutes: float = 0.0  # > 0: stop (evaluate, save) once training has run this long
     lr: float = 3e-4
@@ -526,6 +527,7 @@ class Trainer:
                 late = cfg.minutes > 0 and time.perf_counter() - started > 60 * cfg.minutes
                 if late and self.dist.world > 1:  # every rank stops at the same step
                     late = self.dist.mean(float(late), self.device) > 0
+                late = late or (cfg.stop_at_switch and self.switched is not None)
                 last = self.step == cfg.steps or late
                 if self.step % cfg.eval_every == 0 or last:
                     row.update(self.evaluate())
