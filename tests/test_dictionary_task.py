@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fot_mem.exceptions import InvalidValueError
+from fot_mem.torch import Crossbatch
 from fot_mem.train.dictionary import DictionaryBatches, DictionaryTask
 from fot_mem.train.loop import IGNORE, TrainConfig, Trainer, rows
 
@@ -123,8 +123,7 @@ def test_loss_and_accuracy_count_answers_only(tmp_path) -> None:
     trainer = Trainer(cfg)
     batch = trainer.batcher.next()
     loss, accuracy = trainer.loss(batch, d=2)
-    inputs, targets = rows(batch)
-    from fot_mem.torch import Crossbatch
+    inputs, _ = rows(batch)
 
     logits = trainer.model(inputs, memory=Crossbatch(slots=3, d=2), logits_rows=slice(3, None))
     picked = logits.logits[batch.mask]

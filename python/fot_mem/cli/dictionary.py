@@ -55,14 +55,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_layers": 3,
             "num_heads": 4,
             "num_kv_heads": 1,
-            "memory_layers": "2",
+            "memory_layers": "1",
         },
         "task": {"dict_symbols": 32, "dict_key": 1, "dict_value": 1},
         "window": 32,
         "batch": 32,
         "steps": 300,
         "baseline_steps": 300,
-        "lr": 3e-3,
+        "lr": 1e-3,
         "qk_temperature": 16.0,
         "sizes": [32, 64, 128],
         "baseline_max": 128,
@@ -309,6 +309,7 @@ def _run(args: argparse.Namespace) -> None:
         "steps": steps,
         "sizes": sizes,
         "device": _describe(device),
+        "chance": 1 / preset["task"]["dict_symbols"],
     }
     path = out / "results.json"
     top = max(preset["ds"])
@@ -341,7 +342,8 @@ def _run(args: argparse.Namespace) -> None:
         )
         model, task = _load(cfg.out, device)
         if name == "baseline":
-            fits = [n for n in sizes if n <= preset["baseline_max"]]
+            # from N = W on: with W of definitions the context is as long as in training
+            fits = sorted({task.window} | {n for n in sizes if n <= preset["baseline_max"]})
             entry["answers"] = ev.baseline(
                 model, task, fits, query_sets=preset["query_sets"], progress=print
             )
@@ -381,7 +383,7 @@ def _describe(device: str) -> str:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
+        return torch.cuda.get_device_name()
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()})"
@@ -404,6 +406,8 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.fill_between(
             x, [answers[n]["min"] for n in ns], [answers[n]["max"] for n in ns], alpha=0.2
         )
+    if "chance" in results:
+        ax.axhline(results["chance"], color="k", linestyle=":", label="chance")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("memory size N (tokens)")
     ax.set_ylabel("answer-token accuracy")

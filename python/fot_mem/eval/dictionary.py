@@ -127,7 +127,8 @@ def answer(
             accs, exact = [], []
             for i in range(query_sets):
                 tokens, mask = book.queries(i)
-                a, e = score_window(reader.logits(tokens[:-1]), tokens, mask, task)
+                logits = reader.logits(torch.from_numpy(tokens[:-1]))
+                a, e = score_window(logits, tokens, mask, task)
                 accs.append(a)
                 exact.append(e)
             done = time.perf_counter()

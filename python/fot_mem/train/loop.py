@@ -245,6 +245,8 @@ class Trainer:
         self.dist = Distributed.from_env()
         if cfg.device:
             self.device = torch.device(cfg.device)
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", self.dist.local)
         elif torch.cuda.is_available():
             self.device = torch.device("cuda", self.dist.local)
         else:
