@@ -14,6 +14,33 @@ from fot_mem.train.loop import IGNORE, TrainConfig, Trainer, rows
 
 TASK = DictionaryTask()
 
+# a training run on a small task, for the loop's tests
+SMALL: dict[str, object] = dict(
+    data="",
+    task="dictionary",
+    dict_symbols=8,
+    dict_key=1,
+    dict_value=1,
+    window=16,
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    memory_layers="1",
+    batch=4,
+    d_schedule="0:1",
+    steps=1,
+    eval_every=100,
+    eval_d="1",
+    device="cpu",
+    dtype="float32",
+)
+
+
+def small(out: object, **changes: object) -> TrainConfig:
+    return TrainConfig(out=str(out), **{**SMALL, **changes})  # type: ignore[arg-type]
+
 
 def records(window: np.ndarray, task: DictionaryTask = TASK) -> np.ndarray:
     """A window's whole records `[records, R]`."""
@@ -99,27 +126,7 @@ def test_rows_ignore_all_but_the_answers() -> None:
 
 
 def test_loss_and_accuracy_count_answers_only(tmp_path) -> None:
-    cfg = TrainConfig(
-        data="",
-        out=str(tmp_path / "run"),
-        task="dictionary",
-        dict_symbols=8,
-        dict_key=1,
-        dict_value=1,
-        window=16,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        memory_layers="1",
-        batch=3,
-        d_schedule="0:2",
-        steps=1,
-        eval_d="1",
-        device="cpu",
-        dtype="float32",
-    )
+    cfg = small(tmp_path / "run", batch=3, d_schedule="0:2")
     trainer = Trainer(cfg)
     batch = trainer.batcher.next()
     loss, accuracy = trainer.loss(batch, d=2)
@@ -134,46 +141,19 @@ def test_loss_and_accuracy_count_answers_only(tmp_path) -> None:
 
 
 def test_d_until_accuracy_switches_once_and_resumes(tmp_path) -> None:
-    base = dict(
-        data="",
-        task="dictionary",
-        dict_symbols=8,
-        dict_key=1,
-        dict_value=1,
-        window=16,
-        hidden_size=16,
-        intermediate_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        memory_layers="1",
-        batch=4,
-        d_schedule="0:4",
-        steps=6,
-        eval_every=100,
-        eval_d="1",
-        device="cpu",
-        dtype="float32",
-    )
+    run = dict(d_schedule="0:4", steps=6, d_until_accuracy=1.0)
     # an accuracy never met: d = 1 until d_until_step, then the schedule
-    log = Trainer(
-        TrainConfig(out=str(tmp_path / "a"), d_until_accuracy=1.0, d_until_step=3, **base)
-    ).run(progress=False)
+    log = Trainer(small(tmp_path / "a", d_until_step=3, **run)).run(progress=False)
     assert [r["d"] for r in log[1:]] == [1, 1, 1, 4, 4, 4]
     # a threshold met after the first step (the last 10 steps' accuracy made perfect): d = 1
     # for that step only
-    trainer = Trainer(TrainConfig(out=str(tmp_path / "b"), d_until_accuracy=0.9, **base))
+    trainer = Trainer(small(tmp_path / "b", **{**run, "d_until_accuracy": 0.9}))
     trainer.recent = [1.0] * 10
     log = trainer.run(progress=False)
     assert [r["d"] for r in log[1:]] == [1, 4, 4, 4, 4, 4]
     # resumed after a checkpoint at step 2: the switch is remembered
-    first = TrainConfig(
-        out=str(tmp_path / "c"), d_until_accuracy=1.0, d_until_step=2, **{**base, "steps": 2}
-    )
-    Trainer(first).run(progress=False)
-    rest = Trainer(
-        TrainConfig(out=str(tmp_path / "c"), d_until_accuracy=1.0, d_until_step=2, **base)
-    )
+    Trainer(small(tmp_path / "c", d_until_step=2, **{**run, "steps": 2})).run(progress=False)
+    rest = Trainer(small(tmp_path / "c", d_until_step=2, **run))
     assert rest.step == 2 and rest.switched == 2
     assert [r["d"] for r in rest.run(progress=False)] == [4, 4, 4, 4]
 
@@ -190,28 +170,7 @@ def test_batches_resume_and_refuse_another_run() -> None:
 
 
 def test_minutes_cap_stops_and_saves(tmp_path) -> None:
-    cfg = TrainConfig(
-        data="",
-        out=str(tmp_path / "run"),
-        task="dictionary",
-        dict_symbols=8,
-        dict_key=1,
-        dict_value=1,
-        window=16,
-        hidden_size=16,
-        intermediate_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        memory_layers="1",
-        batch=2,
-        d_schedule="0:1",
-        steps=10_000,
-        minutes=1e-9,
-        eval_d="1",
-        device="cpu",
-        dtype="float32",
-    )
+    cfg = small(tmp_path / "run", batch=2, steps=10_000, minutes=1e-9)
     log = Trainer(cfg).run(progress=False)
     assert log[-1]["step"] == 1 and "val_acc_d1" in log[-1]
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-0000001"

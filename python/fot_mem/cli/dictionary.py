@@ -48,6 +48,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "query_sets": 4,
         "fill_batch": 1024,
     },
+    "small": {  # a CPU-sized experiment of a few minutes: focus at toy scale
+        "model": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_layers": 6,
+            "num_heads": 4,
+            "num_kv_heads": 1,
+            "memory_layers": "1",
+        },
+        "task": {"dict_symbols": 16, "dict_key": 2, "dict_value": 1},
+        "window": 40,
+        "batch": 32,
+        "steps": 1600,
+        "baseline_steps": 800,
+        "lr": 1e-3,
+        "qk_temperature": 16.0,
+        "sizes": [80, 400, 1200],
+        "baseline_max": 1200,
+        "ds": [1, 2, 4, 8, 16, 32],
+        "query_sets": 8,
+        "fill_batch": 16,
+    },
     "tiny": {
         "model": {
             "hidden_size": 64,
