@@ -198,3 +198,20 @@ def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "fot_mem", "dictionary", "answer", str(tmp_path), str(tmp_path)]
     done = subprocess.run([*cmd, "--sizes", "a,b"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_ramp_schedule_climbs_in_powers_of_two() -> None:
+    from fot_mem.cli.dictionary import ramp
+    from fot_mem.train.loop import schedule_value
+
+    spec = ramp(800, 1600, 32)
+    assert spec == "0:1,800:2,900:4,1000:8,1100:16,1200:32"
+    assert [schedule_value(spec, s) for s in (0, 799, 800, 1199, 1200, 1599)] == [
+        1,
+        1,
+        2,
+        16,
+        32,
+        32,
+    ]
+    assert ramp(10, 12, 2) == "0:1,10:2"
