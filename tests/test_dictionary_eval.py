@@ -76,7 +76,8 @@ def test_qk_temperature_starts_where_asked() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{}, {"sink_token": 3}, {"qk_norm": True, "memory_rope": False}]
+    "changes",
+    [{}, {"sink_token": 3}, {"qk_norm": True, "memory_rope": False}, {"memory_kv_heads": 1}],
 )
 def test_first_memory_kv_equals_the_forward(changes: dict[str, object]) -> None:
     net = model(**changes)
@@ -215,3 +216,23 @@ def test_ramp_schedule_climbs_in_powers_of_two() -> None:
         32,
     ]
     assert ramp(10, 12, 2) == "0:1,10:2"
+
+
+def test_memory_layers_may_have_fewer_kv_heads(tmp_path: Path) -> None:
+    """Plain layers keep num_kv_heads; memory layers, their store and crossbatch use
+    memory_kv_heads, and reading, filling and training run as with one count."""
+    net = model(memory_kv_heads=1)
+    assert net.model.layers[0].self_attn.k_proj.out_features == 2 * 8
+    assert net.model.layers[2].self_attn.k_proj.out_features == 1 * 8
+    tokens = torch.randint(0, 40, (16 * 3,))
+    with create_store(tmp_path / "s", net) as store:
+        assert store.kv_heads == 1
+        fill_document(net, store.document("d"), tokens, window=16)
+        reader = LongDocumentReader(net, store.document("d"), window=16)
+        assert reader.logits(tokens[:5]).shape == (5, 40)
+    from fot_mem.torch import Crossbatch
+
+    out = net(torch.randint(0, 40, (4, 16)), memory=Crossbatch(slots=2, d=2))
+    assert out.logits.shape == (4, 16, 40)
+    with pytest.raises(InvalidValueError, match="memory_kv_heads"):
+        FotConfig(num_heads=4, num_kv_heads=2, memory_kv_heads=3)

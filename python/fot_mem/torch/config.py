@@ -20,6 +20,7 @@ _INTS = (
     "head_dim",
     "max_position_embeddings",
     "memory_k",
+    "memory_kv_heads",
 )
 
 
@@ -36,7 +37,10 @@ class FotConfig:
     dropped from its outputs. A window's first token saw nothing before it and turns into an
     attention sink whose key draws attention whatever the query; with this token in front, the
     sink is a token whose key memory never keeps, so memory holds content keys only. None: off.
-    `qk_temperature`: QK-norm's starting temperature (0: sqrt(head_dim)); cosine logits need
+    `memory_kv_heads`: kv heads of the memory layers (0: num_kv_heads). Memory keeps
+    memory_kv_heads x head_dim per token and layer, so a memory layer may have fewer kv heads
+    than the others: plain layers keep their heads for the work below it. `qk_temperature`:
+    QK-norm's starting temperature (0: sqrt(head_dim)); cosine logits need
     a large one to be sharp. `memory_rope`: False gives memory layers no positional encoding
     at all, local keys included (the paper's small models); True rotates local queries and
     keys as Llama does, with memory keys at position 0 (LongLLaMA).
@@ -57,6 +61,7 @@ class FotConfig:
     qk_norm: bool = False
     memory_k: int = 128
     sink_token: int | None = None
+    memory_kv_heads: int = 0  # 0: num_kv_heads
     memory_rope: bool = True
     qk_temperature: float = 0.0
 
@@ -74,6 +79,8 @@ class FotConfig:
             object.__setattr__(self, name, value)
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_heads, 1))
+        if self.memory_kv_heads == 0:
+            object.__setattr__(self, "memory_kv_heads", self.num_kv_heads)
         bad = [name for name in _INTS if getattr(self, name) < 1]
         if bad:
             raise InvalidValueError(f"FotConfig.{bad[0]} must be positive, got 0")
@@ -93,10 +100,11 @@ class FotConfig:
                 raise InvalidValueError(
                     f"FotConfig.{name} must be a positive number, got {value!r}"
                 )
-        if self.num_heads % self.num_kv_heads:
-            raise InvalidValueError(
-                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
-            )
+        for name in ("num_kv_heads", "memory_kv_heads"):
+            if self.num_heads % getattr(self, name):
+                raise InvalidValueError(
+                    f"num_heads {self.num_heads} must be a multiple of {name} {getattr(self, name)}"
+                )
         if self.head_dim % 2:
             raise InvalidValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if not isinstance(self.memory_rope, bool):

@@ -29,7 +29,7 @@ class FotAttention(nn.Module):
         self.layer = layer
         self.heads, self.kv_heads, self.head_dim = (
             config.num_heads,
-            config.num_kv_heads,
+            config.memory_kv_heads if layer in config.memory_layers else config.num_kv_heads,
             config.head_dim,
         )
         self.is_memory = layer in config.memory_layers

@@ -29,7 +29,7 @@ def create_store(
     if not c.memory_layers:
         raise InvalidValueError("the model has no memory_layers; give FotConfig(memory_layers=...)")
     return MemoryStore.create(
-        path, layers=c.memory_layers, kv_heads=c.num_kv_heads, head_dim=c.head_dim, **options
+        path, layers=c.memory_layers, kv_heads=c.memory_kv_heads, head_dim=c.head_dim, **options
     )
 
 
@@ -64,13 +64,13 @@ class LongDocumentReader:
                 f"{list(c.memory_layers)}"
             )
         if (store.kv_heads, store.head_dim, store.value_dim) != (
-            c.num_kv_heads,
+            c.memory_kv_heads,
             c.head_dim,
             c.head_dim,
         ):
             raise ShapeError(
                 f"the store has kv_heads {store.kv_heads} x head_dim {store.head_dim} (value_dim "
-                f"{store.value_dim}), the model {c.num_kv_heads} x {c.head_dim} ({c.head_dim})"
+                f"{store.value_dim}), the model {c.memory_kv_heads} x {c.head_dim} ({c.head_dim})"
             )
         self.model = model
         self.document = document

@@ -45,6 +45,7 @@ class TrainConfig:
     num_layers: int = 8
     num_heads: int = 8
     num_kv_heads: int = 8
+    memory_kv_heads: int = 0  # kv heads of the memory layers (0: num_kv_heads)
     memory_layers: str = "4"  # comma-separated layer indices
     qk_norm: bool = True  # the paper's small models; False when fine-tuning a Llama
     memory_rope: bool = True  # False: no positional encoding in memory layers (small models)
@@ -199,6 +200,7 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
             num_layers=cfg.num_layers,
             num_heads=cfg.num_heads,
             num_kv_heads=cfg.num_kv_heads,
+            memory_kv_heads=cfg.memory_kv_heads,
             max_position_embeddings=cfg.window,
             memory_layers=layers,
             qk_norm=cfg.qk_norm,
