@@ -176,13 +176,7 @@ def _load(model: str, device: str) -> Any:
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     net = load_model(model, device=device, dtype=dtype)
-    cfg = json.loads((Path(model) / "config.json").read_text())
-    task = DictionaryTask(
-        symbols=cfg["dict_symbols"],
-        key_len=cfg["dict_key"],
-        value_len=cfg["dict_value"],
-        window=cfg["window"] if cfg["prev"] else cfg["window"] // 2,
-    )
+    task = DictionaryTask.of_run(json.loads((Path(model) / "config.json").read_text()))
     return net, task
 
 
@@ -444,7 +438,10 @@ def _describe(device: str) -> str:
         model = names[0] if names else model
     except OSError:
         pass
-    return f"cpu ({model}, {torch.get_num_threads()} threads)"
+    from .. import _core
+
+    kernel = _core.exact_kernel_info()["kernel"]
+    return f"cpu ({model}, {torch.get_num_threads()} threads, exact kernel {kernel})"
 
 
 def plots(results: dict[str, Any], folder: Path) -> list[Path]:

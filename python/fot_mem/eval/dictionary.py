@@ -26,7 +26,6 @@ from ..torch.reader import LongDocumentReader, create_store
 from ..train.dictionary import Dictionary, DictionaryTask
 from .distraction import attention_stats
 
-SIZES = (512, 4096, 16384, 65536, 262144, 1 << 20, 1 << 22, 1 << 24, 1 << 26)
 DS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -50,7 +49,7 @@ def fill(
     path = Path(path)
     store = (
         MemoryStore.open(path)
-        if (path / "manifest.json").exists() or (path.is_dir() and any(path.iterdir()))
+        if path.is_dir() and any(path.iterdir())  # absent or empty: a new store
         else create_store(path, model, dtype="bfloat16", chunk_tokens=1 << 20)
     )
     out: dict[str, Any] = {}

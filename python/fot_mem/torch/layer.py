@@ -27,12 +27,12 @@ class FotAttention(nn.Module):
     def __init__(self, config: FotConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
+        self.is_memory = layer in config.memory_layers
         self.heads, self.kv_heads, self.head_dim = (
             config.num_heads,
-            config.memory_kv_heads if layer in config.memory_layers else config.num_kv_heads,
+            config.memory_kv_heads if self.is_memory else config.num_kv_heads,
             config.head_dim,
         )
-        self.is_memory = layer in config.memory_layers
         self.qk_norm = config.qk_norm and self.is_memory
         self.rope = config.memory_rope or not self.is_memory
         hid, hd = config.hidden_size, config.head_dim

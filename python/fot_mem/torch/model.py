@@ -133,28 +133,10 @@ class FotForCausalLM(nn.Module):
         empty one) gets the sink token in front; logits and `memory_kv` leave it out, and a
         cache keeps it (so a window holds one token fewer).
         """
-        if input_ids.dim() != 2:
-            raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise DtypeError(f"input_ids must be int64 or int32 token ids, got {input_ids.dtype}")
-        if input_ids.numel():
-            low, high = torch.aminmax(input_ids)
-            if int(low) < 0 or int(high) >= self.config.vocab_size:
-                raise InvalidValueError(
-                    f"token ids span {int(low)}..{int(high)}; the vocabulary is "
-                    f"0..{self.config.vocab_size - 1}"
-                )
         past = 0 if cache is None else cache.length
-        sunk = 0
-        if self.config.sink_token is not None and past == 0 and input_ids.shape[1]:
-            sink = input_ids.new_full((input_ids.shape[0], 1), self.config.sink_token)
-            input_ids, sunk = torch.cat((sink, input_ids), dim=1), 1
-        t = input_ids.shape[1]
-        x = self.model.embed_tokens(input_ids)
-        positions = torch.arange(past, past + t, device=input_ids.device)
-        cos, sin = self.model.rotary(positions, x.dtype)
+        x, cos, sin, sunk = self._embed(input_ids, past)
         memory_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        trim, logits_rows = self._trim(input_ids.shape[0], memory, cache, logits_rows)
+        trim, logits_rows = self._trim(x.shape[0], memory, cache, logits_rows)
         last_memory = max(self.config.memory_layers, default=-1)
         for i, layer in enumerate(self.model.layers):
             assert isinstance(layer, DecoderLayer)
@@ -176,6 +158,32 @@ class FotForCausalLM(nn.Module):
             x = x[logits_rows]
         return FotOutput(self.lm_head(self.model.norm(x[:, sunk:])), memory_kv)
 
+    def _embed(
+        self, input_ids: torch.Tensor, past: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Checks `input_ids [B, T]`, puts the sink token in front of a window that starts
+        afresh (`past` 0), and returns the embeddings, the RoPE tables of positions past.. and
+        the number of sink positions."""
+        if input_ids.dim() != 2:
+            raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise DtypeError(f"input_ids must be int64 or int32 token ids, got {input_ids.dtype}")
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            if int(low) < 0 or int(high) >= self.config.vocab_size:
+                raise InvalidValueError(
+                    f"token ids span {int(low)}..{int(high)}; the vocabulary is "
+                    f"0..{self.config.vocab_size - 1}"
+                )
+        sunk = 0
+        if self.config.sink_token is not None and past == 0 and input_ids.shape[1]:
+            sink = input_ids.new_full((input_ids.shape[0], 1), self.config.sink_token)
+            input_ids, sunk = torch.cat((sink, input_ids), dim=1), 1
+        x = self.model.embed_tokens(input_ids)
+        positions = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
+        cos, sin = self.model.rotary(positions, x.dtype)
+        return x, cos, sin, sunk
+
     @torch.no_grad()
     def first_memory_kv(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lowest memory layer's keys and values `[B, Hkv, T, D]` (as `memory_kv` holds
@@ -184,15 +192,7 @@ class FotForCausalLM(nn.Module):
         layers above it are skipped. This is how a memory is filled fast."""
         if not self.config.memory_layers:
             raise InvalidValueError("the model has no memory layers")
-        if input_ids.dim() != 2:
-            raise ShapeError(f"input_ids must be [batch, tokens], got {tuple(input_ids.shape)}")
-        sunk = 0
-        if self.config.sink_token is not None and input_ids.shape[1]:
-            sink = input_ids.new_full((input_ids.shape[0], 1), self.config.sink_token)
-            input_ids, sunk = torch.cat((sink, input_ids), dim=1), 1
-        x = self.model.embed_tokens(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cos, sin = self.model.rotary(positions, x.dtype)
+        x, cos, sin, sunk = self._embed(input_ids, 0)
         top = self.config.memory_layers[0]
         for layer in self.model.layers[:top]:
             x = layer(x, cos, sin, None, None, sunk)[0]

@@ -14,6 +14,8 @@ dictionary, so training resumes exactly and evaluations repeat."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +50,18 @@ class DictionaryTask:
                 f"{self.symbols}^{self.key_len} keys are too few for {self.records} distinct "
                 "keys a window"
             )
+
+    @classmethod
+    def of_run(cls, run: Mapping[str, Any]) -> DictionaryTask:
+        """The task of a training run (`TrainConfig` fields, e.g. its config.json): with
+        memory a window of definitions then one of queries; without (prev 0) one window of
+        the run holds both."""
+        return cls(
+            symbols=run["dict_symbols"],
+            key_len=run["dict_key"],
+            value_len=run["dict_value"],
+            window=run["window"] if run["prev"] else run["window"] // 2,
+        )
 
     # -- token ids ------------------------------------------------------------------------
     @property

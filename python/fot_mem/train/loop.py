@@ -258,14 +258,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.task: DictionaryTask | None = None
         if cfg.task == "dictionary":
-            # with memory, a window of definitions then one of queries; without (prev 0), one
-            # window holds both
-            self.task = DictionaryTask(
-                symbols=cfg.dict_symbols,
-                key_len=cfg.dict_key,
-                value_len=cfg.dict_value,
-                window=cfg.window if cfg.prev else cfg.window // 2,
-            )
+            self.task = DictionaryTask.of_run(dataclasses.asdict(cfg))
             vocab = self.task.vocab_size
         else:
             self.train_data = TokenDataset(cfg.data, "train")
