@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dictionary lookup experiment (issue 17) on one lent GPU machine, in one lease:
 #   start    install the carried extension, run `fot-mem dictionary run` detached (setsid)
-#   poll     the log's tail, GPU and disk use
+#   poll     the log's tail, GPU and disk use; results and metrics so far into $OUT
 #   collect  results.json, plots, logs and training metrics into $OUT
 # Here: `maturin build --release -o .whl` first; each device call carries .whl.
 set -uo pipefail
@@ -23,6 +23,9 @@ poll)
   tail -n 25 "$W/log"
   nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
   df -h /tmp | tail -1
+  # what is done so far comes back with every poll: the lease may end before collect
+  cp "$W/log" "$OUT/pipeline.log"
+  tar czf "$OUT/partial.tgz" -C "$W/out" --exclude='checkpoint-*' --exclude='stores' . 2>/dev/null
   ;;
 collect)
   cp "$W/log" "$OUT/pipeline.log"

@@ -116,6 +116,9 @@ def add_parsers(sub: Any) -> None:
         help="training time caps of d1_phase,fot,control_d1,baseline (0: none)",
     )
     run.add_argument("--sizes", help="memory sizes N, comma-separated (preset's)")
+    run.add_argument(
+        "--control-sizes", help="the d = 1 control's sizes N, when fewer than --sizes (time)"
+    )
     run.add_argument("--store", help="where stores go (default OUT/stores); emptied per model")
     run.add_argument("--device", default=None, help="cuda if available, else cpu")
     run.add_argument("--only", default="fot,control_d1,baseline", help="models to run")
@@ -397,7 +400,8 @@ def _run(args: argparse.Namespace) -> None:
             print(f"[{name}] r_d {entry['r_d']}")
             shutil.rmtree(stores, ignore_errors=True)
             store = str(stores / name)
-            joined = ",".join(str(n) for n in sizes)
+            mine = _sizes(args.control_sizes) if args.control_sizes and name != "fot" else sizes
+            joined = ",".join(str(n) for n in mine)
             _subcommand(
                 "fill", cfg.out, store, "--sizes", joined, "--device", device,
                 "--fill-batch", str(preset["fill_batch"]), "--json", str(out / f"fill-{name}.json"),
