@@ -11,9 +11,13 @@
 //! committed rows of every chunk are read and must be finite (the store never writes NaN or
 //! infinity).
 //!
-//! Not covered: chunk contents have no checksum, so a flipped bit that leaves a finite number is
-//! invisible; bytes past the committed count are never looked at; hnswlib's own index files
-//! (`hnswlib-*.bin`) are derived, rebuilt on demand, and are only counted.
+//! Also checked: every sealed chunk's checksum file (intact; with `deep`, matching the chunk), and
+//! in layout-2 documents that every layer directory and count file exists.
+//!
+//! Not covered: the open tail chunk of a layer and chunks sealed by format 1 have no checksum, so
+//! a flipped bit there that leaves a finite number is invisible; bytes past the committed count
+//! are never looked at; hnswlib's own index files (`hnswlib-*.bin`) are derived, rebuilt on
+//! demand, and are only counted.
 
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
