@@ -97,7 +97,7 @@ def test_verify_reads_finds_an_altered_sealed_chunk(store_path: Path, rng) -> No
     with MemoryStore.open(path, readonly=True) as s:  # not asked to check: reads as before
         s.document("a").search(0, queries, k=2)
     with MemoryStore.open(path, readonly=True, verify_reads=True) as s:
-        with pytest.raises(StoreCorruptError, match="chunk 1.*checksum"):
+        with pytest.raises(StoreCorruptError, match=r"chunk 1.*checksum"):
             s.document("a").search(0, queries, k=2)
     with pytest.raises(DtypeError, match="verify_reads"):
         MemoryStore.open(path, verify_reads="yes")  # type: ignore[arg-type]
