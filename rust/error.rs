@@ -23,7 +23,9 @@ pub enum Error {
     #[error("corrupt store: {0}")]
     Corrupt(String),
     /// The store was written by a format version this build cannot read.
-    #[error("{path} has format version {found}; this build of fot_mem reads version {supported}")]
+    #[error(
+        "{path} has format version {found}; this build of fot_mem reads versions 1 to {supported}"
+    )]
     Version {
         path: PathBuf,
         found: u32,

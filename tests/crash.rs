@@ -504,3 +504,94 @@ fn kill_mid_create() {
 fn started_creating(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
+
+const FIRST_CHILD_TEST: &str = "crash_child_first_appends";
+
+/// The child of `kill_mid_first_append`: creates documents `new0`, `new1`, ... each by one first
+/// append to layer 0 (layer 2 stays unwritten), printing `begin <i>` and `committed <i>`.
+#[test]
+#[ignore = "run by crash::kill_mid_first_append as its child process"]
+fn crash_child_first_appends() {
+    let Ok(root) = std::env::var(STORE_ENV) else {
+        return; // run by hand with --ignored: nothing to do
+    };
+    let mut out = std::io::stdout().lock();
+    let mut store = MemoryStore::open(Path::new(&root), false).unwrap();
+    let first = store.documents().unwrap().len();
+    for i in first.. {
+        let doc = format!("new{i}");
+        writeln!(out, "begin {i}").unwrap();
+        out.flush().unwrap();
+        append_expected(&mut store, &doc, 0, 3 * CHUNK as u64 + 5);
+        writeln!(out, "committed {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// Kill-mid-first-append: a child creating documents one after another is killed with SIGKILL
+/// after varying delays. No document may be listed without its tokens (a phantom: `exists`, 0
+/// tokens everywhere, verify ok), every reported one holds them, and verify finds no error.
+#[test]
+fn kill_mid_first_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(MemoryStore::create(&root, config(Dtype::Float16)).unwrap());
+    let (mut inside, mut reported) = (0, 0usize);
+    for run in 0..16u64 {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                FIRST_CHILD_TEST,
+                "--nocapture",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(STORE_ENV, &root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reaper = Reaper(Some(child));
+        let stdout = reaper.0.as_mut().unwrap().stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                let _ = tx.send(line.clone());
+            }
+        });
+        // Wait for the first `begin` (after libtest's own lines), then kill a varying time later.
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            let begun = line.starts_with("begin");
+            lines.push(line);
+            if begun {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200 + (run * 1777) % 15_000));
+        let mut child = reaper.0.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader_thread.join().unwrap();
+        lines.extend(rx.try_iter());
+        inside += usize::from(lines.last().is_some_and(|l| l.starts_with("begin")));
+        reported += lines.iter().filter(|l| l.starts_with("committed")).count();
+        let mut reader = MemoryStore::open(&root, true).unwrap();
+        for doc in reader.documents().unwrap() {
+            let n = reader.length(&doc, 0).unwrap();
+            assert_eq!(
+                n,
+                3 * CHUNK as u64 + 5,
+                "run {run}: {doc:?} is listed with {n} tokens"
+            );
+            assert_eq!(reader.length(&doc, 2).unwrap(), 0);
+        }
+        let report = fot_mem::store::verify(&root, true).unwrap();
+        assert!(report.is_ok(), "run {run}: {:?}", report.problems);
+    }
+    let mut store = MemoryStore::open(&root, false).unwrap();
+    assert!(store.documents().unwrap().len() >= reported);
+    eprintln!("kill-mid-first-append: 16 runs, {inside} killed inside a first append");
+    assert!(inside > 0, "no kill landed inside a first append");
+}

@@ -672,7 +672,8 @@ def test_manifest_with_an_unchecksummed_bad_json(two_docs) -> None:
 def test_manifest_of_another_format_version(two_docs) -> None:
     path = two_docs[0]
     manifest = path / "manifest.json"
-    manifest.write_bytes(manifest.read_bytes().replace(b"version=1", b"version=7", 1))
+    current = f"version={fot_mem.FORMAT_VERSION}".encode()
+    manifest.write_bytes(manifest.read_bytes().replace(current, b"version=7", 1))
     with raises(FormatVersionError, "7", str(fot_mem.FORMAT_VERSION)):
         MemoryStore.open(path, readonly=True)
 

@@ -144,7 +144,7 @@ def test_torch_dtype_object_as_storage_dtype(tmp_path: Path) -> None:
 
 
 def test_constants() -> None:
-    assert fot_mem.FORMAT_VERSION == 1
+    assert fot_mem.FORMAT_VERSION == 2
     assert fot_mem.MAX_K == 1 << 16
     assert fot_mem.DEFAULT_CHUNK_TOKENS > 0
     assert isinstance(fot_mem.__version__, str) and fot_mem.__version__

@@ -90,6 +90,7 @@ def expected_counts(root: Path) -> dict[str, int]:
         "layers": 3 * len(LAYERS),
         "chunks": sum(math.ceil(n / CHUNK) for n in LENGTHS.values()),
         "index_files": sum(n // SPAN for n in LENGTHS.values()),
+        "checksums": sum(n // CHUNK for n in LENGTHS.values()),
         "tokens": sum(LENGTHS.values()),
         "bytes": sum(p.stat().st_size for p in files(root)),
     }
@@ -243,9 +244,11 @@ def test_deep_reads_what_the_quick_check_does_not(healthy: Path) -> None:
     deep = checked_verify(healthy)
     assert [p["path"] for p in deep["problems"]] == [
         f"{LAYER}/000001.keys",
+        f"{LAYER}/000001.keys",
         str(index.relative_to(healthy)),
     ]
     assert "token 7" in deep["problems"][0]["message"]
+    assert "fails its checksum" in deep["problems"][1]["message"]
 
 
 def test_both_commit_slots_damaged(healthy: Path) -> None:

@@ -99,10 +99,21 @@ class MemoryStore:
         )
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> MemoryStore:
+    def open(
+        cls, path: str | os.PathLike[str], *, readonly: bool = False, verify_reads: bool = False
+    ) -> MemoryStore:
         """Opens an existing store. Read-write takes the writer lock (`StoreLockedError` if
-        another handle holds it); read-only never blocks."""
-        return cls(_core.Store.open(os.fspath(path), _bool(readonly, "readonly")))
+        another handle holds it); read-only never blocks.
+
+        `verify_reads=True` checks every sealed chunk (one whose `chunk_tokens` rows are all
+        committed) against its checksum the first time this handle uses its layer, and raises
+        `StoreCorruptError` on a mismatch; each chunk is read once more. The open tail chunk of
+        a layer has no checksum."""
+        return cls(
+            _core.Store.open(
+                os.fspath(path), _bool(readonly, "readonly"), _bool(verify_reads, "verify_reads")
+            )
+        )
 
     # -- what the store is -------------------------------------------------------------------
     @property
@@ -190,16 +201,20 @@ class MemoryStore:
         point that is unreadable, an index file that does not match its span). Warnings:
         leftovers of a crash or of a writer at work (temp files, chunks past the committed count,
         document directories the manifest does not name) and unknown files. `checked` counts
-        `documents`, `layers` (document-layers), `chunks`, `index_files`, `tokens` (committed)
-        and `bytes` (size of the files examined).
+        `documents`, `layers` (document-layers), `chunks`, `index_files`, `checksums` (sealed
+        chunks with an intact checksum file), `tokens` (committed) and `bytes` (size of the files
+        examined).
 
-        Checked: the manifest (version, checksum, configuration), every commit point (both slots'
-        checksums), that each chunk the committed count needs exists with the exact size, hnsw
-        index files (header checksum, section bounds, span, size, heads and dim against the
-        layer). `deep` (default) also reads every index section against its checksum and every
-        committed key and value, which must be finite; `deep=False` reads only metadata, headers
-        and commit points. Not covered: chunk contents have no checksum, so a flipped bit that
-        leaves a finite number goes unseen; hnswlib's index files are only counted.
+        Checked: the manifest (version, checksum, configuration, document directories), every
+        layer directory and commit point (both slots' checksums), that each chunk the committed
+        count needs exists with the exact size, that each sealed chunk has an intact checksum
+        file, hnsw index files (header checksum, section bounds, span, size, heads and dim
+        against the layer). `deep` (default) also hashes every sealed chunk against its checksum,
+        reads every index section against its checksum and every committed key and value, which
+        must be finite; `deep=False` reads only metadata, headers and commit points. Not covered:
+        the open tail chunk of a layer has no checksum (a flipped bit there that leaves a finite
+        number goes unseen), nor do chunks sealed before format 2 (a warning says how many);
+        hnswlib's index files are only counted.
 
         Raises `StoreNotFoundError` when `path` does not exist and `NotAStoreError` when it is a
         file or a directory that holds no store.

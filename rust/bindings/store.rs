@@ -234,9 +234,11 @@ impl Store {
     }
 
     #[staticmethod]
-    #[pyo3(signature = (path, readonly=false))]
-    fn open(py: Python<'_>, path: PathBuf, readonly: bool) -> PyResult<Self> {
-        let store = run(py, move || MemoryStore::open(&path, readonly))?;
+    #[pyo3(signature = (path, readonly=false, verify_reads=false))]
+    fn open(py: Python<'_>, path: PathBuf, readonly: bool, verify_reads: bool) -> PyResult<Self> {
+        let store = run(py, move || {
+            MemoryStore::open(&path, readonly).map(|s| s.verify_reads(verify_reads))
+        })?;
         Ok(Store::wrap(store))
     }
 

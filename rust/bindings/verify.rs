@@ -27,6 +27,7 @@ fn report_dict<'py>(py: Python<'py>, r: &VerifyReport) -> PyResult<Bound<'py, Py
     checked.set_item("layers", c.layers)?;
     checked.set_item("chunks", c.chunks)?;
     checked.set_item("index_files", c.index_files)?;
+    checked.set_item("checksums", c.checksums)?;
     checked.set_item("tokens", c.tokens)?;
     checked.set_item("bytes", c.bytes)?;
     let d = PyDict::new(py);

@@ -3,8 +3,9 @@
 //! slot the previous commit did not, so a torn write can only damage the slot being written and the
 //! reader falls back to the other one. Readers trust the valid slot with the highest sequence number;
 //! tokens past its count do not exist, whatever the chunk files hold. The file is born whole (a
-//! temp file holding a zero commit, renamed into place), so a missing file is an empty layer and
-//! an empty or unreadable one is corruption, never silently zero tokens.
+//! temp file holding a zero commit, renamed into place), so an empty or unreadable one is
+//! corruption, never silently zero tokens; whether a missing one is damage or a layer never
+//! written is the layer's call (`layer.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

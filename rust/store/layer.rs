@@ -1,6 +1,7 @@
 //! One document-layer: its chunk files and its commit point. Invariant: tokens `0..count` are fully
 //! written and flushed in the chunk files before `count` is committed; nothing past `count` is ever
-//! read, and nothing before it is ever written again.
+//! read, and nothing before it is ever written again. A chunk whose rows are all committed (sealed)
+//! has a checksum file, written before the commit that seals it (see `seal.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use super::commit::{read_commit, CommitFile, COUNT_FILE};
 use super::config::StoreConfig;
 use super::indexer::SpanJob;
 use super::manifest::sync_dir;
+use super::seal;
 use crate::ann::{SpanIndex, SpanRows};
 use crate::dtype::Elements;
 use crate::error::{Error, IoContext, Result};
@@ -58,22 +60,74 @@ pub struct LayerMemory {
     commit: Option<CommitFile>,
     /// The HNSW index of each sealed span, once its file exists.
     spans: Vec<Option<Arc<SpanIndex>>>,
+    /// The document's layout has every layer's count file and every sealed chunk's checksum, so
+    /// a missing one is damage (format-1 documents may lack them).
+    strict: bool,
+    /// Leading sealed chunks already checked against their checksums (`verify_sealed`).
+    verified: usize,
+}
+
+/// Fails unless `path` is a real directory (not a link, which could lead outside the store);
+/// `Ok(false)` when it does not exist.
+pub(super) fn real_dir(path: &Path, what: &str) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(Error::Corrupt(format!(
+            "{} ({what}) is not a directory (a file or a symbolic link)",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// True if the layer directory holds chunk or index files (so a missing count file lost tokens).
+fn has_data_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.ends_with(".keys") || n.ends_with(".values") || n.ends_with(".idx")
+        })
+    })
 }
 
 impl LayerMemory {
-    /// Opens the layer stored in `dir`. Writers create the directory; readers of a layer nobody
-    /// wrote yet see zero tokens.
-    pub fn open(dir: &Path, config: Arc<StoreConfig>, writable: bool) -> Result<Self> {
+    /// Opens the layer stored in `dir`. `strict` (documents of the sealed layout): the directory
+    /// and its count file must exist. Otherwise (format-1 documents, whose layer directories appear
+    /// on first use) writers create them and readers of a layer nobody wrote see zero tokens; but a
+    /// count file missing next to chunk files is damage, never an empty layer to write over.
+    pub fn open(
+        dir: &Path,
+        config: Arc<StoreConfig>,
+        writable: bool,
+        strict: bool,
+    ) -> Result<Self> {
+        let count_path = dir.join(COUNT_FILE);
+        let lost = |path: &Path, what: &str| {
+            Error::Corrupt(format!(
+                "{} ({what}) is missing: the layer's committed tokens are lost; restore it from a \
+                 copy, or delete the document",
+                path.display()
+            ))
+        };
+        let dir_exists = real_dir(dir, "a layer directory")?;
+        if !dir_exists && strict {
+            return Err(lost(dir, "a layer directory of a listed document"));
+        }
+        if dir_exists && !count_path.exists() && (strict || has_data_files(dir)) {
+            return Err(lost(&count_path, "the layer's commit point"));
+        }
         let (commit, count) = if writable {
-            if !dir.exists() {
+            if !dir_exists {
                 std::fs::create_dir_all(dir).at(dir)?;
                 sync_dir(dir.parent().unwrap_or(dir))?;
             }
-            let c = CommitFile::open(&dir.join(COUNT_FILE))?;
+            let c = CommitFile::open(&count_path)?;
             let count = c.last().count;
             (Some(c), count)
         } else {
-            (None, read_commit(&dir.join(COUNT_FILE))?.count)
+            (None, read_commit(&count_path)?.count)
         };
         let mut layer = LayerMemory {
             dir: dir.to_owned(),
@@ -82,12 +136,50 @@ impl LayerMemory {
             count: 0,
             commit,
             spans: Vec::new(),
+            strict,
+            verified: 0,
         };
         layer.map_committed(count)?;
         if writable {
             layer.remove_partial_indexes();
         }
         Ok(layer)
+    }
+
+    /// Checks every sealed chunk not checked yet against its checksum (`verify_reads`): each chunk
+    /// is read whole once per handle. A chunk without a checksum file is damage in a strict layer
+    /// and unchecked in a format-1 one.
+    pub fn verify_sealed(&mut self) -> Result<()> {
+        let cfg = &self.config;
+        let sealed = (self.count / self.chunk_tokens()) as usize;
+        let (kb, vb) = (
+            cfg.chunk_bytes(cfg.head_dim) as usize,
+            cfg.chunk_bytes(cfg.value_dim) as usize,
+        );
+        while self.verified < sealed {
+            let c = self.verified;
+            match seal::read(&self.dir, c)? {
+                Some(want) => {
+                    let chunk = &self.chunks[c];
+                    seal::check(
+                        &self.dir,
+                        c,
+                        chunk.keys.range(0, kb),
+                        chunk.values.range(0, vb),
+                        want,
+                    )?;
+                }
+                None if self.strict => {
+                    return Err(Error::Corrupt(format!(
+                        "{} is missing: sealed chunk {c} cannot be checked",
+                        seal::path(&self.dir, c).display()
+                    )))
+                }
+                None => {}
+            }
+            self.verified += 1;
+        }
+        Ok(())
     }
 
     /// Re-reads the commit point (readers): tokens a writer committed since are now visible.
@@ -195,7 +287,8 @@ impl LayerMemory {
                     .encode_into(cfg.dtype, out, "values", src)?;
             }
         }
-        // Data first, then the count: the commit point.
+        // Data first, then the checksums of the chunks this append fills, then the count: the
+        // commit point.
         for c in start / ct..end.div_ceil(ct) {
             let first = start.max(c * ct) - c * ct;
             let last = end.min((c + 1) * ct) - c * ct;
@@ -206,6 +299,22 @@ impl LayerMemory {
                 chunk.keys.flush_range(row * hd * es, rows * hd * es)?;
                 chunk.values.flush_range(row * vd * es, rows * vd * es)?;
             }
+        }
+        let filled = start / ct..end / ct;
+        for c in filled.clone() {
+            let chunk = &self.chunks[c];
+            let (kb, vb) = (
+                cfg.chunk_bytes(cfg.head_dim),
+                cfg.chunk_bytes(cfg.value_dim),
+            );
+            let crc = seal::checksum(
+                chunk.keys.range(0, kb as usize),
+                chunk.values.range(0, vb as usize),
+            );
+            seal::write(&self.dir, c, crc)?;
+        }
+        if !filled.is_empty() {
+            sync_dir(&self.dir)?;
         }
         self.commit
             .as_mut()
@@ -229,13 +338,15 @@ impl LayerMemory {
         self.dir.join(format!("hnsw-{span:06}.idx"))
     }
 
-    /// Temporary files of builds that died (their spans are built again).
+    /// Temporary files of builds and seals that died (spans are built again, chunks sealed again).
     fn remove_partial_indexes(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with("hnsw-") && !name.ends_with(".idx") {
+                if (name.starts_with("hnsw-") && !name.ends_with(".idx"))
+                    || name.ends_with(".crc.tmp")
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

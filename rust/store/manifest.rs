@@ -2,6 +2,11 @@
 //! replaced whole (temp file, fsync, rename, fsync of the directory), so a reader sees the old or
 //! the new manifest and never a mix. Its first line carries the format version and a CRC-32 of the
 //! JSON body that follows.
+//!
+//! Everything the store later turns into a path is checked here, at load, in every mode: a
+//! document's directory must be a name this store writes (`d` and at least 8 digits), unique, and
+//! below `next_document`, so no manifest, however crafted, makes the store touch a path outside
+//! its folder or share one directory between two documents.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -17,8 +22,17 @@ use crate::error::{Error, IoContext, Result};
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The temp file a new manifest is written to before it is renamed over the manifest.
 pub const TEMP_MANIFEST_FILE: &str = "manifest.json.tmp";
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes (and the newest it reads). Version 2 added per-document
+/// layouts (below) and chunk checksums; version 1 stores are read and upgraded on their next write.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest on-disk format this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+/// Documents written before format 2: a layer directory appears on the layer's first append (so a
+/// missing one reads as empty) and sealed chunks carry no checksum.
+pub const LEGACY_LAYOUT: u32 = 1;
+/// Documents of format 2: every layer directory and count file exists before the document is
+/// listed, and every sealed chunk has a checksum file, so anything missing is damage.
+pub const SEALED_LAYOUT: u32 = 2;
 const MAGIC: &str = "fot_mem-manifest";
 
 /// One document of the store.
@@ -27,6 +41,21 @@ pub struct DocumentEntry {
     /// Directory under `docs/`; a new document always gets a new one, so a deleted and re-created
     /// document never sees the old files.
     pub dir: String,
+    /// How the document's files are laid out: [`LEGACY_LAYOUT`] (absent in format 1) or
+    /// [`SEALED_LAYOUT`].
+    #[serde(default = "legacy_layout")]
+    pub layout: u32,
+}
+
+fn legacy_layout() -> u32 {
+    LEGACY_LAYOUT
+}
+
+impl DocumentEntry {
+    /// True for documents whose layer directories, count files and chunk checksums must all exist.
+    pub fn sealed(&self) -> bool {
+        self.layout >= SEALED_LAYOUT
+    }
 }
 
 /// Everything the manifest holds.
@@ -51,6 +80,7 @@ impl Manifest {
     pub fn add_document(&mut self, name: &str) -> DocumentEntry {
         let entry = DocumentEntry {
             dir: format!("d{:08}", self.next_document),
+            layout: SEALED_LAYOUT,
         };
         self.next_document += 1;
         self.documents.insert(name.to_owned(), entry.clone());
@@ -59,6 +89,11 @@ impl Manifest {
 
     /// Reads and validates `root/manifest.json`.
     pub fn load(root: &Path) -> Result<Self> {
+        let (text, path) = Self::read(root)?;
+        Self::parse(&text, &path)
+    }
+
+    fn read(root: &Path) -> Result<(Vec<u8>, PathBuf)> {
         let path = root.join(MANIFEST_FILE);
         let text = match fs::read(&path) {
             Ok(t) => t,
@@ -77,10 +112,68 @@ impl Manifest {
             }
             Err(e) => return Err(Error::io(path, e)),
         };
-        Self::parse(&text, &path)
+        Ok((text, path))
+    }
+
+    /// `load` without the document checks ([`Manifest::document_problems`]), for `verify`,
+    /// which reports each bad document instead of refusing the whole store.
+    pub(super) fn load_unchecked(root: &Path) -> Result<Self> {
+        let (text, path) = Self::read(root)?;
+        Self::parse_body(&text, &path)
     }
 
     fn parse(text: &[u8], path: &Path) -> Result<Self> {
+        let manifest = Self::parse_body(text, path)?;
+        if let Some((_, why)) = manifest.document_problems().into_iter().next() {
+            return Err(Error::Corrupt(format!("{}: {why}", path.display())));
+        }
+        Ok(manifest)
+    }
+
+    /// Each document entry the store must not trust, with why: a directory that is not a name
+    /// this store writes (it could lead outside the store), one shared with another document, or
+    /// one that `next_document` would hand out again; an unknown layout.
+    pub fn document_problems(&self) -> Vec<(String, String)> {
+        let mut seen = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for (name, e) in &self.documents {
+            let number = e
+                .dir
+                .strip_prefix('d')
+                .filter(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok());
+            let why = match number {
+                None => format!(
+                    "document {name:?} has directory {:?}, which is not a document directory \
+                     name (d and 8 or more digits); refusing a path that may lead outside the store",
+                    e.dir
+                ),
+                Some(_) if seen.contains_key(&e.dir) => format!(
+                    "documents {:?} and {name:?} share the directory {:?}",
+                    seen[&e.dir], e.dir
+                ),
+                Some(n) if n >= self.next_document => format!(
+                    "document {name:?} has directory {:?}, but next_document is {}, so a new \
+                     document would be given the same directory",
+                    e.dir, self.next_document
+                ),
+                Some(_) if !(LEGACY_LAYOUT..=SEALED_LAYOUT).contains(&e.layout) => format!(
+                    "document {name:?} has layout {}; this build knows layouts \
+                     {LEGACY_LAYOUT}..={SEALED_LAYOUT}",
+                    e.layout
+                ),
+                Some(_) => {
+                    seen.insert(e.dir.clone(), name.clone());
+                    continue;
+                }
+            };
+            seen.entry(e.dir.clone()).or_insert_with(|| name.clone());
+            out.push((name.clone(), why));
+        }
+        out
+    }
+
+    fn parse_body(text: &[u8], path: &Path) -> Result<Self> {
         let corrupt = |why: String| Error::Corrupt(format!("{}: {why}", path.display()));
         let newline = text
             .iter()
@@ -105,7 +198,7 @@ impl Manifest {
             }
         };
         let version = version.ok_or_else(|| corrupt(format!("bad version in {header:?}")))?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::Version {
                 path: path.to_owned(),
                 found: version,
@@ -189,7 +282,7 @@ mod tests {
         let path = dir.path().join(MANIFEST_FILE);
         let text = fs::read_to_string(&path)
             .unwrap()
-            .replacen("version=1", "version=9", 1);
+            .replacen("version=2", "version=9", 1);
         fs::write(&path, text).unwrap();
         let err = Manifest::load(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Version { found: 9, .. }), "{err}");

@@ -20,6 +20,7 @@ mod layer;
 mod lock;
 mod manifest;
 mod read;
+mod seal;
 mod verify;
 
 pub use config::{HnswConfig, StoreConfig, DEFAULT_CHUNK_TOKENS};
@@ -51,6 +52,8 @@ pub struct MemoryStore {
     open: HashMap<(String, u32), LayerMemory>,
     /// Builds the hnsw indexes of sealed spans in the background (writers of hnsw stores).
     indexer: indexer::Indexer,
+    /// Check each sealed chunk against its checksum the first time a layer is used.
+    verify_reads: bool,
 }
 
 impl MemoryStore {
@@ -69,6 +72,7 @@ impl MemoryStore {
             lock: Some(lock),
             open: HashMap::new(),
             indexer: Default::default(),
+            verify_reads: false,
         })
     }
 
@@ -106,11 +110,20 @@ impl MemoryStore {
             lock,
             open: HashMap::new(),
             indexer: Default::default(),
+            verify_reads: false,
         };
         if !readonly {
             store.remove_orphans()?;
         }
         Ok(store)
+    }
+
+    /// With `true`, every sealed chunk is checked against its checksum the first time a read (or
+    /// an append) touches its layer through this handle, and a mismatch is `Corrupt`; the open
+    /// tail chunk of a layer has no checksum. Off by default: it reads each chunk once more.
+    pub fn verify_reads(mut self, on: bool) -> Self {
+        self.verify_reads = on;
+        self
     }
 
     /// The store's directory.
@@ -196,15 +209,34 @@ impl MemoryStore {
             return Ok(None);
         }
         if !self.open.contains_key(&key) {
-            let dir = self.layer_dir(doc, layer);
-            let mut l = LayerMemory::open(&dir, Arc::clone(&self.config), !self.is_readonly())?;
-            // A writer builds what an earlier one left unindexed (it died, or closed first).
-            for job in l.index_jobs(0..l.sealed_spans()) {
-                self.indexer.submit(job);
+            let strict = self.manifest.documents[doc].sealed();
+            let doc_dir = self.layer_dir(doc, layer);
+            let doc_dir = doc_dir.parent().expect("a layer directory has a parent");
+            if !layer::real_dir(doc_dir, "a document directory")? {
+                return Err(Error::Corrupt(format!(
+                    "the directory {} of document {doc:?} is missing: its tokens are lost; \
+                     restore it from a copy, or delete the document",
+                    doc_dir.display()
+                )));
             }
-            self.open.insert(key.clone(), l);
+            let dir = self.layer_dir(doc, layer);
+            let l = LayerMemory::open(&dir, Arc::clone(&self.config), !self.is_readonly(), strict)?;
+            self.adopt(key.clone(), l);
         }
-        Ok(self.open.get_mut(&key))
+        let l = self.open.get_mut(&key).expect("opened above");
+        if self.verify_reads {
+            l.verify_sealed()?;
+        }
+        Ok(Some(l))
+    }
+
+    /// Keeps an opened layer; a writer builds what an earlier one left unindexed (it died, or
+    /// closed first).
+    fn adopt(&mut self, key: (String, u32), mut l: LayerMemory) {
+        for job in l.index_jobs(0..l.sealed_spans()) {
+            self.indexer.submit(job);
+        }
+        self.open.insert(key, l);
     }
 
     /// The directory of a document-layer (unique per incarnation of the document), or `None` when
@@ -278,16 +310,7 @@ impl MemoryStore {
             return self.length(doc, layer);
         }
         if !self.manifest.documents.contains_key(doc) {
-            // A failed first append must not leave an empty document behind.
-            keys.check_storable(self.config.dtype, "keys")?;
-            values.check_storable(self.config.dtype, "values")?;
-            let mut next = self.manifest.clone();
-            let entry = next.add_document(doc);
-            let dir = self.root.join(DOCS_DIR).join(&entry.dir);
-            std::fs::create_dir_all(&dir).at(&dir)?;
-            sync_dir(&self.root.join(DOCS_DIR))?;
-            next.save(&self.root)?;
-            self.manifest = next;
+            return self.append_new(doc, layer, keys, values);
         }
         let l = self.layer(doc, layer)?.expect("document exists");
         let sealed = l.sealed_spans();
@@ -296,6 +319,61 @@ impl MemoryStore {
         for job in jobs {
             self.indexer.submit(job);
         }
+        Ok(len)
+    }
+
+    /// The first append of a document. Its directory, every layer's directory and count file, and
+    /// this append's tokens are all written and committed before the manifest lists it: a crash
+    /// before that leaves an unlisted directory (removed by the next writer), never a listed
+    /// document without tokens, and a listed document whose layer directory or count file is
+    /// missing is known to be damaged.
+    fn append_new(
+        &mut self,
+        doc: &str,
+        layer: u32,
+        keys: Elements,
+        values: Elements,
+    ) -> Result<u64> {
+        let mut next = self.manifest.clone();
+        let entry = next.add_document(doc);
+        let dir = self.root.join(DOCS_DIR).join(&entry.dir);
+        let written = (|| {
+            if dir.exists() {
+                // Left by a crash in an earlier first append (unlisted, so nobody reads it).
+                std::fs::remove_dir_all(&dir).at(&dir)?;
+            }
+            std::fs::create_dir(&dir).at(&dir)?;
+            let mut target = None;
+            for &l in &self.config.layers {
+                let m = LayerMemory::open(
+                    &dir.join(format!("layer-{l}")),
+                    Arc::clone(&self.config),
+                    true,
+                    false,
+                )?;
+                if l == layer {
+                    target = Some(m);
+                }
+            }
+            sync_dir(&dir)?;
+            sync_dir(&self.root.join(DOCS_DIR))?;
+            create::crash_point("append: document laid out");
+            let mut target = target.expect("layer checked by the caller");
+            let len = target.append(keys, values)?;
+            create::crash_point("append: first tokens committed");
+            Ok((target, len))
+        })();
+        let (target, len) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // Nothing is listed: the directory is unreachable, remove it now.
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        next.save(&self.root)?;
+        self.manifest = next;
+        self.adopt((doc.to_owned(), layer), target);
         Ok(len)
     }
 

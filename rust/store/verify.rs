@@ -11,9 +11,13 @@
 //! committed rows of every chunk are read and must be finite (the store never writes NaN or
 //! infinity).
 //!
-//! Not covered: chunk contents have no checksum, so a flipped bit that leaves a finite number is
-//! invisible; bytes past the committed count are never looked at; hnswlib's own index files
-//! (`hnswlib-*.bin`) are derived, rebuilt on demand, and are only counted.
+//! Also checked: every sealed chunk's checksum file (intact; with `deep`, matching the chunk), and
+//! in layout-2 documents that every layer directory and count file exists.
+//!
+//! Not covered: the open tail chunk of a layer and chunks sealed by format 1 have no checksum, so
+//! a flipped bit there that leaves a finite number is invisible; bytes past the committed count
+//! are never looked at; hnswlib's own index files (`hnswlib-*.bin`) are derived, rebuilt on
+//! demand, and are only counted.
 
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
@@ -26,6 +30,7 @@ use super::commit::{self, COUNT_FILE, SLOT};
 use super::config::StoreConfig;
 use super::lock::LOCK_FILE;
 use super::manifest::{Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use super::seal;
 use super::DOCS_DIR;
 use crate::ann::SpanIndex;
 use crate::dtype::Dtype;
@@ -69,6 +74,8 @@ pub struct Checked {
     pub chunks: u64,
     /// HNSW index files (`hnsw-*.idx`), usable or not.
     pub index_files: u64,
+    /// Sealed chunks with an intact checksum file (with `deep`, also checked against the data).
+    pub checksums: u64,
     /// Committed tokens over all document-layers.
     pub tokens: u64,
     /// Total size of the files examined.
@@ -158,6 +165,7 @@ enum LayerFile {
     Keys(u64),
     Values(u64),
     Index(u64),
+    Checksum(u64),
     Hnswlib,
     Temp,
     Unknown,
@@ -178,6 +186,16 @@ fn classify(name: &str) -> LayerFile {
     }
     if let Some(n) = name.strip_suffix(".values").and_then(parse_index) {
         return LayerFile::Values(n);
+    }
+    if let Some(n) = name.strip_suffix(".crc").and_then(parse_index) {
+        return LayerFile::Checksum(n);
+    }
+    if name
+        .strip_suffix(".crc.tmp")
+        .and_then(parse_index)
+        .is_some()
+    {
+        return LayerFile::Temp;
     }
     if name.starts_with("hnswlib-") && name.ends_with(".bin") {
         return LayerFile::Hnswlib;
@@ -254,6 +272,23 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// CRC-32 of the files' bytes in order, read in blocks (`seal::checksum` of whole chunks).
+fn hash_files(paths: &[&PathBuf]) -> std::io::Result<u32> {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; SCAN_BLOCK];
+    for p in paths {
+        let mut f = File::open(p)?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize())
+}
+
 /// True if any element of `bytes` (little endian, `dtype`) is NaN or infinite; returns its index.
 fn first_non_finite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
     match dtype {
@@ -303,7 +338,7 @@ impl Verifier<'_> {
     /// checks but whose JSON still holds a valid configuration is used for the rest of the walk.
     fn manifest(&mut self, path: &Path, has_docs: bool) -> Result<Option<Manifest>> {
         self.count_bytes(std::fs::metadata(path).ok().as_ref());
-        let err = match Manifest::load(self.root) {
+        let err = match Manifest::load_unchecked(self.root) {
             Ok(m) => return Ok(Some(self.check_document_dirs(path, m))),
             Err(e) => e,
         };
@@ -314,7 +349,7 @@ impl Verifier<'_> {
                 self.error(
                     path,
                     format!(
-                        "format version {found} (or a damaged header); this build reads version \
+                        "format version {found} (or a damaged header); this build reads versions 1 to \
                          {FORMAT_VERSION}: nothing else was checked"
                     ),
                 );
@@ -336,25 +371,12 @@ impl Verifier<'_> {
         Ok(best_effort.map(|m| self.check_document_dirs(path, m)))
     }
 
-    /// Document directory names must be plain names: the walk must not leave the store.
+    /// Documents the store refuses to trust (a directory that could lead outside the store, one
+    /// shared or reusable, an unknown layout) are reported and left out of the walk.
     fn check_document_dirs(&mut self, path: &Path, mut m: Manifest) -> Manifest {
-        let bad: Vec<String> = m
-            .documents
-            .iter()
-            .filter(|(_, e)| {
-                let p = Path::new(&e.dir);
-                e.dir.is_empty()
-                    || p.components().count() != 1
-                    || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in bad {
-            let dir = m.documents.remove(&name).map(|e| e.dir).unwrap_or_default();
-            self.error(
-                path,
-                format!("document {name:?} has directory {dir:?}, which is not a plain name"),
-            );
+        for (name, why) in m.document_problems() {
+            m.documents.remove(&name);
+            self.error(path, format!("{why}; stores refuse to open"));
         }
         m
     }
@@ -416,7 +438,8 @@ impl Verifier<'_> {
                         self.report.checked.layers += m.config.layers.len() as u64;
                         continue;
                     }
-                    self.guarded(&dir, |v| v.document(&dir, config));
+                    let strict = entry.sealed();
+                    self.guarded(&dir, |v| v.document(&dir, config, strict));
                 }
                 let known: std::collections::HashSet<&str> =
                     m.documents.values().map(|e| e.dir.as_str()).collect();
@@ -439,7 +462,7 @@ impl Verifier<'_> {
                 for (_, path, meta) in &entries {
                     if meta.as_ref().is_some_and(|m| m.is_dir()) {
                         self.report.checked.documents += 1;
-                        self.guarded(path, |v| v.document(path, None));
+                        self.guarded(path, |v| v.document(path, None, false));
                     } else {
                         self.count_bytes(meta.as_ref());
                         self.warn(path, "unknown file in the documents directory".into());
@@ -462,7 +485,8 @@ impl Verifier<'_> {
         }
     }
 
-    fn document(&mut self, dir: &Path, config: Option<&StoreConfig>) {
+    /// `strict`: the document's layout has every layer directory, count file and chunk checksum.
+    fn document(&mut self, dir: &Path, config: Option<&StoreConfig>, strict: bool) {
         let entries = match sorted_entries(dir) {
             Ok(e) => e,
             Err(e) => return self.error(dir, format!("cannot list the document directory: {e}")),
@@ -478,7 +502,7 @@ impl Verifier<'_> {
                 (Some(l), Some(c)) if is_dir && c.layers.contains(&l) => seen.push(l),
                 (Some(_), None) if is_dir => {
                     self.report.checked.layers += 1;
-                    self.layer(path, None);
+                    self.layer(path, None, strict);
                 }
                 (Some(l), Some(c)) if is_dir => self.warn(
                     path,
@@ -496,10 +520,18 @@ impl Verifier<'_> {
         if let Some(c) = config {
             for &l in &c.layers {
                 self.report.checked.layers += 1;
+                let path = dir.join(format!("layer-{l}"));
                 if seen.contains(&l) {
-                    self.layer(&dir.join(format!("layer-{l}")), Some(c));
+                    self.layer(&path, Some(c), strict);
+                } else if strict {
+                    self.error(
+                        &path,
+                        "missing: this document's layers were all created with it, so this \
+                         layer's committed tokens are lost and readers refuse it"
+                            .into(),
+                    );
                 }
-                // A layer without a directory was never written: zero tokens, nothing to check.
+                // Format-1 documents: a layer without a directory was never written.
             }
         }
     }
@@ -573,7 +605,7 @@ impl Verifier<'_> {
         Some(count)
     }
 
-    fn layer(&mut self, dir: &Path, config: Option<&StoreConfig>) {
+    fn layer(&mut self, dir: &Path, config: Option<&StoreConfig>, strict: bool) {
         // The count before the listing: a concurrent append writes its chunks before it
         // commits, so every chunk the count needs is already there when the listing is taken.
         let count_path = dir.join(COUNT_FILE);
@@ -586,6 +618,7 @@ impl Verifier<'_> {
         let mut keys: BTreeMap<u64, (PathBuf, Option<Metadata>)> = BTreeMap::new();
         let mut values: BTreeMap<u64, (PathBuf, Option<Metadata>)> = BTreeMap::new();
         let mut indexes = Vec::new();
+        let mut sums: BTreeMap<u64, PathBuf> = BTreeMap::new();
         let mut has_count = false;
         for (name, path, meta) in entries {
             let is_file = meta.as_ref().is_some_and(|m| m.is_file());
@@ -599,6 +632,10 @@ impl Verifier<'_> {
                 LayerFile::Keys(n) => drop(keys.insert(n, (path, meta))),
                 LayerFile::Values(n) => drop(values.insert(n, (path, meta))),
                 LayerFile::Index(n) => indexes.push((n, path, meta)),
+                LayerFile::Checksum(n) => {
+                    self.count_bytes(meta.as_ref());
+                    sums.insert(n, path);
+                }
                 LayerFile::Hnswlib => self.count_bytes(meta.as_ref()),
                 LayerFile::Temp => {
                     self.count_bytes(meta.as_ref());
@@ -615,15 +652,21 @@ impl Verifier<'_> {
                 }
             }
         }
-        if !has_count && (!keys.is_empty() || !values.is_empty() || !indexes.is_empty()) {
+        if !has_count && strict {
             self.error(
                 &count_path,
-                "missing, but the layer has chunk or index files: it reads as empty, and any \
-                 tokens it held are lost"
+                "missing: the layer's committed tokens are lost and readers refuse it".into(),
+            );
+        } else if !has_count && (!keys.is_empty() || !values.is_empty() || !indexes.is_empty()) {
+            self.error(
+                &count_path,
+                "missing, but the layer has chunk or index files: any tokens it held are lost \
+                 and readers refuse it"
                     .into(),
             );
         }
         self.chunks(dir, config, count, &keys, &values);
+        self.checksums(dir, config, count, &keys, &values, &sums, strict);
         for (span, path, meta) in indexes {
             self.count_bytes(meta.as_ref());
             self.report.checked.index_files += 1;
@@ -716,6 +759,101 @@ impl Verifier<'_> {
         // Over the files present, never over 0..needed (a damaged count can be huge).
         let both = keys.range(..needed).filter(|(i, _)| values.contains_key(i));
         self.report.checked.chunks += both.count() as u64;
+    }
+
+    /// Chunk checksums: every sealed chunk's sidecar must be intact and, with `deep`, match the
+    /// chunk. A sealed chunk without one is an error in a `strict` document and a warning (its
+    /// contents cannot be checked) in a format-1 one; sidecars of unsealed chunks are leftovers.
+    #[allow(clippy::too_many_arguments)]
+    fn checksums(
+        &mut self,
+        dir: &Path,
+        config: Option<&StoreConfig>,
+        count: Option<u64>,
+        keys: &BTreeMap<u64, (PathBuf, Option<Metadata>)>,
+        values: &BTreeMap<u64, (PathBuf, Option<Metadata>)>,
+        sums: &BTreeMap<u64, PathBuf>,
+        strict: bool,
+    ) {
+        let (Some(c), Some(count)) = (config, count) else {
+            return;
+        };
+        let sealed = count / c.chunk_tokens as u64;
+        let mut unchecked = 0u64;
+        for i in 0..sealed {
+            let Some(path) = sums.get(&i) else {
+                if strict && unchecked < LISTED as u64 {
+                    self.error(
+                        &seal::path(dir, i as usize),
+                        format!("missing: chunk {i} is sealed, so its checksum should be here"),
+                    );
+                }
+                unchecked += 1;
+                continue;
+            };
+            let want = match std::fs::read(path) {
+                Ok(b) => seal::decode(&b, i as usize),
+                Err(e) => Err(format!("cannot read: {e}")),
+            };
+            let want = match want {
+                Ok(w) => w,
+                Err(why) => {
+                    self.error(path, why);
+                    continue;
+                }
+            };
+            self.report.checked.checksums += 1;
+            let (Some((kp, km)), Some((vp, vm))) = (keys.get(&i), values.get(&i)) else {
+                continue; // a missing chunk file is reported by `chunks`
+            };
+            let size = |m: &Option<Metadata>| m.as_ref().map_or(0, |m| m.len());
+            if size(km) != c.chunk_bytes(c.head_dim) || size(vm) != c.chunk_bytes(c.value_dim) {
+                continue; // so is a wrong size
+            }
+            if self.deep {
+                match hash_files(&[kp, vp]) {
+                    Ok(got) => {
+                        if got != want {
+                            self.error(
+                                kp,
+                                format!(
+                                    "chunk {i} (this file and its .values) fails its checksum \
+                                     (recorded {want:08x}, data hashes to {got:08x}): altered \
+                                     after it was committed"
+                                ),
+                            );
+                        }
+                    }
+                    Err(e) => self.error(kp, format!("cannot read chunk {i}: {e}")),
+                }
+            }
+        }
+        if strict && unchecked > LISTED as u64 {
+            self.error(
+                dir,
+                format!(
+                    "{} more sealed chunks have no checksum file",
+                    unchecked - LISTED as u64
+                ),
+            );
+        } else if !strict && unchecked > 0 {
+            self.warn(
+                dir,
+                format!(
+                    "no checksum for {unchecked} sealed chunks (written before format 2): their \
+                     contents cannot be checked"
+                ),
+            );
+        }
+        for (&i, path) in sums.range(sealed..).take(LISTED) {
+            self.warn(
+                path,
+                format!(
+                    "checksum of chunk {i}, which is not sealed (left by an append that died \
+                     before its commit); the next seal replaces it"
+                ),
+            );
+        }
     }
 
     /// Deep check of one chunk file: the committed rows of every head must be finite.
@@ -925,7 +1063,7 @@ mod tests {
     fn each_kind_of_damage_is_found_where_it_is() {
         let rel = "docs/d00000000/layer-1";
         type Damage = fn(&Path);
-        let cases: [(&str, Damage, &str, Severity); 8] = [
+        let cases: [(&str, Damage, &str, Severity); 11] = [
             (
                 "truncated chunk",
                 |d| {
@@ -981,12 +1119,31 @@ mod tests {
             (
                 "non-finite",
                 |d| {
-                    let p = d.join("000000.values");
+                    // In the open tail chunk (4 of 18 tokens), which has no checksum.
+                    let p = d.join("000004.values");
                     let mut b = std::fs::read(&p).unwrap();
                     b[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
                     std::fs::write(&p, b).unwrap();
                 },
-                "000000.values",
+                "000004.values",
+                Severity::Error,
+            ),
+            (
+                "finite bit flip in a sealed chunk",
+                |d| flip(&d.join("000001.keys"), &[0]),
+                "000001.keys",
+                Severity::Error,
+            ),
+            (
+                "missing checksum",
+                |d| std::fs::remove_file(d.join("000002.crc")).unwrap(),
+                "000002.crc",
+                Severity::Error,
+            ),
+            (
+                "damaged checksum",
+                |d| flip(&d.join("000003.crc"), &[9]),
+                "000003.crc",
                 Severity::Error,
             ),
         ];
