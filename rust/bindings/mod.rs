@@ -4,6 +4,7 @@
 
 mod arrays;
 mod errors;
+mod hnswlib;
 mod store;
 mod verify;
 
@@ -36,6 +37,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(exact_kernel_info, m)?)?;
     m.add_function(wrap_pyfunction!(verify::verify_store, m)?)?;
+    m.add_function(wrap_pyfunction!(hnswlib::hnswlib_seal, m)?)?;
+    m.add_function(wrap_pyfunction!(hnswlib::hnswlib_check, m)?)?;
     m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;
     m.add("DEFAULT_CHUNK_TOKENS", crate::store::DEFAULT_CHUNK_TOKENS)?;
     m.add("MAX_K", crate::search::MAX_K)?;

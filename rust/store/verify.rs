@@ -12,8 +12,8 @@
 //! infinity).
 //!
 //! Not covered: chunk contents have no checksum, so a flipped bit that leaves a finite number is
-//! invisible; bytes past the committed count are never looked at; hnswlib's own index files
-//! (`hnswlib-*.bin`) are derived, rebuilt on demand, and are only counted.
+//! invisible; bytes past the committed count are never looked at. hnswlib's index files
+//! (`hnswlib-*.bin`, derived, rebuilt on demand) are checked against their seals (`hnswlib`).
 
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
@@ -30,6 +30,8 @@ use super::DOCS_DIR;
 use crate::ann::SpanIndex;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+
+mod hnswlib;
 
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -159,6 +161,7 @@ enum LayerFile {
     Values(u64),
     Index(u64),
     Hnswlib,
+    HnswlibSeal,
     Temp,
     Unknown,
 }
@@ -181,6 +184,9 @@ fn classify(name: &str) -> LayerFile {
     }
     if name.starts_with("hnswlib-") && name.ends_with(".bin") {
         return LayerFile::Hnswlib;
+    }
+    if name.starts_with("hnswlib-") && name.ends_with(".seal") {
+        return LayerFile::HnswlibSeal;
     }
     if let Some(rest) = name.strip_prefix("hnsw-") {
         return match rest.strip_suffix(".idx").and_then(parse_index) {
@@ -586,6 +592,7 @@ impl Verifier<'_> {
         let mut keys: BTreeMap<u64, (PathBuf, Option<Metadata>)> = BTreeMap::new();
         let mut values: BTreeMap<u64, (PathBuf, Option<Metadata>)> = BTreeMap::new();
         let mut indexes = Vec::new();
+        let mut hnswlib = Vec::new();
         let mut has_count = false;
         for (name, path, meta) in entries {
             let is_file = meta.as_ref().is_some_and(|m| m.is_file());
@@ -599,7 +606,11 @@ impl Verifier<'_> {
                 LayerFile::Keys(n) => drop(keys.insert(n, (path, meta))),
                 LayerFile::Values(n) => drop(values.insert(n, (path, meta))),
                 LayerFile::Index(n) => indexes.push((n, path, meta)),
-                LayerFile::Hnswlib => self.count_bytes(meta.as_ref()),
+                LayerFile::Hnswlib => {
+                    self.count_bytes(meta.as_ref());
+                    hnswlib.push(path);
+                }
+                LayerFile::HnswlibSeal => self.count_bytes(meta.as_ref()),
                 LayerFile::Temp => {
                     self.count_bytes(meta.as_ref());
                     self.warn(
@@ -628,6 +639,9 @@ impl Verifier<'_> {
             self.count_bytes(meta.as_ref());
             self.report.checked.index_files += 1;
             self.index(&path, span, config, count);
+        }
+        for path in hnswlib {
+            self.hnswlib(&path, config, count);
         }
     }
 
@@ -1096,6 +1110,8 @@ mod tests {
         assert_eq!(classify("hnsw-000003.idx"), LayerFile::Index(3));
         assert_eq!(classify("hnsw-000003.tmp42"), LayerFile::Temp);
         assert_eq!(classify("hnswlib-000000-h1.bin"), LayerFile::Hnswlib);
+        assert_eq!(classify("hnswlib-000000-h1.seal"), LayerFile::HnswlibSeal);
+        assert_eq!(classify(".hnswlib-000000-h1.seal.7.tmp"), LayerFile::Temp);
         assert_eq!(classify(".hnswlib-000000-h1.bin.7.ab.tmp"), LayerFile::Temp);
         assert_eq!(classify("count.tmp"), LayerFile::Temp);
         assert_eq!(classify("+00000.keys"), LayerFile::Unknown);
