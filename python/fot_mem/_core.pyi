@@ -14,6 +14,7 @@ __all__ = [
     "Store",
     "__version__",
     "_panic_for_tests",
+    "check_allocation",
     "exact_kernel_info",
     "hnswlib_check",
     "hnswlib_seal",
@@ -29,6 +30,7 @@ _F32 = npt.NDArray[np.float32]
 
 def _panic_for_tests(message: str) -> None: ...
 def exact_kernel_info() -> dict[str, Any]: ...
+def check_allocation(nbytes: int | None, what: str) -> None: ...
 def verify_store(path: str | os.PathLike[str], deep: bool = True) -> dict[str, Any]: ...
 def hnswlib_seal(
     bin: str | os.PathLike[str],

@@ -388,6 +388,12 @@ class Document:
             self.store._core.search([], _int(layer, "layer"), q[None][:0], _int(k, "k"), "exact")
             if not np.isfinite(q).all():
                 raise InvalidValueError("queries contain NaN or infinite values")
+            # As the native search weighs its output and top-k lists: 24 bytes per entry.
+            n = q.shape[0] * q.shape[1] * int(k)
+            _core.check_allocation(
+                n * 24 if n * 24 < 2**64 else None,
+                f"a {backend} search of [{q.shape[0]} queries x {q.shape[1]} heads] with k = {k}",
+            )
             return backends.search(
                 self.store._core,
                 self.name,
