@@ -233,7 +233,8 @@ class MemoryStore:
         layer). `deep` (default) also reads every index section against its checksum and every
         committed key and value, which must be finite; `deep=False` reads only metadata, headers
         and commit points. Not covered: chunk contents have no checksum, so a flipped bit that
-        leaves a finite number goes unseen; hnswlib's index files are only counted.
+        leaves a finite number goes unseen. hnswlib's index files are checked against their seals
+        (size; with `deep`, checksum and structure too).
 
         Raises `StoreNotFoundError` when `path` does not exist and `NotAStoreError` when it is a
         file or a directory that holds no store.
