@@ -55,6 +55,9 @@ pub enum Error {
     /// A token id is outside the committed part of a document-layer.
     #[error("{0}")]
     Index(String),
+    /// A request whose memory (sized by the caller's numbers) this machine does not have.
+    #[error("{0}")]
+    Memory(String),
     /// An operating-system error, with the file it happened on.
     #[error("{path}: {source}")]
     Io {

@@ -7,6 +7,7 @@
 //! `python` feature.
 
 pub mod ann;
+pub mod budget;
 pub mod dtype;
 pub mod error;
 pub mod search;

@@ -44,7 +44,13 @@ def hnsw(store, q, k, ef=None, doc="d"):
 
 
 def saved(store):
-    return sorted(f for f in os.listdir(store._core.layer_path("d", 0)) if "hnswlib" in f)
+    """The index files (each with its seal) and any leftover temporary file."""
+    files = [f for f in os.listdir(store._core.layer_path("d", 0)) if "hnswlib" in f]
+    bins = sorted(f for f in files if not f.endswith(".seal"))
+    assert sorted(f for f in files if f.endswith(".seal")) == [
+        f.removesuffix(".bin") + ".seal" for f in bins
+    ]
+    return bins
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -200,6 +206,7 @@ def test_saved_indexes_are_reused_not_rebuilt(make_store, rng, monkeypatch, run_
     assert saved(store) == files  # nothing else written (no temporary files left)
 
 
+@pytest.mark.filterwarnings("ignore:hnswlib index .*rebuilding it:RuntimeWarning")
 def test_a_damaged_saved_index_is_rebuilt(make_store, rng, monkeypatch) -> None:
     keys, q = clustered(rng, tokens=SPAN + 10)
     store = make(make_store, keys, chunk_tokens=1024)

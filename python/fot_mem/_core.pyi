@@ -14,7 +14,10 @@ __all__ = [
     "Store",
     "__version__",
     "_panic_for_tests",
+    "check_allocation",
     "exact_kernel_info",
+    "hnswlib_check",
+    "hnswlib_seal",
     "verify_store",
 ]
 
@@ -27,7 +30,26 @@ _F32 = npt.NDArray[np.float32]
 
 def _panic_for_tests(message: str) -> None: ...
 def exact_kernel_info() -> dict[str, Any]: ...
+def check_allocation(nbytes: int | None, what: str) -> None: ...
 def verify_store(path: str | os.PathLike[str], deep: bool = True) -> dict[str, Any]: ...
+def hnswlib_seal(
+    bin: str | os.PathLike[str],
+    seal: str | os.PathLike[str],
+    start: int,
+    count: int,
+    dim: int,
+    m: int,
+    ef_construction: int,
+) -> None: ...
+def hnswlib_check(
+    bin: str | os.PathLike[str],
+    seal: str | os.PathLike[str],
+    start: int,
+    count: int,
+    dim: int,
+    m: int,
+    ef_construction: int,
+) -> bool: ...
 
 @final
 class MappedKeys:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import DtypeError, InvalidValueError
+from .exceptions import DtypeError, InvalidValueError, ShapeError, TokenIndexError
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -41,7 +41,7 @@ def as_float_array(x: Any, what: str) -> np.ndarray:
         raise DtypeError(
             f"{what} have torch dtype {t.dtype}; expected float32, float16, bfloat16 or float64"
         )
-    arr = np.asarray(x)
+    arr = _asarray(x, what)
     if arr.dtype.name == "bfloat16":  # ml_dtypes.bfloat16
         return np.ascontiguousarray(arr).view(np.uint16)
     if arr.dtype.kind == "f" and not arr.dtype.isnative:
@@ -71,7 +71,18 @@ def as_ids(x: Any, what: str = "ids") -> np.ndarray:
     """Returns token ids (numpy or torch integers) as a contiguous int64 numpy array."""
     if _torch_tensor(x) is not None:
         x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+    arr = _asarray(x, what)
     if arr.dtype.kind not in "iu":
         raise DtypeError(f"{what} have dtype {arr.dtype}; expected integers (int64)")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        # int64 would wrap it to a negative id, and the error would name that one
+        raise TokenIndexError(f"{what} contain {int(arr.max())}, beyond any token id")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _asarray(x: Any, what: str) -> np.ndarray:
+    """`np.asarray(x)`, with a ragged nested list refused as a `ShapeError` naming `what`."""
+    try:
+        return np.asarray(x)
+    except ValueError as e:
+        raise ShapeError(f"{what} are not a rectangular array: {e}") from None

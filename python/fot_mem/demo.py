@@ -66,7 +66,7 @@ def main() -> None:
         "0",
     )
     # The text that follows the ingested tokens: decoded back from the stored token ids.
-    from .cli.memory import MemoryFolder
+    from .cli.folder import MemoryFolder
     from .cli.models import tokenizer
 
     folder = MemoryFolder.open(args.memory)

@@ -8,6 +8,7 @@ Where a builtin exception fits, the class derives from it too, so `except FileNo
 from __future__ import annotations
 
 __all__ = [
+    "AllocationError",
     "BackendUnavailableError",
     "DtypeError",
     "FormatVersionError",
@@ -89,3 +90,8 @@ class StoreIOError(FotMemError, OSError):
 
 class BackendUnavailableError(FotMemError, ImportError):
     """A search backend whose optional dependency (faiss, hnswlib) is not installed."""
+
+
+class AllocationError(FotMemError, MemoryError):
+    """A call whose output (sized by its arguments: k, the number of queries or ids) needs more
+    memory than the machine has available; raised before anything is allocated."""

@@ -12,8 +12,11 @@ span and the kv head; the directory is unique per incarnation of a document, so 
 re-created document never reuses a stale graph). A writable handle also saves each index beside
 the chunk files as `hnswlib-<span:06d>-h<kv_head>.bin` (written under a temporary name, synced,
 then renamed into place), and any handle, read-only ones included, loads such a file instead of
-building the graph again. A file that fails to load or does not describe exactly the span's
-tokens is rebuilt (and, by a writable handle, overwritten).
+building the graph again. hnswlib trusts what it loads (a damaged link crashes the process), so
+each file has a seal beside it, `hnswlib-<span:06d>-h<kv_head>.seal` (size, CRC-32, parameters;
+written after the file), and is loaded only when the seal matches and the core has checked the
+file's structure (`_core.hnswlib_check`). A file without a matching seal, or that does not describe
+exactly the span's tokens, is rebuilt (and, by a writable handle, overwritten and sealed).
 
 Parameters come from the store's `hnsw` configuration when it has one (m, ef_construction,
 ef_search, span_tokens); otherwise from `_DEFAULTS`, with span_tokens rounded up to a multiple of
@@ -25,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import struct
 import threading
 import uuid
 import warnings
@@ -36,7 +38,12 @@ import numpy as np
 
 from . import _core
 from .backends import _as_f32
-from .exceptions import BackendUnavailableError, InvalidValueError
+from .exceptions import (
+    BackendUnavailableError,
+    FotMemError,
+    InvalidValueError,
+    StoreCorruptError,
+)
 
 _DEFAULTS: dict[str, int] = {"m": 16, "ef_construction": 200, "ef_search": 64, "span_tokens": 65536}
 _PARAM_KEYS = ("m", "ef_construction", "ef_search", "span_tokens")
@@ -147,66 +154,66 @@ def _build(hnswlib: Any, keys: np.ndarray, start: int, p: Params) -> Any:
     return index
 
 
-# The leading fields of an hnswlib index file (hnswlib >= 0.5): offsetLevel0, max_elements,
-# cur_element_count, size_data_per_element, label_offset, offsetData, maxlevel, enterpoint_node,
-# maxM, maxM0, M, mult, ef_construction. Checked before hnswlib allocates what the header asks.
-_HEADER = struct.Struct("<6QiI3QdQ")
+def seal_path(path: str) -> str:
+    """The seal beside an index file: `hnswlib-<span>-h<head>.seal` (see `_core.hnswlib_seal`)."""
+    return path[: -len(".bin")] + ".seal"
 
 
 def _load(hnswlib: Any, path: str, dim: int, start: int, n: int, p: Params) -> Any | None:
     """The saved index at `path` if there is one and it holds exactly tokens `[start, start+n)`
-    built with `p`; None when there is no file or it does not (truncated, other parameters)."""
+    built with `p`; None when there is no file or it does not (no seal, other parameters).
+
+    hnswlib trusts the file (a damaged link crashes the process), so it only gets a file whose
+    seal matches and whose structure the core has checked; it reads the very inode that was
+    checked (`/proc/self/fd/N`), so a file renamed into place meanwhile cannot slip through."""
+    seal = seal_path(path)
     try:
-        with open(path, "rb") as f:
-            header = f.read(_HEADER.size)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:  # no file (or an unreadable one)
         return None
-    if len(header) < _HEADER.size:
-        return None
-    fields = _HEADER.unpack(header)
-    max_elements, count, per_element, m = fields[1], fields[2], fields[3], fields[10]
-    ef_construction = fields[12]
-    expect_per_element = 4 * dim + 8 + 4 * (2 * p.m) + 4  # vector, label, level-0 links
-    if (max_elements, count, per_element, m, ef_construction) != (
-        n,
-        n,
-        expect_per_element,
-        p.m,
-        p.ef_construction,
-    ):
-        return None
-    index = hnswlib.Index(space="ip", dim=dim)
     try:
-        index.load_index(path, max_elements=n)
-    except (RuntimeError, MemoryError, OSError):
-        return None
+        if not os.path.exists(seal):  # an older fot_mem's file, or a writer that died
+            return None
+        pinned = f"/proc/self/fd/{fd}"
+        if not os.path.exists(pinned):
+            pinned = path
+        try:
+            if not _core.hnswlib_check(pinned, seal, start, n, dim, p.m, p.ef_construction):
+                return None  # whole, but built for another span length or parameters
+        except StoreCorruptError as e:
+            warnings.warn(f"hnswlib index {path}: {e}; rebuilding it", RuntimeWarning, stacklevel=4)
+            return None
+        index = hnswlib.Index(space="ip", dim=dim)
+        try:
+            index.load_index(pinned, max_elements=n)
+        except (RuntimeError, MemoryError, OSError):
+            return None
+    finally:
+        os.close(fd)
     if index.element_count != n:
-        return None
-    labels = np.sort(np.asarray(index.get_ids_list(), dtype=np.int64))
-    if not np.array_equal(labels, np.arange(start, start + n, dtype=np.int64)):
         return None
     return index
 
 
-def _save(index: Any, path: str) -> None:
-    """Writes `index` to `path` atomically: a temporary file in the same directory, synced, then
-    renamed over `path`. A failure leaves `path` as it was and only warns (the index is a cache)."""
+def _save(index: Any, path: str, start: int, p: Params) -> None:
+    """Writes `index` to `path` atomically (a temporary file in the same directory, synced, then
+    renamed over `path`), then its seal. The old seal goes first, so a seal never vouches for a
+    file written after it. A failure only warns (the index is a cache)."""
     directory = os.path.dirname(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    seal = seal_path(path)
     try:
         index.save_index(tmp)  # hnswlib does not report failed writes: check the size
         with open(tmp, "rb+") as f:
             if os.fstat(f.fileno()).st_size != index.index_file_size():
                 raise OSError(f"short write of {tmp}")
             os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(seal)
         os.replace(tmp, path)
-        with contextlib.suppress(OSError):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except (OSError, RuntimeError) as e:
+        dim = int(index.dim)
+        _core.hnswlib_seal(path, seal, start, index.element_count, dim, p.m, p.ef_construction)
+    except (OSError, RuntimeError, FotMemError) as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         warnings.warn(f"could not save hnswlib index {path}: {e}", RuntimeWarning, stacklevel=3)
@@ -237,7 +244,7 @@ def _span_index(
         if index is None:
             index = _build(hnswlib, _gather(views, start, start + n, dim), start, p)
             if not core.readonly:
-                _save(index, path)
+                _save(index, path, start, p)
         entry = _Entry(index, p.span_tokens, p.m, p.ef_construction)
         _CACHE[key] = entry
         return entry

@@ -13,7 +13,16 @@ import numpy as np
 
 from . import _core, backends
 from .arrays import as_float_array, as_ids
-from .exceptions import DtypeError, InvalidValueError, ShapeError, TokenIndexError
+from .exceptions import (
+    DtypeError,
+    FotMemError,
+    InvalidValueError,
+    ShapeError,
+    TokenIndexError,
+    UnknownLayerError,
+)
+
+_INT64 = range(-(2**63), 2**63)
 
 
 def _name(name: Any) -> str:
@@ -21,17 +30,42 @@ def _name(name: Any) -> str:
         raise DtypeError(f"document names must be strings, got {name!r}")
     if not name:
         raise InvalidValueError("document names must not be empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file name or manifest entry can hold it
+        raise InvalidValueError(f"document names must be valid Unicode, got {name!r}") from None
     return name
 
 
-def _int(value: Any, what: str) -> int:
-    """An integer argument; floats, strings and bools are refused rather than truncated."""
+def _path(path: Any) -> str:
+    """A store path as the core takes it; NUL and unencodable characters are refused here,
+    named as given (the OS would cut the name or report another one)."""
+    p = os.fsdecode(os.fspath(path))
+    if "\0" in p:
+        raise InvalidValueError(f"path {p!r} contains a NUL character")
+    try:
+        os.fsencode(p)
+    except UnicodeEncodeError:
+        raise InvalidValueError(f"path {p!r} cannot be encoded as a file name") from None
+    return p
+
+
+def _int(value: Any, what: str, out_of_range: type[Exception] = InvalidValueError) -> int:
+    """An integer argument; floats, strings and bools are refused rather than truncated, and
+    values beyond 64 bits raise `out_of_range` (the core takes 64-bit integers)."""
     if isinstance(value, bool):
         raise DtypeError(f"{what} must be an integer, got {value!r}")
     try:
-        return operator.index(value)
+        n = operator.index(value)
     except TypeError:
         raise DtypeError(f"{what} must be an integer, got {value!r}") from None
+    if n not in _INT64:
+        raise out_of_range(f"{what} {n} is out of range (beyond 64 bits)")
+    return n
+
+
+def _layer(value: Any) -> int:
+    return _int(value, "layer", UnknownLayerError)
 
 
 def _bool(value: Any, what: str) -> bool:
@@ -87,7 +121,7 @@ class MemoryStore:
         dtype = str(dtype).removeprefix("torch.")
         return cls(
             _core.Store.create(
-                os.fspath(path),
+                _path(path),
                 [_int(x, "layers") for x in layers],
                 _int(kv_heads, "kv_heads"),
                 _int(head_dim, "head_dim"),
@@ -111,7 +145,7 @@ class MemoryStore:
         a layer has no checksum."""
         return cls(
             _core.Store.open(
-                os.fspath(path), _bool(readonly, "readonly"), _bool(verify_reads, "verify_reads")
+                _path(path), _bool(readonly, "readonly"), _bool(verify_reads, "verify_reads")
             )
         )
 
@@ -213,13 +247,14 @@ class MemoryStore:
         reads every index section against its checksum and every committed key and value, which
         must be finite; `deep=False` reads only metadata, headers and commit points. Not covered:
         the open tail chunk of a layer has no checksum (a flipped bit there that leaves a finite
-        number goes unseen), nor do chunks sealed before format 2 (a warning says how many);
-        hnswlib's index files are only counted.
+        number goes unseen), nor do chunks sealed before format 2 (a warning says how many).
+        hnswlib's index files are checked against their seals (size; with `deep`, checksum and
+        structure too).
 
         Raises `StoreNotFoundError` when `path` does not exist and `NotAStoreError` when it is a
         file or a directory that holds no store.
         """
-        return _core.verify_store(os.fspath(path), _bool(deep, "deep"))
+        return _core.verify_store(_path(path), _bool(deep, "deep"))
 
     def describe(self) -> dict[str, Any]:
         """What the store holds, for `fot-mem info`: its configuration (`path`, `dtype`, `layers`,
@@ -279,7 +314,11 @@ class MemoryStore:
         return self._core.delete_document(_name(name))
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._core.contains(name)
+        try:
+            name = _name(name)
+        except FotMemError:  # not a valid name: no such document
+            return False
+        return self._core.contains(name)
 
     def __iter__(self) -> Iterator[Document]:
         return (Document(self, n) for n in self.documents())
@@ -327,7 +366,7 @@ class MemoryStore:
                 np.stack([r[0] for r in results]) if results else np.zeros(shape, np.float32),
                 np.stack([r[1] for r in results]) if results else np.zeros(shape, np.int64),
             )
-        return self._core.search(names, _int(layer, "layer"), q, _int(k, "k"), backend, ef)
+        return self._core.search(names, _layer(layer), q, _int(k, "k"), backend, ef)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:
@@ -376,11 +415,11 @@ class Document:
         The tokens are durable when this returns. Returns the layer's new length."""
         k = as_float_array(keys, "keys")
         v = as_float_array(values, "values")
-        return self.store._core.append(self.name, _int(layer, "layer"), k, v)
+        return self.store._core.append(self.name, _layer(layer), k, v)
 
     def length(self, layer: int) -> int:
         """Committed tokens in `layer` (0 before the first append)."""
-        return self.store._core.length(self.name, _int(layer, "layer"))
+        return self.store._core.length(self.name, _layer(layer))
 
     def search(
         self,
@@ -400,9 +439,15 @@ class Document:
             raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
         if backends.check(backend) in backends.PYTHON_BACKENDS:
             # The native path validates layer, shapes and k (an empty batch scans nothing).
-            self.store._core.search([], _int(layer, "layer"), q[None][:0], _int(k, "k"), "exact")
+            self.store._core.search([], _layer(layer), q[None][:0], _int(k, "k"), "exact")
             if not np.isfinite(q).all():
                 raise InvalidValueError("queries contain NaN or infinite values")
+            # As the native search weighs its output and top-k lists: 24 bytes per entry.
+            n = q.shape[0] * q.shape[1] * int(k)
+            _core.check_allocation(
+                n * 24 if n * 24 < 2**64 else None,
+                f"a {backend} search of [{q.shape[0]} queries x {q.shape[1]} heads] with k = {k}",
+            )
             return backends.search(
                 self.store._core,
                 self.name,
@@ -413,22 +458,22 @@ class Document:
                 ef=ef,
             )
         scores, ids = self.store._core.search(
-            [self.name], _int(layer, "layer"), q[None], _int(k, "k"), backend, ef
+            [self.name], _layer(layer), q[None], _int(k, "k"), backend, ef
         )
         return scores[0], ids[0]
 
     def gather(self, layer: int, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values (float32) of token `ids [q, heads, k]` as returned by `search`:
         `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros."""
-        return self.store._core.gather(self.name, _int(layer, "layer"), as_ids(ids))
+        return self.store._core.gather(self.name, _layer(layer), as_ids(ids))
 
     def read(
         self, layer: int, start: int = 0, stop: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values (float32) of tokens `start:stop` as `[tokens, kv_heads, dim]`."""
-        layer = _int(layer, "layer")
-        start = _int(start, "start")
-        stop = self.length(layer) if stop is None else _int(stop, "stop")
+        layer = _layer(layer)
+        start = _int(start, "start", TokenIndexError)
+        stop = self.length(layer) if stop is None else _int(stop, "stop", TokenIndexError)
         if start < 0 or stop < 0:
             raise TokenIndexError(f"read range {start}:{stop} must not be negative")
         return self.store._core.read(self.name, layer, start, stop)
@@ -436,7 +481,7 @@ class Document:
     def indexed_tokens(self, layer: int) -> int:
         """Tokens of `layer` that `backend="hnsw"` answers through graphs (full spans whose
         index is built); the rest is scanned exactly."""
-        return self.store._core.indexed_tokens(self.name, _int(layer, "layer"))
+        return self.store._core.indexed_tokens(self.name, _layer(layer))
 
     @property
     def nbytes(self) -> int:

@@ -7,6 +7,7 @@ mod build;
 mod dot;
 mod file;
 mod graph;
+pub mod hnswlib;
 mod query;
 
 pub use beam::Scratch;

@@ -26,6 +26,7 @@ fn class_name(err: &Error) -> &'static str {
         Error::Value(_) => "InvalidValueError",
         Error::UnknownLayer { .. } => "UnknownLayerError",
         Error::Index(_) => "TokenIndexError",
+        Error::Memory(_) => "AllocationError",
         Error::Io { .. } => "StoreIOError",
     }
 }

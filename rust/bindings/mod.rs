@@ -4,6 +4,7 @@
 
 mod arrays;
 mod errors;
+mod hnswlib;
 mod store;
 mod verify;
 
@@ -28,6 +29,14 @@ fn exact_kernel_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>>
     Ok(d)
 }
 
+/// Raises AllocationError when `nbytes` (None: beyond 2^64) is more than this machine has
+/// available; `what` names the request (the Python search backends call it before allocating).
+#[pyfunction]
+#[pyo3(signature = (nbytes, what))]
+fn check_allocation(py: Python<'_>, nbytes: Option<u64>, what: String) -> PyResult<()> {
+    errors::run(py, move || crate::budget::check(nbytes, || what))
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -35,7 +44,10 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::MappedKeys>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(exact_kernel_info, m)?)?;
+    m.add_function(wrap_pyfunction!(check_allocation, m)?)?;
     m.add_function(wrap_pyfunction!(verify::verify_store, m)?)?;
+    m.add_function(wrap_pyfunction!(hnswlib::hnswlib_seal, m)?)?;
+    m.add_function(wrap_pyfunction!(hnswlib::hnswlib_check, m)?)?;
     m.add("FORMAT_VERSION", crate::store::FORMAT_VERSION)?;
     m.add("DEFAULT_CHUNK_TOKENS", crate::store::DEFAULT_CHUNK_TOKENS)?;
     m.add("MAX_K", crate::search::MAX_K)?;

@@ -90,7 +90,19 @@ impl SearchShape {
                 self.heads, self.kv_heads
             )));
         }
-        Ok(())
+        // The output (f32 scores and i64 ids) and, as much again, the top-k lists behind it.
+        let bytes = crate::budget::product(&[self.batch, self.q, self.heads, self.k, 24]);
+        crate::budget::check(bytes, || {
+            format!(
+                "a search of [{} x {} queries x {} heads] with k = {} ({} result entries)",
+                self.batch,
+                self.q,
+                self.heads,
+                self.k,
+                crate::budget::product(&[self.batch, self.q, self.heads, self.k])
+                    .map_or("too many".into(), |n| n.to_string())
+            )
+        })
     }
 
     /// Query heads per kv head.

@@ -16,8 +16,8 @@
 //!
 //! Not covered: the open tail chunk of a layer and chunks sealed by format 1 have no checksum, so
 //! a flipped bit there that leaves a finite number is invisible; bytes past the committed count
-//! are never looked at; hnswlib's own index files (`hnswlib-*.bin`) are derived, rebuilt on
-//! demand, and are only counted.
+//! are never looked at. hnswlib's index files (`hnswlib-*.bin`, derived, rebuilt on demand) are
+//! checked against their seals (`hnswlib`).
 
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
@@ -35,6 +35,8 @@ use super::DOCS_DIR;
 use crate::ann::SpanIndex;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+
+mod hnswlib;
 
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,6 +169,7 @@ enum LayerFile {
     Index(u64),
     Checksum(u64),
     Hnswlib,
+    HnswlibSeal,
     Temp,
     Unknown,
 }
@@ -199,6 +202,9 @@ fn classify(name: &str) -> LayerFile {
     }
     if name.starts_with("hnswlib-") && name.ends_with(".bin") {
         return LayerFile::Hnswlib;
+    }
+    if name.starts_with("hnswlib-") && name.ends_with(".seal") {
+        return LayerFile::HnswlibSeal;
     }
     if let Some(rest) = name.strip_prefix("hnsw-") {
         return match rest.strip_suffix(".idx").and_then(parse_index) {
@@ -619,6 +625,7 @@ impl Verifier<'_> {
         let mut values: BTreeMap<u64, (PathBuf, Option<Metadata>)> = BTreeMap::new();
         let mut indexes = Vec::new();
         let mut sums: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        let mut hnswlib = Vec::new();
         let mut has_count = false;
         for (name, path, meta) in entries {
             let is_file = meta.as_ref().is_some_and(|m| m.is_file());
@@ -636,7 +643,11 @@ impl Verifier<'_> {
                     self.count_bytes(meta.as_ref());
                     sums.insert(n, path);
                 }
-                LayerFile::Hnswlib => self.count_bytes(meta.as_ref()),
+                LayerFile::Hnswlib => {
+                    self.count_bytes(meta.as_ref());
+                    hnswlib.push(path);
+                }
+                LayerFile::HnswlibSeal => self.count_bytes(meta.as_ref()),
                 LayerFile::Temp => {
                     self.count_bytes(meta.as_ref());
                     self.warn(
@@ -671,6 +682,9 @@ impl Verifier<'_> {
             self.count_bytes(meta.as_ref());
             self.report.checked.index_files += 1;
             self.index(&path, span, config, count);
+        }
+        for path in hnswlib {
+            self.hnswlib(&path, config, count);
         }
     }
 
@@ -1253,6 +1267,8 @@ mod tests {
         assert_eq!(classify("hnsw-000003.idx"), LayerFile::Index(3));
         assert_eq!(classify("hnsw-000003.tmp42"), LayerFile::Temp);
         assert_eq!(classify("hnswlib-000000-h1.bin"), LayerFile::Hnswlib);
+        assert_eq!(classify("hnswlib-000000-h1.seal"), LayerFile::HnswlibSeal);
+        assert_eq!(classify(".hnswlib-000000-h1.seal.7.tmp"), LayerFile::Temp);
         assert_eq!(classify(".hnswlib-000000-h1.bin.7.ab.tmp"), LayerFile::Temp);
         assert_eq!(classify("count.tmp"), LayerFile::Temp);
         assert_eq!(classify("+00000.keys"), LayerFile::Unknown);

@@ -13,26 +13,49 @@ fot-mem dictionary run --out DIR  the paper's dictionary lookup experiment, end 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from typing import Any
 
-from ..exceptions import FotMemError
+from ..exceptions import BackendUnavailableError, FotMemError
+
+# Commands that run a model, by module: they need torch, which `info`, `verify`, `bench` and
+# `dictionary` (whose runs import it themselves) do not.
+_MODEL_COMMANDS = {"ingest": ("ingest",), "score": ("score", "generate"), "search": ("search",)}
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import bench, dictionary, info, ingest, score, search
+    from . import bench, dictionary, info
 
     p = argparse.ArgumentParser(
         prog="fot-mem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    ingest.add_parser(sub)
-    score.add_parsers(sub)
-    search.add_parser(sub)
+    for module, commands in _MODEL_COMMANDS.items():
+        try:
+            m = importlib.import_module(f".{module}", __name__)
+        except ImportError as e:  # no torch: the command says so when it is run
+            for command in commands:
+                _unavailable(sub, command, e)
+            continue
+        add = m.add_parsers if hasattr(m, "add_parsers") else m.add_parser
+        add(sub)
     info.add_parsers(sub)
     bench.add_parser(sub)
     dictionary.add_parsers(sub)
     return p
+
+
+def _unavailable(sub: Any, command: str, error: ImportError) -> None:
+    def run(args: argparse.Namespace) -> None:
+        raise BackendUnavailableError(
+            f"needs a package that is not installed ({error}): pip install 'fot_mem[cli]'"
+        )
+
+    p = sub.add_parser(command, help=f"(unavailable: {error})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=run)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..exceptions import FotMemError, InvalidValueError
 from ..store import MemoryStore
-from .memory import META, MemoryFolder
+from .folder import META, MemoryFolder
 
 
 def add_parsers(sub: Any) -> None:
