@@ -19,6 +19,21 @@ use fot_mem::{Dtype, Elements, MemoryStore, StoreConfig};
 const CHILD_TEST: &str = "crash_child_appends";
 const STORE_ENV: &str = "FOT_MEM_CRASH_STORE";
 const SEED_ENV: &str = "FOT_MEM_CRASH_SEED";
+/// Kill runs of `kill_mid_append` and `kill_mid_first_append` (default: the CI numbers, 21 and
+/// 16); `benches/crash.sh` sets it to 200.
+const RUNS_ENV: &str = "FOT_MEM_CRASH_RUNS";
+
+/// The number of kill runs: `FOT_MEM_CRASH_RUNS` if set (a positive integer), else `default`.
+fn runs(default: u64) -> u64 {
+    match std::env::var(RUNS_ENV) {
+        Err(std::env::VarError::NotPresent) => default,
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("{RUNS_ENV} must be a positive integer, got {s:?}"),
+        },
+        Err(e) => panic!("{RUNS_ENV} must be a positive integer: {e}"),
+    }
+}
 
 const LAYERS: [u32; 2] = [0, 2];
 const KV_HEADS: usize = 2;
@@ -345,7 +360,7 @@ fn kill_mid_append() {
     // Committed lengths promised so far, per store, across runs.
     let mut promised: Vec<BTreeMap<(String, u32), u64>> = vec![BTreeMap::new(); roots.len()];
     let mut tally = Tally::default();
-    let runs = 21u64;
+    let runs = runs(21);
     for run in 0..runs {
         let s = (run % 3) as usize;
         let kill = if run % 2 == 0 {
@@ -537,7 +552,10 @@ fn kill_mid_first_append() {
     let root = tmp.path().join("store");
     drop(MemoryStore::create(&root, config(Dtype::Float16)).unwrap());
     let (mut inside, mut reported) = (0, 0usize);
-    for run in 0..16u64 {
+    let (mut lost, mut verified_tokens) = (0u64, 0u64);
+    let mut checked = std::collections::BTreeSet::new();
+    let runs = runs(16);
+    for run in 0..runs {
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -578,20 +596,41 @@ fn kill_mid_first_append() {
         inside += usize::from(lines.last().is_some_and(|l| l.starts_with("begin")));
         reported += lines.iter().filter(|l| l.starts_with("committed")).count();
         let mut reader = MemoryStore::open(&root, true).unwrap();
-        for doc in reader.documents().unwrap() {
-            let n = reader.length(&doc, 0).unwrap();
+        let docs = reader.documents().unwrap();
+        for line in &lines {
+            if let Some(i) = line.strip_prefix("committed ") {
+                let doc = format!("new{i}");
+                lost += u64::from(!docs.contains(&doc)) * (3 * CHUNK as u64 + 5);
+                assert!(
+                    docs.contains(&doc),
+                    "run {run}: committed {doc:?} is not listed"
+                );
+            }
+        }
+        for doc in &docs {
+            let n = reader.length(doc, 0).unwrap();
             assert_eq!(
                 n,
                 3 * CHUNK as u64 + 5,
                 "run {run}: {doc:?} is listed with {n} tokens"
             );
-            assert_eq!(reader.length(&doc, 2).unwrap(), 0);
+            assert_eq!(reader.length(doc, 2).unwrap(), 0);
+            if checked.insert(doc.clone()) {
+                // Each document's tokens are read back once, after the run that made it.
+                let got = reader.read(doc, 0, 0, n).unwrap();
+                assert!(got == expected(doc, 0, 0, n), "run {run}: {doc:?} differs");
+                verified_tokens += n;
+            }
         }
         let report = fot_mem::store::verify(&root, true).unwrap();
         assert!(report.is_ok(), "run {run}: {:?}", report.problems);
     }
     let mut store = MemoryStore::open(&root, false).unwrap();
     assert!(store.documents().unwrap().len() >= reported);
-    eprintln!("kill-mid-first-append: 16 runs, {inside} killed inside a first append");
+    eprintln!(
+        "kill-mid-first-append: {runs} runs, {lost} committed tokens lost \
+         ({inside} killed inside a first append, {reported} documents reported committed, \
+         {verified_tokens} tokens verified)"
+    );
     assert!(inside > 0, "no kill landed inside a first append");
 }
