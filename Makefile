@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo store-demo test setup setup-cli setup-test bench clean
+.PHONY: demo store-demo test setup setup-cli setup-test bench crash-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: setup
 	cargo bench --bench exact --bench store --bench ann
 	$(BIN)/python benches/compare_exact.py --json bench-results/compare_exact.json
 	$(BIN)/python benches/compare_ann.py --sets clustered,normal,real
+
+# The kill -9 crash test at 200 kills per test (CI runs 21 and 16): bench-results/crash.json.
+crash-bench: $(BIN)/python
+	$(BIN)/python benches/crash.py --runs 200 --json bench-results/crash.json
 
 clean:
 	rm -rf $(VENV) target demo-store demo-memory python/fot_mem/*.so

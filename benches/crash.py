@@ -89,7 +89,7 @@ def main() -> int:
             "documents_reported_committed": int(f[4]),
             "tokens_verified": int(f[5]),
         },
-        "total_seconds_with_build": round(seconds, 1),
+        "cargo_test_seconds": round(seconds, 1),
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
