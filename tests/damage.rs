@@ -293,7 +293,11 @@ fn last_seal_checksum_is_restored_earlier_ones_are_damage() {
             .unwrap()
             .verify_reads(true);
         assert_eq!(r.read("a", 0, 0, 12).unwrap().0.len(), 12 * 16);
-        assert_eq!(std::fs::read(sum(1)).is_ok(), !readonly, "readonly {readonly}");
+        assert_eq!(
+            std::fs::read(sum(1)).is_ok(),
+            !readonly,
+            "readonly {readonly}"
+        );
     }
     // The writer's open restored them, byte for byte.
     for c in 0..3 {

@@ -177,7 +177,9 @@ impl LayerMemory {
     /// The first chunk sealed by the last commit, given the commit before it (`None`: unknown).
     fn first_last_sealed(&self, prev: Option<Commit>) -> usize {
         let sealed = self.sealed_chunks();
-        prev.map_or(sealed, |p| ((p.count / self.chunk_tokens()) as usize).min(sealed))
+        prev.map_or(sealed, |p| {
+            ((p.count / self.chunk_tokens()) as usize).min(sealed)
+        })
     }
 
     /// Writes the checksum files still pending (writers), in chunk order.

@@ -1197,7 +1197,6 @@ mod tests {
                 "000003.crc",
                 Severity::Warning,
             ),
-
         ];
         for (what, damage, file, severity) in cases {
             let (_d, root) = healthy(true);
