@@ -300,8 +300,8 @@ fn last_seal_checksum_is_restored_earlier_ones_are_damage() {
         );
     }
     // The writer's open restored them, byte for byte.
-    for c in 0..3 {
-        assert_eq!(std::fs::read(sum(c)).unwrap(), intact[c], "chunk {c}");
+    for (c, bytes) in intact.iter().enumerate() {
+        assert_eq!(&std::fs::read(sum(c)).unwrap(), bytes, "chunk {c}");
     }
     assert!(crc_problems(&root).is_empty());
 
