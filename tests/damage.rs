@@ -249,3 +249,106 @@ fn format_1_stores_read_and_report_no_checksum() {
     assert!(r.is_ok(), "{:?}", r.problems);
     assert_eq!(r.checked.checksums, 1);
 }
+
+/// Checksum files are written just after the commit that seals their chunk, without fsync: a
+/// writer that dies in between leaves the chunks of its last commit without one. That store reads
+/// fine (also with `verify_reads`), verify warns, and the next writer writes them from the
+/// committed data. A missing or torn checksum of an earlier chunk stays damage.
+#[test]
+fn last_seal_checksum_is_restored_earlier_ones_are_damage() {
+    use fot_mem::store::Severity;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let mut s = MemoryStore::create(&root, config()).unwrap();
+    append(&mut s, "a", 0, 6).unwrap(); // seals chunk 0
+    append(&mut s, "a", 0, 6).unwrap(); // seals chunks 1 and 2 (the last commit)
+    drop(s);
+    let dir = layer_dir(&root, "a", 0);
+    let sum = |c: usize| dir.join(format!("00000{c}.crc"));
+    let intact: Vec<Vec<u8>> = (0..3).map(|c| std::fs::read(sum(c)).unwrap()).collect();
+    let crc_problems = |root: &Path| {
+        let r = verify(root, true).unwrap();
+        r.problems
+            .into_iter()
+            .filter(|p| p.path.ends_with(".crc"))
+            .collect::<Vec<_>>()
+    };
+
+    // The last seal's checksums missing (chunk 1) and torn (chunk 2, as a crash leaves it).
+    std::fs::remove_file(sum(1)).unwrap();
+    std::fs::write(sum(2), &intact[2][..5]).unwrap();
+    let found = crc_problems(&root);
+    assert_eq!(found.len(), 2, "{found:?}");
+    for p in &found {
+        assert_eq!(p.severity, Severity::Warning, "{p:?}");
+        assert!(p.message.contains("the next writer writes it"), "{p:?}");
+    }
+    assert!(verify(&root, true).unwrap().is_ok());
+    for readonly in [true, false] {
+        // A reader checks chunk 0 and reads everything (it skips chunks 1 and 2 for now). A
+        // writable handle opening the layer writes both checksums back, so reset them each time.
+        std::fs::remove_file(sum(1)).ok();
+        std::fs::write(sum(2), &intact[2][..5]).unwrap();
+        let mut r = MemoryStore::open(&root, readonly)
+            .unwrap()
+            .verify_reads(true);
+        assert_eq!(r.read("a", 0, 0, 12).unwrap().0.len(), 12 * 16);
+        assert_eq!(
+            std::fs::read(sum(1)).is_ok(),
+            !readonly,
+            "readonly {readonly}"
+        );
+    }
+    // The writer's open restored them, byte for byte.
+    for (c, bytes) in intact.iter().enumerate() {
+        assert_eq!(&std::fs::read(sum(c)).unwrap(), bytes, "chunk {c}");
+    }
+    assert!(crc_problems(&root).is_empty());
+
+    // Lazily too: when the open cannot write it (a directory in the way of its temp file), the
+    // next append must write it before committing, and fails, committing nothing, while it cannot.
+    std::fs::remove_file(sum(2)).unwrap();
+    let blocker = dir.join("000002.crc.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let mut w = MemoryStore::open(&root, false).unwrap();
+    assert_eq!(w.length("a", 0).unwrap(), 12);
+    assert!(!sum(2).exists());
+    assert!(append(&mut w, "a", 0, 1).is_err());
+    assert_eq!(w.length("a", 0).unwrap(), 12);
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(append(&mut w, "a", 0, 1).unwrap(), 13);
+    drop(w);
+    assert_eq!(std::fs::read(sum(2)).unwrap(), intact[2]);
+    assert!(crc_problems(&root).is_empty(), "{:?}", crc_problems(&root));
+
+    // An earlier chunk's checksum missing or torn: an error, which no writer papers over.
+    for torn in [false, true] {
+        if torn {
+            std::fs::write(sum(0), &intact[0][..5]).unwrap();
+        } else {
+            std::fs::remove_file(sum(0)).unwrap();
+        }
+        let mut w = MemoryStore::open(&root, false).unwrap();
+        assert_eq!(w.length("a", 0).unwrap(), 13);
+        drop(w);
+        let found = crc_problems(&root);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].severity, Severity::Error, "{found:?}");
+        assert!(found[0].path.ends_with("layer-0/000000.crc"));
+        let mut r = MemoryStore::open(&root, true).unwrap().verify_reads(true);
+        corrupt(r.read("a", 0, 0, 1), &["000000.crc"]);
+    }
+    std::fs::write(sum(0), &intact[0]).unwrap();
+
+    // Without the commit before the last (its slot damaged), no sealed chunk may lack one.
+    append(&mut MemoryStore::open(&root, false).unwrap(), "a", 0, 3).unwrap(); // seals 3
+    let count = dir.join("count");
+    let mut b = std::fs::read(&count).unwrap();
+    // The last commit is sequence 4 (slot 0); the one before is in slot 1.
+    b[32 + 3] ^= 0xff;
+    std::fs::write(&count, &b).unwrap();
+    std::fs::remove_file(sum(3)).unwrap();
+    let found = crc_problems(&root);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, Severity::Error, "{found:?}");
+}

@@ -141,8 +141,11 @@ class MemoryStore:
 
         `verify_reads=True` checks every sealed chunk (one whose `chunk_tokens` rows are all
         committed) against its checksum the first time this handle uses its layer, and raises
-        `StoreCorruptError` on a mismatch; each chunk is read once more. The open tail chunk of
-        a layer has no checksum."""
+        `StoreCorruptError` on a mismatch or a missing checksum; each chunk is read once more.
+        The open tail chunk of a layer has no checksum, and a chunk sealed by the layer's last
+        commit may not have its checksum yet (written just after that commit; a writer killed
+        in between leaves it to the next writer): such a chunk is skipped without error and
+        checked on a later read once its checksum exists."""
         return cls(
             _core.Store.open(
                 _path(path), _bool(readonly, "readonly"), _bool(verify_reads, "verify_reads")
@@ -234,7 +237,8 @@ class MemoryStore:
         loses or misreads data (a checksum that fails, a missing or truncated chunk, a commit
         point that is unreadable, an index file that does not match its span). Warnings:
         leftovers of a crash or of a writer at work (temp files, chunks past the committed count,
-        document directories the manifest does not name) and unknown files. `checked` counts
+        document directories the manifest does not name, a missing or torn checksum of a chunk
+        sealed by its layer's last commit) and unknown files. `checked` counts
         `documents`, `layers` (document-layers), `chunks`, `index_files`, `checksums` (sealed
         chunks with an intact checksum file), `tokens` (committed) and `bytes` (size of the files
         examined).

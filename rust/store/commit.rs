@@ -52,20 +52,28 @@ pub(super) fn decode(b: &[u8]) -> Option<Commit> {
 
 /// Reads the committed state of the layer whose count file is `path`; a missing file is an empty
 /// layer (the directory was created but its count file not yet renamed into place).
+#[cfg(test)]
 pub fn read_commit(path: &Path) -> Result<Commit> {
+    read_commits(path).map(|(last, _)| last)
+}
+
+/// The committed state and, when the other slot holds it intact, the commit before it (whose
+/// count tells which chunks the last commit sealed).
+pub fn read_commits(path: &Path) -> Result<(Commit, Option<Commit>)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Commit { seq: 0, count: 0 })
+            return Ok((Commit { seq: 0, count: 0 }, None))
         }
         Err(e) => return Err(Error::io(path, e)),
     };
-    let slots = [bytes.get(0..SLOT), bytes.get(SLOT..2 * SLOT)];
-    slots
+    let slots: Vec<Commit> = [bytes.get(0..SLOT), bytes.get(SLOT..2 * SLOT)]
         .into_iter()
         .flatten()
         .filter_map(decode)
-        .max_by_key(|c| c.seq)
+        .collect();
+    let last = slots.iter().copied().max_by_key(|c| c.seq);
+    last.map(|last| (last, previous(&slots, last)))
         .ok_or_else(|| {
             Error::Corrupt(format!(
                 "{}: neither commit slot is valid ({} bytes)",
@@ -75,12 +83,21 @@ pub fn read_commit(path: &Path) -> Result<Commit> {
         })
 }
 
+/// The commit before `last` among `slots`: sequence `last.seq - 1`, no more tokens.
+pub(super) fn previous(slots: &[Commit], last: Commit) -> Option<Commit> {
+    slots
+        .iter()
+        .copied()
+        .find(|c| c.seq + 1 == last.seq && c.count <= last.count)
+}
+
 /// The writer's open count file.
 #[derive(Debug)]
 pub struct CommitFile {
     file: File,
     path: PathBuf,
     last: Commit,
+    prev: Option<Commit>,
 }
 
 impl CommitFile {
@@ -95,7 +112,7 @@ impl CommitFile {
             std::fs::rename(&tmp, path).at(path)?;
             super::manifest::sync_dir(path.parent().unwrap_or(path))?;
         }
-        let last = read_commit(path)?;
+        let (last, prev) = read_commits(path)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -105,12 +122,18 @@ impl CommitFile {
             file,
             path: path.to_owned(),
             last,
+            prev,
         })
     }
 
     /// The last committed state.
     pub fn last(&self) -> Commit {
         self.last
+    }
+
+    /// The commit before the last one, when known (see [`read_commits`]).
+    pub fn previous(&self) -> Option<Commit> {
+        self.prev
     }
 
     /// Durably records `count` tokens. Call only after the tokens' data is flushed.
@@ -124,6 +147,7 @@ impl CommitFile {
             .write_all_at(&encode(next), offset)
             .at(&self.path)?;
         self.file.sync_data().at(&self.path)?;
+        self.prev = Some(self.last);
         self.last = next;
         Ok(())
     }
@@ -142,11 +166,16 @@ mod tests {
         c.commit(10).unwrap();
         c.commit(25).unwrap();
         assert_eq!(read_commit(&path).unwrap(), Commit { seq: 2, count: 25 });
+        assert_eq!(
+            read_commits(&path).unwrap().1,
+            Some(Commit { seq: 1, count: 10 })
+        );
         // Damage the newest slot (seq 2 lives in slot 0): the reader sees the older commit.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[14] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read_commit(&path).unwrap(), Commit { seq: 1, count: 10 });
+        assert_eq!(read_commits(&path).unwrap().1, None);
         // Both slots damaged: a clear error, never a guess.
         bytes[SLOT + 14] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();

@@ -1,13 +1,15 @@
 //! One document-layer: its chunk files and its commit point. Invariant: tokens `0..count` are fully
 //! written and flushed in the chunk files before `count` is committed; nothing past `count` is ever
 //! read, and nothing before it is ever written again. A chunk whose rows are all committed (sealed)
-//! has a checksum file, written before the commit that seals it (see `seal.rs`).
+//! has a checksum file, written (no fsync) right after the commit that seals it; one the writer did
+//! not get to write is written before its next commit, or by the next writer to open the layer,
+//! from the committed data (see `seal.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::chunk::{ChunkFile, OpenMode};
-use super::commit::{read_commit, CommitFile, COUNT_FILE};
+use super::commit::{read_commits, Commit, CommitFile, COUNT_FILE};
 use super::config::StoreConfig;
 use super::indexer::SpanJob;
 use super::manifest::sync_dir;
@@ -65,6 +67,12 @@ pub struct LayerMemory {
     strict: bool,
     /// Leading sealed chunks already checked against their checksums (`verify_sealed`).
     verified: usize,
+    /// The first chunk the last commit sealed: chunks from here to the sealed count may lack their
+    /// checksum file legitimately (see `seal.rs`). The sealed count when the commit before the
+    /// last is unknown (damaged slot): then every sealed chunk must have one.
+    last_sealed_from: usize,
+    /// Writers: sealed chunks whose checksum file is still to be written, before the next commit.
+    pending: Vec<usize>,
 }
 
 /// Fails unless `path` is a real directory (not a link, which could lead outside the store);
@@ -118,16 +126,17 @@ impl LayerMemory {
         if dir_exists && !count_path.exists() && (strict || has_data_files(dir)) {
             return Err(lost(&count_path, "the layer's commit point"));
         }
-        let (commit, count) = if writable {
+        let (commit, count, prev) = if writable {
             if !dir_exists {
                 std::fs::create_dir_all(dir).at(dir)?;
                 sync_dir(dir.parent().unwrap_or(dir))?;
             }
             let c = CommitFile::open(&count_path)?;
-            let count = c.last().count;
-            (Some(c), count)
+            let (count, prev) = (c.last().count, c.previous());
+            (Some(c), count, prev)
         } else {
-            (None, read_commit(&count_path)?.count)
+            let (last, prev) = read_commits(&count_path)?;
+            (None, last.count, prev)
         };
         let mut layer = LayerMemory {
             dir: dir.to_owned(),
@@ -138,28 +147,77 @@ impl LayerMemory {
             spans: Vec::new(),
             strict,
             verified: 0,
+            last_sealed_from: 0,
+            pending: Vec::new(),
         };
         layer.map_committed(count)?;
+        layer.last_sealed_from = layer.first_last_sealed(prev);
         if writable {
             layer.remove_partial_indexes();
+            if strict {
+                // The previous writer may have died between its last commit and the checksums of
+                // the chunks that commit sealed: write them from the committed data. Only those:
+                // a missing checksum of an earlier chunk is damage, left for `verify` to report.
+                layer.pending = (layer.last_sealed_from..layer.sealed_chunks())
+                    .filter(|&c| !seal::present(dir, c))
+                    .collect();
+                // Best effort here (a failure must not keep readers out); the next append
+                // writes them before it commits, or fails.
+                let _ = layer.write_pending();
+            }
         }
         Ok(layer)
     }
 
+    /// Chunks whose rows are all committed.
+    fn sealed_chunks(&self) -> usize {
+        (self.count / self.chunk_tokens()) as usize
+    }
+
+    /// The first chunk sealed by the last commit, given the commit before it (`None`: unknown).
+    fn first_last_sealed(&self, prev: Option<Commit>) -> usize {
+        let sealed = self.sealed_chunks();
+        prev.map_or(sealed, |p| {
+            ((p.count / self.chunk_tokens()) as usize).min(sealed)
+        })
+    }
+
+    /// Writes the checksum files still pending (writers), in chunk order.
+    fn write_pending(&mut self) -> Result<()> {
+        let cfg = &self.config;
+        let (kb, vb) = (
+            cfg.chunk_bytes(cfg.head_dim) as usize,
+            cfg.chunk_bytes(cfg.value_dim) as usize,
+        );
+        while let Some(&c) = self.pending.first() {
+            let chunk = &self.chunks[c];
+            let crc = seal::checksum(chunk.keys.range(0, kb), chunk.values.range(0, vb));
+            seal::write(&self.dir, c, crc)?;
+            self.pending.remove(0);
+        }
+        Ok(())
+    }
+
     /// Checks every sealed chunk not checked yet against its checksum (`verify_reads`): each chunk
     /// is read whole once per handle. A chunk without a checksum file is damage in a strict layer
-    /// and unchecked in a format-1 one.
+    /// and unchecked in a format-1 one, except for the chunks the last commit sealed: their
+    /// checksum may not be written yet (a writer at work, or one that died after the commit; the
+    /// next writer writes it), so a missing or torn one is no error: those chunks are left
+    /// unchecked for now and looked at again on the next call.
     pub fn verify_sealed(&mut self) -> Result<()> {
         let cfg = &self.config;
-        let sealed = (self.count / self.chunk_tokens()) as usize;
+        let sealed = self.sealed_chunks();
         let (kb, vb) = (
             cfg.chunk_bytes(cfg.head_dim) as usize,
             cfg.chunk_bytes(cfg.value_dim) as usize,
         );
         while self.verified < sealed {
             let c = self.verified;
-            match seal::read(&self.dir, c)? {
-                Some(want) => {
+            let recent = self.strict && c >= self.last_sealed_from;
+            match seal::read(&self.dir, c) {
+                Ok(None) | Err(Error::Corrupt(_)) if recent => break,
+                Err(e) => return Err(e),
+                Ok(Some(want)) => {
                     let chunk = &self.chunks[c];
                     seal::check(
                         &self.dir,
@@ -169,13 +227,13 @@ impl LayerMemory {
                         want,
                     )?;
                 }
-                None if self.strict => {
+                Ok(None) if self.strict => {
                     return Err(Error::Corrupt(format!(
                         "{} is missing: sealed chunk {c} cannot be checked",
                         seal::path(&self.dir, c).display()
                     )))
                 }
-                None => {}
+                Ok(None) => {}
             }
             self.verified += 1;
         }
@@ -185,8 +243,9 @@ impl LayerMemory {
     /// Re-reads the commit point (readers): tokens a writer committed since are now visible.
     pub fn refresh(&mut self) -> Result<()> {
         if self.commit.is_none() {
-            let count = read_commit(&self.dir.join(COUNT_FILE))?.count;
-            self.map_committed(count)?;
+            let (last, prev) = read_commits(&self.dir.join(COUNT_FILE))?;
+            self.map_committed(last.count)?;
+            self.last_sealed_from = self.first_last_sealed(prev);
         }
         Ok(())
     }
@@ -259,6 +318,8 @@ impl LayerMemory {
         if tokens == 0 {
             return Ok(self.count);
         }
+        // Checksums of chunks sealed earlier come before any later commit.
+        self.write_pending()?;
         let ct = cfg.chunk_tokens as usize;
         let start = self.count as usize;
         let end = start + tokens;
@@ -287,8 +348,8 @@ impl LayerMemory {
                     .encode_into(cfg.dtype, out, "values", src)?;
             }
         }
-        // Data first, then the checksums of the chunks this append fills, then the count: the
-        // commit point.
+        // Data first, then the count (the commit point), then the checksums of the chunks this
+        // append fills (see `seal.rs`).
         for c in start / ct..end.div_ceil(ct) {
             let first = start.max(c * ct) - c * ct;
             let last = end.min((c + 1) * ct) - c * ct;
@@ -300,27 +361,17 @@ impl LayerMemory {
                 chunk.values.flush_range(row * vd * es, rows * vd * es)?;
             }
         }
-        let filled = start / ct..end / ct;
-        for c in filled.clone() {
-            let chunk = &self.chunks[c];
-            let (kb, vb) = (
-                cfg.chunk_bytes(cfg.head_dim),
-                cfg.chunk_bytes(cfg.value_dim),
-            );
-            let crc = seal::checksum(
-                chunk.keys.range(0, kb as usize),
-                chunk.values.range(0, vb as usize),
-            );
-            seal::write(&self.dir, c, crc)?;
-        }
-        if !filled.is_empty() {
-            sync_dir(&self.dir)?;
-        }
         self.commit
             .as_mut()
             .expect("checked writable above")
             .commit(end as u64)?;
         self.count = end as u64;
+        self.last_sealed_from = start / ct;
+        self.pending.extend(start / ct..end / ct);
+        // The tokens are committed whatever happens here: a checksum that cannot be written now
+        // is written before the next commit (which fails if it still cannot), or by the next
+        // writer after a crash.
+        let _ = self.write_pending();
         Ok(self.count)
     }
 

@@ -1,12 +1,19 @@
 //! Chunk checksums. When an append fills a chunk (seals it: every row of every head committed),
 //! the writer hashes the whole keys file then the whole values file (CRC-32) and writes the sum to
 //! a 16-byte sidecar `<chunk>.crc`, `[magic "FOTS"][chunk u32][crc32 of the data][crc32 of the
-//! first 12 bytes]`, by temp file, fsync and rename, *before* the commit that seals the chunk.
-//! Sealed rows are never written again, so from that commit on the sidecar and the data agree;
-//! a crash before the commit leaves a sidecar for an unsealed chunk, which nobody trusts and the
-//! next seal replaces. The open tail chunk has no checksum.
+//! first 12 bytes]`, by temp file and rename, *after* the commit that seals the chunk and without
+//! fsync: the chunk's rows were flushed before that commit, so the data's durability never
+//! depended on the sidecar, and the sidecar is self-checksummed, so one torn by a crash is seen.
+//! Sealed rows are never written again, so the sidecar and the data agree for good.
+//!
+//! Only the chunks sealed by a layer's *last* commit can lack their sidecar legitimately (the
+//! writer died between that commit and the sidecar, or is writing it now): a writer writes every
+//! pending sidecar before its next commit, and the next writer to open the layer recomputes those
+//! from the committed data (`layer.rs`). `verify` reports them as warnings, and a missing or
+//! damaged sidecar of any earlier sealed chunk as an error. Which chunks the last commit sealed is
+//! read from the count file: its other slot holds the commit before (`commit::read_commits`).
+//! The open tail chunk has no checksum.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -37,13 +44,18 @@ fn encode(index: usize, crc: u32) -> [u8; LEN] {
     b
 }
 
-/// Durably writes the sidecar of chunk `index` (the caller syncs the directory before the commit).
+/// Writes the sidecar of chunk `index`: temp file then rename, so a reader never sees half of
+/// one, and no fsync (see the module doc: after a crash it may be missing or torn, never wrong).
 pub fn write(dir: &Path, index: usize, crc: u32) -> Result<()> {
     let path = path(dir, index);
     let tmp = path.with_extension("crc.tmp");
     std::fs::write(&tmp, encode(index, crc)).at(&tmp)?;
-    File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
     std::fs::rename(&tmp, &path).at(&path)
+}
+
+/// True when chunk `index` has an intact sidecar (its data is not checked).
+pub fn present(dir: &Path, index: usize) -> bool {
+    matches!(read(dir, index), Ok(Some(_)))
 }
 
 /// The checksum recorded for chunk `index`: `Ok(None)` when there is no sidecar, `Corrupt` when
