@@ -158,6 +158,34 @@ impl Drop for Reaper {
     }
 }
 
+/// This test binary re-executed as the child `test` (an `#[ignore]`d test), with `env` set; its
+/// stdout is piped, and its stderr too when `stderr` (else discarded). Killed when dropped.
+fn spawn_child(test: &str, env: &[(&str, &std::ffi::OsStr)], stderr: bool) -> Reaper {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        test,
+        "--nocapture",
+        "--ignored",
+        "--test-threads=1",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let err = if stderr {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    Reaper(Some(child))
+}
+
 #[derive(Default)]
 struct Tally {
     runs: usize,
@@ -185,23 +213,9 @@ fn run_child(
     kill: Kill,
     reader: &mut MemoryStore,
 ) -> (BTreeMap<(String, u32), u64>, bool, bool) {
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new(exe)
-        .args([
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(STORE_ENV, root)
-        .env(SEED_ENV, seed.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reaper = Reaper(Some(child));
+    let seed = seed.to_string();
+    let env = [(STORE_ENV, root.as_os_str()), (SEED_ENV, seed.as_ref())];
+    let mut reaper = spawn_child(CHILD_TEST, &env, true);
     let child = reaper.0.as_mut().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
@@ -444,21 +458,11 @@ fn kill_mid_create() {
     for run in 0..30u64 {
         let dir = tmp.path().join(format!("run{run}"));
         std::fs::create_dir(&dir).unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                CREATE_CHILD_TEST,
-                "--nocapture",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(CREATE_DIR_ENV, &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut reaper = Reaper(Some(child));
+        let mut reaper = spawn_child(
+            CREATE_CHILD_TEST,
+            &[(CREATE_DIR_ENV, dir.as_os_str())],
+            false,
+        );
         let stdout = reaper.0.as_mut().unwrap().stdout.take().unwrap();
         let lines = std::thread::spawn(move || {
             BufReader::new(stdout)
@@ -565,21 +569,7 @@ fn kill_mid_first_append() {
     let mut checked = std::collections::BTreeSet::new();
     let runs = runs(16);
     for run in 0..runs {
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                FIRST_CHILD_TEST,
-                "--nocapture",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(STORE_ENV, &root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut reaper = Reaper(Some(child));
+        let mut reaper = spawn_child(FIRST_CHILD_TEST, &[(STORE_ENV, root.as_os_str())], false);
         let stdout = reaper.0.as_mut().unwrap().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
         let reader_thread = std::thread::spawn(move || {
