@@ -10,7 +10,6 @@ use pyo3::types::PyDict;
 
 use super::arrays::{input, input_i64, output};
 use super::errors::{run, to_py};
-use crate::budget;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::search::{Backend, Queries};
@@ -418,14 +417,6 @@ impl Store {
         let layer = self.layer(py, layer)?;
         let (ids, shape) = input_i64(ids, "ids", 3)?;
         let c = &self.config;
-        let floats = (c.head_dim + c.value_dim) as usize;
-        budget::check(budget::product(&[ids.len(), floats, 4]), || {
-            format!(
-                "gathering {} ids ({shape:?}, {floats} floats each)",
-                ids.len()
-            )
-        })
-        .map_err(|e| to_py(py, e))?;
         let (keys, values) = self.with(py, |s| s.gather(doc, layer, &ids, shape[1], shape[2]))?;
         Ok((
             output(
@@ -451,17 +442,7 @@ impl Store {
     ) -> PyResult<Arrays<'py>> {
         let layer = self.layer(py, layer)?;
         let c = &self.config;
-        let token_floats = (c.kv_heads * (c.head_dim + c.value_dim)) as usize;
-        let (keys, values) = self.with(py, |s| {
-            // Out-of-range reads are the core's TokenIndexError; in-range ones must fit.
-            if start <= stop && stop <= s.length(doc, layer)? {
-                let tokens = (stop - start) as usize;
-                budget::check(budget::product(&[tokens, token_floats, 4]), || {
-                    format!("reading tokens {start}..{stop} ({token_floats} floats each)")
-                })?;
-            }
-            s.read(doc, layer, start, stop)
-        })?;
+        let (keys, values) = self.with(py, |s| s.read(doc, layer, start, stop))?;
         let n = (stop - start) as usize;
         Ok((
             output(py, keys, &[n, c.kv_heads as usize, c.head_dim as usize])?,

@@ -78,6 +78,9 @@ impl MemoryStore {
                 ids.len()
             )));
         }
+        crate::budget::check(crate::budget::product(&[ids.len(), hd + vd, 4]), || {
+            format!("gathering {} ids ({} floats each)", ids.len(), hd + vd)
+        })?;
         let group = heads / kvh;
         let layer_mem = self.layer(doc, layer)?;
         let len = layer_mem.as_ref().map_or(0, |l| l.len());
@@ -149,6 +152,12 @@ impl MemoryStore {
             )));
         }
         let n = (stop - start) as usize;
+        crate::budget::check(crate::budget::product(&[n, kvh * (hd + vd), 4]), || {
+            format!(
+                "reading tokens {start}..{stop} ({} floats each)",
+                kvh * (hd + vd)
+            )
+        })?;
         let mut keys = vec![0f32; n * kvh * hd];
         let mut values = vec![0f32; n * kvh * vd];
         if let Some(l) = layer_mem {
