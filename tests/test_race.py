@@ -66,7 +66,8 @@ def writer(path: str, done: str) -> None:
             doc = docs[appends % len(docs)]
             layer = LAYERS[(appends // len(docs)) % len(LAYERS)]
             n = int(rng.integers(1, 21))
-            start = lengths.setdefault(doc, {}).get(layer, 0)
+            # every layer of a listed document has a length, 0 until its first append
+            start = lengths.setdefault(doc, dict.fromkeys(LAYERS, 0))[layer]
             k, v = expected(doc, layer, start, start + n)
             new = s.document(doc).append(layer, k, v)
             assert new == start + n, (doc, layer, start, n, new)
