@@ -195,6 +195,31 @@ def test_cli_runs_the_whole_experiment_and_learns(tmp_path: Path) -> None:
     assert not (out / "stores").exists()  # emptied after each model
 
 
+def test_cli_sweeps_the_d1_phase_then_continues_from_it(tmp_path: Path) -> None:
+    """`--only d1_phase` trains the phase alone and stops (a sweep); `--reuse-d1` branches the
+    models from that checkpoint without training the phase again."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fot_mem", "dictionary", "run", "--preset", "tiny"]
+    cmd += ["--out", str(out), "--device", "cpu", "--steps", "40", "--lr", "2e-3"]
+    done = subprocess.run([*cmd, "--only", "d1_phase"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    phase = json.loads((out / "results.json").read_text())
+    assert "fot" not in phase and "fill" not in done.stdout
+    step = phase["d1_phase"]["last"]["step"]
+    assert json.loads((out / "d1_phase" / "config.json").read_text())["lr"] == 2e-3
+    checkpoint = (out / "d1_phase" / "latest").read_text()
+    done = subprocess.run(
+        [*cmd, "--only", "fot", "--reuse-d1"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["d1_phase"]["reused"] and results["d1_phase"]["last"]["step"] == step
+    assert results["fot"]["train"]["branch"] == step
+    assert (out / "d1_phase" / "latest").read_text() == checkpoint  # not trained again
+    bad = subprocess.run([*cmd, "--only", "fott"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "fott" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "fot_mem", "dictionary", "answer", str(tmp_path), str(tmp_path)]
     done = subprocess.run([*cmd, "--sizes", "a,b"], capture_output=True, text=True, timeout=120)

@@ -121,8 +121,19 @@ def add_parsers(sub: Any) -> None:
     )
     run.add_argument("--store", help="where stores go (default OUT/stores); emptied per model")
     run.add_argument("--device", default=None, help="cuda if available, else cpu")
-    run.add_argument("--only", default="fot,control_d1,baseline", help="models to run")
+    run.add_argument(
+        "--only",
+        default="fot,control_d1,baseline",
+        help="models to run; d1_phase alone: train the d = 1 phase and stop (a sweep)",
+    )
+    run.add_argument(
+        "--reuse-d1",
+        action="store_true",
+        help="continue from OUT/d1_phase's checkpoint instead of training the phase again",
+    )
     run.add_argument("--memory-layer", type=int, help="the memory layer's index (preset's)")
+    run.add_argument("--lr", type=float, help="peak learning rate (preset's)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     run.add_argument(
         "--schedule",
         default="jump",
@@ -337,6 +348,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.memory_layer is not None:
         model = {**preset["model"], "memory_layers": str(args.memory_layer)}
         preset = {**preset, "model": model}
+    if args.lr is not None:
+        preset = {**preset, "lr": args.lr}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(args.device)
@@ -350,6 +363,13 @@ def _run(args: argparse.Namespace) -> None:
     caps = dict(zip(names, (float(x) for x in args.minutes.split(","))))
     for name, cap in caps.items():
         configs[name] = dataclasses.replace(configs[name], minutes=cap)
+    if args.compile:
+        configs = {k: dataclasses.replace(c, compile=True) for k, c in configs.items()}
+    unknown = set(only) - set(names)
+    if unknown:
+        from ..exceptions import InvalidValueError
+
+        raise InvalidValueError(f"--only names unknown models {sorted(unknown)}; known: {names}")
     results: dict[str, Any] = {
         "preset": args.preset,
         "steps": steps,
@@ -359,7 +379,8 @@ def _run(args: argparse.Namespace) -> None:
     }
     path = out / "results.json"
     top = max(preset["ds"])
-    if {"fot", "control_d1"} & set(only):
+    reuse = args.reuse_d1 and (Path(configs["d1_phase"].out) / "latest").exists()
+    if {"fot", "control_d1", "d1_phase"} & set(only) and not reuse:
         t0 = time.time()
         log = Trainer(configs["d1_phase"]).run(progress=False)
         results["d1_phase"] = {
@@ -367,6 +388,17 @@ def _run(args: argparse.Namespace) -> None:
             "last": {k: v for k, v in log[-1].items() if not k.startswith("temperature")},
         }
         print(f"[d1_phase] {results['d1_phase']}", flush=True)
+    elif reuse:
+        lines = (Path(configs["d1_phase"].out) / "metrics.jsonl").read_text().splitlines()
+        trained = [json.loads(x) for x in lines if '"accuracy"' in x]
+        last = trained[-1] if trained else {}
+        results["d1_phase"] = {
+            "reused": True,
+            "last": {k: v for k, v in last.items() if not k.startswith("temperature")},
+        }
+    if only == ["d1_phase"]:
+        write_json(path, results)
+        return
     for name in only:
         cfg = configs[name]
         t0 = time.time()

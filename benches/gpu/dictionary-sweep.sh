@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Several d = 1 phases of the dictionary task side by side on one lent GPU (issue 17), to pick
+# the one that leaves chance, then the whole experiment continued from the winner's checkpoint:
+#   start NAME "ARGS" [NAME "ARGS" ...]   one `dictionary run --only d1_phase ARGS` each
+#   poll                                  each sweep run's last training line
+#   pick NAME [ARGS...]                   the winner's phase into the pipeline (dictionary.sh)
+set -uo pipefail
+W=/tmp/dictionary
+verb=${1:-poll}
+shift || true
+case "$verb" in
+start)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  cp /tmp/site/fot_mem/_core*.so python/fot_mem/
+  mkdir -p "$W/sweep"
+  while [ $# -ge 2 ]; do
+    name=$1 extra=$2
+    shift 2
+    # shellcheck disable=SC2086  # ARGS is a list of options
+    PYTHONPATH=python PYTHONUNBUFFERED=1 setsid nohup python3 -m fot_mem dictionary run \
+      --out "$W/sweep/$name" --only d1_phase $extra >"$W/sweep/$name.log" 2>&1 </dev/null &
+  done
+  sleep "${WAIT:-60}"
+  tail -n 3 "$W"/sweep/*.log
+  ;;
+poll)
+  sleep "${WAIT:-0}"
+  for m in "$W"/sweep/*/d1_phase/metrics.jsonl; do
+    echo "== $m"
+    grep '"accuracy"' "$m" | tail -n 1 | cut -c1-220
+    grep 'val_acc' "$m" | tail -n 1 | cut -c1-220
+  done
+  tail -n 2 "$W"/sweep/*.log
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  tar czf "$OUT/sweep.tgz" -C "$W/sweep" --exclude='checkpoint-*' . 2>/dev/null
+  ;;
+pick)
+  name=$1
+  shift
+  mkdir -p "$W/out"
+  cp -r "$W/sweep/$name/d1_phase" "$W/out/"
+  PYTHONPATH=python PYTHONUNBUFFERED=1 setsid nohup python3 -m fot_mem dictionary run \
+    --out "$W/out" --store "$W/stores" --reuse-d1 "$@" >"$W/log" 2>&1 </dev/null &
+  sleep "${WAIT:-45}"
+  tail -n 20 "$W/log"
+  ;;
+esac
