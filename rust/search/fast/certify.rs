@@ -1,7 +1,10 @@
 //! Certifying the bf16 kernel's candidates: rescore them in f32, and accept the result only if no
-//! key left out can beat the k-th rescored score. Every key left out scored at most t (the k'-th
-//! best bf16 score), so its f32 score is at most t + E, with E the bound below.
+//! key left out can reach the k-th rescored score. Every key left out scored at most the row's
+//! rejection threshold t in bf16, so its f32 score is at most t + E, with E the bound below; the
+//! candidates are every key within a window (> 2E) of the k-th best bf16 score (see
+//! `candidates`), which makes the test pass whatever the ties among them.
 
+use super::candidates::Candidates;
 use super::pack::TileNorms;
 use super::QueryRows;
 use crate::dtype::Elements;
@@ -67,7 +70,8 @@ impl ErrorBound {
         let b = delta * self.kmax
             + norm * (self.key_err + self.flushed_keys + self.sum_err * self.kmax)
             + self.flushed_sums;
-        if b.is_nan() {
+        // Scores that may overflow f32 (in either kernel) are not bounded by the terms above.
+        if b.is_nan() || norm * self.kmax > 1e37 {
             f64::INFINITY
         } else {
             b
@@ -81,7 +85,7 @@ pub fn certified_row(
     kv_head: usize,
     q: &QueryRows,
     r: usize,
-    mut candidates: TopK,
+    candidates: Candidates,
     k: usize,
     bound: f64,
 ) -> Option<Vec<(f32, i64)>> {
@@ -89,14 +93,15 @@ pub fn certified_row(
     let query = &q.rows[r * dim..(r + 1) * dim];
     let mut buf = vec![0f32; dim];
     let mut exact = TopK::new(k);
-    candidates.settle();
-    for &(_, id) in candidates.entries() {
+    let (list, threshold) = candidates.finish();
+    for &(_, id) in &list {
         exact.push(dot(query, src.row(kv_head, id as u64), &mut buf), id);
     }
     let best = exact.into_sorted();
-    // Every key was a candidate (a key whose bf16 score is NaN or -inf never becomes one), or no
-    // key left out can beat the k-th.
-    let certain = candidates.len() as u64 == src.len()
-        || (best.len() == k && best[k - 1].0 as f64 > candidates.threshold() as f64 + bound);
+    // Every key was a candidate (a key whose bf16 score is NaN or -inf never becomes one), or
+    // every key left out scores below the k-th (strictly: keys tied with it are all candidates,
+    // so ties go to the lower id as in the f32 kernel).
+    let certain = list.len() as u64 == src.len()
+        || (best.len() == k && best[k - 1].0 as f64 > threshold as f64 + bound);
     certain.then_some(best)
 }

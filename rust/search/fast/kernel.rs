@@ -5,8 +5,8 @@
 
 use std::arch::x86_64::*;
 
+use super::candidates::Candidates;
 use super::pack::{GROUP_KEYS, PANELS};
-use crate::search::topk::TopK;
 
 const ROWS: usize = 8;
 
@@ -23,7 +23,7 @@ pub unsafe fn score_tile(
     tile: &[u32],
     n_keys: usize,
     first_id: i64,
-    tops: &mut [TopK],
+    tops: &mut [Candidates],
     thresholds: &mut [f32],
 ) {
     let rows = tops.len();
@@ -65,7 +65,7 @@ unsafe fn block<const R: usize>(
     keys: *const u32,
     masks: [u16; PANELS],
     id0: i64,
-    tops: &mut [TopK],
+    tops: &mut [Candidates],
     thresholds: &mut [f32],
 ) -> usize {
     let mut acc = [[_mm512_setzero_ps(); PANELS]; R];

@@ -1,11 +1,16 @@
 //! The AVX-512 BF16 exact kernel. Queries and keys are rounded to bfloat16 and scored with
 //! VDPBF16PS (twice the f32 FMA rate, half the bytes of f32 keys), fused with a per-row top-k'
-//! (k' > k). The k' candidates are then rescored in f32 and a bound on the bf16 rounding error
-//! certifies that no other key can enter the top-k: every key left out scored at most t (the
-//! k'-th best bf16 score), so its f32 score is at most t + E, and if the k-th rescored score beats
-//! that, the result is the exact top-k. Rows that cannot be certified are rescanned in f32, so the
-//! results are always those of an exact f32 search (ties and f32 summation order aside).
+//! of candidates: every key whose bf16 score is within a window `WINDOW * E` of the row's k-th best
+//! bf16 score, where E bounds the bf16 rounding error of a score (`certify::ErrorBound`, from the
+//! query's rounding and the key norms measured while packing). The candidates are rescored in f32;
+//! every key left out scored at most t (the rejection threshold) in bf16, so at most t + E in f32,
+//! and since t <= (k-th bf16) - WINDOW * E, the k-th rescored score beats that whenever the window
+//! held no more than the cap of candidates. Exact ties and near-ties (repeated keys) stay candidates
+//! and are resolved in f32. Rows that cannot be certified (a crowd of more than the cap within the
+//! window) are rescanned in f32, so the results are always those of an exact f32 search (f32
+//! summation order aside).
 
+mod candidates;
 mod certify;
 mod kernel;
 mod pack;
@@ -19,7 +24,7 @@ use super::exact::{FALLBACK_ROWS, ROWS};
 use super::portable::exact_rows;
 use super::topk::TopK;
 use super::{KeySource, SearchResult, SearchShape};
-use crate::dtype::Elements;
+use candidates::Candidates;
 use certify::{certified_row, ErrorBound};
 
 /// Keys packed and scored per tile (a multiple of the kernel's 48-key groups; ~120 KiB at d 128).
@@ -29,14 +34,14 @@ const SEGMENT_MIN: usize = 8192;
 /// The fewest query rows worth a task of their own (fewer would repack keys for little work).
 const ROWS_MIN: usize = 128;
 
-/// Candidates kept per row for a top-k: more when the keys themselves were rounded to bf16
-/// (f32 or f16 storage), whose error bound is wider.
-fn candidates(k: usize, keys_rounded: bool) -> usize {
-    if keys_rounded {
-        (4 * k).max(k + 96)
-    } else {
-        (2 * k).max(k + 32)
-    }
+/// The candidate window, in units of the error bound E (more than 2 certifies every row whose
+/// window holds at most the cap).
+const WINDOW: f64 = 3.0;
+
+/// The most candidates a row keeps for a top-k (repeated keys crowd the window: a few hundred
+/// copies of one key all score alike).
+fn cap(k: usize) -> usize {
+    16 * k + 2048
 }
 
 /// The query rows searched against one (slot, kv head): f32 rows, their bf16 pairs, and the norms
@@ -86,7 +91,7 @@ struct Item {
 }
 
 struct ItemResult {
-    tops: Vec<TopK>,
+    tops: Vec<Candidates>,
     norms: pack::TileNorms,
 }
 
@@ -124,10 +129,10 @@ fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
     items
 }
 
-fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, kc: usize) -> ItemResult {
+fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, k: usize) -> ItemResult {
     let d2 = dim.div_ceil(2);
     let m = it.rows.1 - it.rows.0;
-    let mut tops = vec![TopK::new(kc); m];
+    let mut tops = vec![Candidates::new(k, cap(k)); m];
     let mut thresholds = vec![f32::NEG_INFINITY; m];
     let qpairs = &q.pairs[it.rows.0 * d2..it.rows.1 * d2];
     let mut packed = Vec::new();
@@ -147,7 +152,15 @@ fn run_item(src: &dyn KeySource, q: &QueryRows, it: Item, dim: usize, kc: usize)
             // SAFETY: this module is only used when the CPU has AVX-512 F/BW/BF16
             // (`exact::has_avx512_bf16`), and `packed` is the packed tile of `b - a` keys.
             unsafe {
+                let before = norms;
                 norms.merge(pack::pack_tile(tile, dim, &mut packed));
+                if norms != before {
+                    // Larger keys, a wider error bound: widen every row's window.
+                    let bound = ErrorBound::new(norms, dim);
+                    for (i, top) in tops.iter_mut().enumerate() {
+                        top.widen(WINDOW * bound.for_row(q, it.rows.0 + i));
+                    }
+                }
                 kernel::score_tile(
                     qpairs,
                     d2,
@@ -178,11 +191,6 @@ pub fn search(
             ids: Vec::new(),
         };
     }
-    let rounded = sources
-        .iter()
-        .flatten()
-        .any(|s| !s.is_empty() && !matches!(s.row(0, 0), Elements::Bf16(_)));
-    let kc = candidates(k, rounded);
     let pairs: Vec<(usize, usize)> = (0..shape.batch)
         .flat_map(|s| (0..shape.kv_heads).map(move |g| (s, g)))
         .collect();
@@ -202,23 +210,26 @@ pub fn search(
                 &qrows[it.slot * shape.kv_heads + it.kv_head],
                 *it,
                 dim,
-                kc,
+                k,
             ),
             None => ItemResult {
-                tops: vec![TopK::new(kc); it.rows.1 - it.rows.0],
+                tops: vec![Candidates::new(k, cap(k)); it.rows.1 - it.rows.0],
                 norms: pack::TileNorms::default(),
             },
         })
         .collect();
 
     // Merge the shares of each (slot, kv head, row), and the largest key norm of each (slot, kv head).
-    let mut merged: Vec<Vec<TopK>> = pairs.iter().map(|_| vec![TopK::new(kc); m]).collect();
+    let mut merged: Vec<Vec<Option<Candidates>>> = pairs.iter().map(|_| vec![None; m]).collect();
     let mut norms = vec![pack::TileNorms::default(); pairs.len()];
     for (it, res) in items.iter().zip(results) {
         let sg = it.slot * shape.kv_heads + it.kv_head;
         norms[sg].merge(res.norms);
         for (i, top) in res.tops.into_iter().enumerate() {
-            merged[sg][it.rows.0 + i].merge(top);
+            match &mut merged[sg][it.rows.0 + i] {
+                Some(c) => c.merge(top),
+                slot => *slot = Some(top),
+            }
         }
     }
 
@@ -236,7 +247,10 @@ pub fn search(
             let mut rows: Vec<Option<Vec<(f32, i64)>>> = tops
                 .into_iter()
                 .enumerate()
-                .map(|(r, top)| certified_row(src, g, q, r, top, k, bound.for_row(q, r)))
+                .map(|(r, top)| {
+                    let top = top.unwrap_or_else(|| Candidates::new(k, cap(k)));
+                    certified_row(src, g, q, r, top, k, bound.for_row(q, r))
+                })
                 .collect();
             let failed: Vec<usize> = (0..m).filter(|&r| rows[r].is_none()).collect();
             if !failed.is_empty() {
@@ -330,6 +344,7 @@ fn search_small(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::Elements;
     use half::{bf16, f16};
 
     fn lcg(seed: &mut u64) -> f32 {
