@@ -697,7 +697,7 @@ fn norm_mixture(rng: &mut Rng, dtype: Dtype, n: usize, dim: usize, blocks: usize
     Doc::new(dtype, dim, vec![keys], Blocks::Uniform(blocks))
 }
 
-/// The most candidates the bf16 kernel keeps per row for a top-k (`fast::cap`): a window crowded
+/// The fewest candidates the bf16 kernel keeps per row for a top-k (`fast::cap`): a window crowded
 /// by more keys than this is the one case where a row may be rescanned in f32.
 fn cap(k: usize) -> usize {
     16 * k + 2048
@@ -735,11 +735,9 @@ fn adversarial(make: fn(&mut Rng, Dtype, usize, usize, usize) -> Doc, seed: u64,
             problem.check(&label);
             let fell_back = stats().fallback_rows - before;
             if has_avx512_bf16() && tie_proof {
+                // More near-ties than the cap (n > cap) may fall back.
                 if n <= cap(k) {
                     assert_eq!(fell_back, 0, "{label}: rows fell back");
-                } else {
-                    // More near-ties than the cap: the window cannot hold them all.
-                    assert_eq!(fell_back, q as u64, "{label}: every row falls back");
                 }
             }
         }
