@@ -10,7 +10,9 @@ The cases cover every storage dtype, odd head dims, lengths that are multiples o
 and above the length, several chunk files, grouped heads, batches of documents of different
 lengths (missing ones and empty layers included), query rows per kv head on both sides of the small
 path (1..4) and of the packed one (5, 9, 64, 300), k = 1, 32, 128, and data made to defeat the bf16
-kernel's certification (near-ties, key norms over six decades), where it must fall back to f32.
+kernel's certification (near-ties, key norms over six decades, exact copies of keys by the
+hundred). Near-ties and repeated keys must not send rows to the f32 rescan (the bf16 kernel keeps
+every key within its error window of the k-th as a candidate and resolves them in f32).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Case:
     kv_heads: int
     group: int  # query heads per kv head
     k: int
-    data: str = "gaussian"  # or "near_ties", "norm_mixture", "crowded"
+    data: str = "gaussian"  # or "near_ties", "norm_mixture", "crowded", "repeated"
 
     @property
     def heads(self) -> int:
@@ -100,9 +102,10 @@ def _cases() -> list[Case]:
     for dtype in DTYPES:
         cases.append(Case(dtype, 33, (1000,), 4096, 1, 1, 2, 1000))
         cases.append(Case(dtype, 33, (1000,), 4096, 9, 1, 1, 1005))
-    # Data on which the bf16 kernel cannot certify its candidates and must rescan in f32.
+    # Data made to defeat a margin test on bf16 scores.
     for dtype, k in zip(DTYPES, (32, 1, 128)):
         cases.append(Case(dtype, 64, (1000,), 100, 9, 1, 1, k, "near_ties"))
+        cases.append(Case(dtype, 64, (20000,), 4096, 40, 1, 1, k, "repeated"))
         cases.append(Case(dtype, 128, (4097,), 4096, 64, 1, 1, 32, "norm_mixture"))
         # k well above the sinks' count, so the k-th best is an ordinary key.
         cases.append(Case(dtype, 17, (3000,), 100, 5, 2, 2, 128, "norm_mixture"))
@@ -129,6 +132,12 @@ def _keys(rng: np.random.Generator, case: Case, n: int) -> tuple[np.ndarray, np.
         sinks = np.arange(n) % 499 == 3
         norms[sinks] = 10 ** rng.uniform(2, 3, (int(sinks.sum()), kvh, 1))
         keys = keys / np.linalg.norm(keys, axis=-1, keepdims=True).clip(1e-6) * norms
+    elif case.data == "repeated":
+        # A quarter of the keys are exact copies of 40 vectors (of 1.5x the usual norm, so they
+        # fill the top-k): exact ties by the hundred at the k-th score.
+        originals = 1.5 * rng.standard_normal((40, kvh, d))
+        copies = rng.random(n) < 0.25
+        keys[copies] = originals[rng.integers(0, 40, int(copies.sum()))]
     elif case.data == "crowded":
         # One vector per head with 2e-3 relative noise: the scores are apart by about the error
         # of bf16 keys, so the certification has to get its bound right.
@@ -281,7 +290,9 @@ def test_kernel_is_the_fastest_this_cpu_runs() -> None:
     forced = os.environ.get("FOT_MEM_EXACT_KERNEL") == "portable"
     want = "avx512-bf16" if has and not forced else "portable-f32"
     assert info["kernel"] == want, info
-    assert set(info) == {"kernel", "rows", "fallback_rows"}, info
+    assert set(info) == {"kernel", "rows", "fallback_rows", "features", "cpu"}, info
+    if want == "avx512-bf16":
+        assert {"avx512f", "avx512bw", "avx512bf16"} <= set(info["features"]), info
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -300,11 +311,10 @@ def test_kernel_matches_oracle(prepared: dict[str, Prepared], case: Case) -> Non
     all_rows = len(case.lengths) * case.q * case.heads
     packed = case.rows_per_kv_head > 4
     assert rows == (all_rows if packed else 0), (rows, all_rows)
-    if case.data == "near_ties":
-        # bf16 cannot order the keys at all: every row is rescanned.
-        assert fell_back == all_rows, (fell_back, all_rows)
-    elif case.data == "norm_mixture":
-        assert fell_back > 0, "no row fell back on keys with norms over six decades"
+    if case.data in ("near_ties", "repeated"):
+        # bf16 cannot order the keys (near-ties) or they tie exactly (copies): all stay
+        # candidates, resolved in f32, and no row is rescanned.
+        assert fell_back == 0, (fell_back, all_rows)
 
 
 _PORTABLE_SCRIPT = """

@@ -17,8 +17,8 @@ fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
     errors::run(py, move || -> crate::Result<()> { panic!("{message}") })
 }
 
-/// Which exact kernel this process uses, and its counters (rows searched, rows that needed the
-/// f32 fallback to stay exact).
+/// Which exact kernel this process uses, the CPU features it uses, the CPU (brand, family,
+/// model), and its counters (rows searched, rows that needed the f32 fallback to stay exact).
 #[pyfunction]
 fn exact_kernel_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let d = pyo3::types::PyDict::new(py);
@@ -26,6 +26,8 @@ fn exact_kernel_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>>
     d.set_item("kernel", crate::search::kernel_name())?;
     d.set_item("rows", s.rows)?;
     d.set_item("fallback_rows", s.fallback_rows)?;
+    d.set_item("features", crate::search::kernel_features().to_vec())?;
+    d.set_item("cpu", crate::search::cpu_model())?;
     Ok(d)
 }
 

@@ -74,6 +74,58 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
+/// The CPU features the selected kernel uses (empty for the portable one), for reports.
+pub fn kernel_features() -> &'static [&'static str] {
+    match kernel() {
+        ExactKernel::Portable => &[],
+        ExactKernel::Avx512Bf16 => &["avx512f", "avx512bw", "avx512vl", "avx512bf16"],
+    }
+}
+
+/// The CPU's brand string with its family and model numbers (CPUID), e.g. `AMD EPYC (family 25,
+/// model 17)`: machines of one name differ (Zen 4 and Zen 5 EPYCs both say "AMD EPYC" in a VM).
+pub fn cpu_model() -> String {
+    // `__cpuid` is unsafe before Rust 1.94 (rust-version is 1.89) and safe since.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unused_unsafe)]
+    {
+        use std::arch::x86_64::__cpuid;
+        // SAFETY: CPUID exists on every x86_64 CPU; leaves past the maximum are not read.
+        let (max_ext, leaf1) = unsafe { (__cpuid(0x8000_0000).eax, __cpuid(1)) };
+        let mut brand = Vec::new();
+        if max_ext >= 0x8000_0004 {
+            for leaf in 0x8000_0002u32..=0x8000_0004 {
+                // SAFETY: as above, the leaf is at most the maximum.
+                let r = unsafe { __cpuid(leaf) };
+                for w in [r.eax, r.ebx, r.ecx, r.edx] {
+                    brand.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+        }
+        let brand = String::from_utf8_lossy(&brand)
+            .trim_matches(char::from(0))
+            .trim()
+            .to_string();
+        let eax = leaf1.eax;
+        let (base_family, base_model) = ((eax >> 8) & 0xf, (eax >> 4) & 0xf);
+        let family = if base_family == 0xf {
+            base_family + ((eax >> 20) & 0xff)
+        } else {
+            base_family
+        };
+        let model = if base_family >= 0x6 {
+            base_model | (((eax >> 16) & 0xf) << 4)
+        } else {
+            base_model
+        };
+        format!("{brand} (family {family}, model {model})")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
 /// Searches with the selected kernel; inputs are validated by [`super::Backend::search`].
 pub fn search(
     sources: &[Option<&dyn KeySource>],
