@@ -67,6 +67,16 @@ impl Rng {
     }
 }
 
+/// CPU seconds this process has used (user + system, from /proc/self/stat; 0 elsewhere): on a
+/// shared machine, work per CPU second is steadier than wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: &str| a.get(i).cloned().unwrap_or_else(|| d.to_string());
@@ -114,24 +124,31 @@ fn main() {
     };
     let src: [Option<&dyn KeySource>; 1] = [Some(&keys)];
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let before = stats();
     for i in 0..=repeats {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         let out = Backend::Exact.search(&src, &queries, shape).unwrap();
         let dt = t.elapsed().as_secs_f64();
+        let dc = cpu_seconds() - c;
         std::hint::black_box(out);
         if i > 0 || repeats == 0 {
             times.push(dt);
+            cpu.push(dc);
         }
     }
     let after = stats();
     times.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
+    let med_cpu = cpu[cpu.len() / 2];
     let flops = 2.0 * n as f64 * dim as f64 * batch as f64;
     println!(
         "{n} keys x {dim} {dtype}, copies {copies}, {batch} queries, k {k}: median {med:.3} s \
-         ({:.1} GFLOP/s), kernel {}, fallback rows {} of {}",
+         ({:.1} GFLOP/s; {med_cpu:.2} CPU s, {:.1} GFLOP per CPU s), kernel {}, fallback rows \
+         {} of {}",
         flops / med / 1e9,
+        flops / med_cpu / 1e9,
         kernel_name(),
         after.fallback_rows - before.fallback_rows,
         after.rows - before.rows

@@ -15,7 +15,8 @@
 use std::sync::{Mutex, MutexGuard};
 
 use fot_mem::search::{
-    has_avx512_bf16, search_with, stats, ExactKernel, KeyBlock, KeySource, SearchShape,
+    has_avx512_bf16, has_avx512_vnni, search_with, stats, ExactKernel, KeyBlock, KeySource,
+    SearchShape,
 };
 use fot_mem::{Dtype, Elements, SearchResult};
 use half::{bf16, f16};
@@ -29,6 +30,18 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 const DTYPES: [Dtype; 3] = [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16];
+
+/// The fast kernels (bf16 and int8 screens), each checked against the scan and the portable
+/// kernel; where the CPU lacks one, `search_with` runs the portable kernel in its place.
+const FAST: [(&str, ExactKernel); 2] = [
+    ("avx512-bf16", ExactKernel::Avx512Bf16),
+    ("avx512-vnni-int8", ExactKernel::Avx512Vnni),
+];
+
+/// How many of the fast kernels this CPU runs (each counts its rows in `stats`).
+fn fast_kernels() -> u64 {
+    has_avx512_bf16() as u64 + has_avx512_vnni() as u64
+}
 
 /// splitmix64: a deterministic generator.
 struct Rng(u64);
@@ -383,10 +396,16 @@ impl Problem {
         out
     }
 
-    /// Runs both kernels and checks both against the scan, and against each other.
+    /// Runs every kernel and checks each against the scan, and the fast ones against the portable.
     fn check(&self, label: &str) {
-        let fast = self.run(ExactKernel::Avx512Bf16);
         let portable = self.run(ExactKernel::Portable);
+        for (fast_name, kernel) in FAST {
+            let fast = self.run(kernel);
+            self.compare(&format!("{label} [{fast_name}]"), &fast, &portable);
+        }
+    }
+
+    fn compare(&self, label: &str, fast: &SearchResult, portable: &SearchResult) {
         let sh = self.shape;
         let (group, dim, k) = (sh.group(), sh.dim, sh.k);
         for (slot, doc) in self.docs.iter().enumerate() {
@@ -398,7 +417,7 @@ impl Problem {
                         Some(d) => scan(query, &d.wide[h / group], dim),
                         None => (Vec::new(), Vec::new()),
                     };
-                    for (name, r) in [("avx512-bf16", &fast), ("portable", &portable)] {
+                    for (name, r) in [("fast", fast), ("portable", portable)] {
                         let what = format!("{label} [{name}] slot {slot} query {qi} head {h}");
                         let (sc, id) = (&r.scores[at..at + k], &r.ids[at..at + k]);
                         check_row(&what, sc, id, &s, &e, self.exact_ties);
@@ -801,7 +820,11 @@ fn repeated_keys_are_certified_without_fallback() {
             problem.check(&label);
             let after = stats();
             if has_avx512_bf16() && q > 4 {
-                assert_eq!(after.rows - before.rows, q as u64, "{label}");
+                assert_eq!(
+                    after.rows - before.rows,
+                    q as u64 * fast_kernels(),
+                    "{label}"
+                );
                 // At most the rows whose window holds more copies than the cap.
                 let crowd = (copies * n as f64 / distinct as f64) as usize;
                 if crowd < cap(k) / 2 {
@@ -847,7 +870,12 @@ fn well_separated_scores_are_certified() {
             let before = stats();
             s.build(&mut rng).check(&s.label());
             let after = stats();
-            assert_eq!(after.rows - before.rows, q as u64, "{}", s.label());
+            assert_eq!(
+                after.rows - before.rows,
+                q as u64 * fast_kernels(),
+                "{}",
+                s.label()
+            );
             assert_eq!(
                 after.fallback_rows,
                 before.fallback_rows,

@@ -11,8 +11,8 @@ mod portable;
 mod topk;
 
 pub use exact::{
-    cpu_model, has_avx512_bf16, kernel, kernel_features, kernel_name, search_with, stats,
-    ExactKernel, ExactStats,
+    cpu_model, has_avx512_bf16, has_avx512_vnni, kernel, kernel_features, kernel_name, search_with,
+    stats, ExactKernel, ExactStats,
 };
 pub use topk::TopK;
 

@@ -43,9 +43,10 @@ impl ErrorBound {
         let tiny = f32::MIN_POSITIVE as f64;
         let amax = norms.max_abs as f64;
         // Below ~1e-18 the f32 squares behind the norms may have underflowed: fall back to
-        // |k| <= sqrt(d) max|k_i| and |k - bf16(k)| <= |k|.
+        // |k| <= sqrt(d) max|k_i| and |k - k^| <= 2 sqrt(d) max|k_i| (bf16 rounding keeps
+        // |k^_i| <= |k_i|, the int8 screen |k^_i| <= max|k_i|).
         let (kmax, key_err) = if amax < 1e-18 {
-            (root_d * amax, root_d * amax)
+            (root_d * amax, 2.0 * root_d * amax)
         } else {
             (
                 (norms.max_sq as f64).sqrt(),

@@ -12,6 +12,7 @@
 
 mod candidates;
 mod certify;
+mod int8;
 mod kernel;
 mod pack;
 pub(crate) mod small;
@@ -47,21 +48,48 @@ fn cap(k: usize, keys: u64, rows: usize) -> usize {
     (16 * k + 2048).max(long)
 }
 
-/// The query rows searched against one (slot, kv head): f32 rows, their bf16 pairs, and the norms
-/// that bound the rounding error.
+/// How keys are screened before the f32 rescoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Screen {
+    /// bf16 pairs, VDPBF16PS.
+    Bf16,
+    /// int8 quads with a scale per key and per query row, VPDPBUSD (AVX-512 VNNI).
+    Int8,
+}
+
+/// The query rows searched against one (slot, kv head): f32 rows, their rounded forms, and the
+/// norms that bound the rounding error.
 struct QueryRows {
     rows: Vec<f32>,
     pairs: Vec<u32>,
-    /// `|q - bf16(q)|` per row (bf16 as VDPBF16PS reads it).
+    /// The int8 form (int8 screen only).
+    quant: Option<int8::Quantised>,
+    /// `|q - q^|` per row (q^ the rounded query as the screen reads it).
     delta: Vec<f64>,
-    /// `|bf16(q)|` per row.
+    /// `|q^|` per row.
     norm: Vec<f64>,
 }
 
-fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize) -> QueryRows {
+fn query_rows(
+    queries: &[f32],
+    shape: &SearchShape,
+    slot: usize,
+    kv_head: usize,
+    screen: Screen,
+) -> QueryRows {
     let (dim, group) = (shape.dim, shape.group());
     let m = shape.q * group;
     let rows = shape.gather_rows(queries, slot, kv_head, 0..m);
+    if screen == Screen::Int8 {
+        let quant = int8::quantise_queries(&rows, dim);
+        return QueryRows {
+            rows,
+            pairs: Vec::new(),
+            delta: quant.delta.clone(),
+            norm: quant.norm.clone(),
+            quant: Some(quant),
+        };
+    }
     let mut pairs = Vec::new();
     pack::pack_queries(&rows, dim, &mut pairs);
     let d2 = dim.div_ceil(2);
@@ -79,6 +107,7 @@ fn query_rows(queries: &[f32], shape: &SearchShape, slot: usize, kv_head: usize)
     QueryRows {
         rows,
         pairs,
+        quant: None,
         delta,
         norm,
     }
@@ -105,15 +134,16 @@ fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
     let mut items = Vec::new();
     for (slot, src) in sources.iter().enumerate() {
         let n = src.map_or(0, |s| s.len());
-        // Prefer splitting rows (each row's top-k then sees every key once, so its threshold
-        // rises early); split keys when there are too few rows to share out.
-        let row_blocks = want.div_ceil(base).clamp(1, m.div_ceil(ROWS_MIN).max(1));
-        let segments = if base * row_blocks < want {
-            want.div_ceil(base * row_blocks)
-                .clamp(1, (n as usize / SEGMENT_MIN).max(1))
-        } else {
-            1
-        };
+        // Prefer splitting keys: every key is then packed once (packing costs as much as
+        // scoring a few dozen rows), and a task's rows (all of them, up to a few thousand) are
+        // read from L2 while one group of keys stays in L1. Split rows only when the keys are
+        // too few to share out.
+        let segments = want
+            .div_ceil(base)
+            .clamp(1, (n as usize / SEGMENT_MIN).max(1));
+        let row_blocks = want
+            .div_ceil(base * segments)
+            .clamp(1, m.div_ceil(ROWS_MIN).max(1));
         for kv_head in 0..shape.kv_heads {
             for s in 0..segments as u64 {
                 let keys = (n * s / segments as u64, n * (s + 1) / segments as u64);
@@ -140,11 +170,13 @@ fn run_item(
     (k, cap): (usize, usize),
 ) -> ItemResult {
     let d2 = dim.div_ceil(2);
+    let d4 = dim.div_ceil(4);
     let m = it.rows.1 - it.rows.0;
     let mut tops = vec![Candidates::new(k, cap); m];
     let mut thresholds = vec![f32::NEG_INFINITY; m];
-    let qpairs = &q.pairs[it.rows.0 * d2..it.rows.1 * d2];
+    let qpairs = &q.pairs[(it.rows.0 * d2).min(q.pairs.len())..(it.rows.1 * d2).min(q.pairs.len())];
     let mut packed = Vec::new();
+    let mut tile8 = int8::Tile::default();
     let mut norms = pack::TileNorms::default();
     for block in src.blocks(it.kv_head) {
         let rows = (block.keys.len() / dim) as u64;
@@ -158,11 +190,15 @@ fn run_item(
                 (end - block.first_id) as usize,
             );
             let tile = block.keys.slice(a * dim..b * dim);
-            // SAFETY: this module is only used when the CPU has AVX-512 F/BW/BF16
-            // (`exact::has_avx512_bf16`), and `packed` is the packed tile of `b - a` keys.
+            // SAFETY: this module is only used when the CPU has AVX-512 F/BW/VL/BF16
+            // (`exact::has_avx512_bf16`), the int8 screen only where it also has VNNI
+            // (`exact::has_avx512_vnni`); `packed` / `tile8` is the packed tile of `b - a` keys.
             unsafe {
                 let before = norms;
-                norms.merge(pack::pack_tile(tile, dim, &mut packed));
+                match &q.quant {
+                    None => norms.merge(pack::pack_tile(tile, dim, &mut packed)),
+                    Some(_) => norms.merge(int8::pack_tile(tile, dim, &mut tile8)),
+                }
                 if norms != before {
                     // Larger keys, a wider error bound: widen every row's window.
                     let bound = ErrorBound::new(norms, dim);
@@ -170,15 +206,27 @@ fn run_item(
                         top.widen(WINDOW * bound.for_row(q, it.rows.0 + i));
                     }
                 }
-                kernel::score_tile(
-                    qpairs,
-                    d2,
-                    &packed,
-                    b - a,
-                    start as i64,
-                    &mut tops,
-                    &mut thresholds,
-                );
+                match &q.quant {
+                    None => kernel::score_tile(
+                        qpairs,
+                        d2,
+                        &packed,
+                        b - a,
+                        start as i64,
+                        &mut tops,
+                        &mut thresholds,
+                    ),
+                    Some(qq) => int8::score_tile(
+                        &qq.quads[it.rows.0 * d4..it.rows.1 * d4],
+                        d4,
+                        &qq.scale[it.rows.0..it.rows.1],
+                        &tile8,
+                        b - a,
+                        start as i64,
+                        &mut tops,
+                        &mut thresholds,
+                    ),
+                }
             }
             start = end;
         }
@@ -191,8 +239,14 @@ pub fn search(
     sources: &[Option<&dyn KeySource>],
     queries: &[f32],
     shape: SearchShape,
+    screen: Screen,
 ) -> SearchResult {
     let (dim, group, k) = (shape.dim, shape.group(), shape.k);
+    let screen = if dim > int8::MAX_DIM {
+        Screen::Bf16
+    } else {
+        screen
+    };
     let m = shape.q * group;
     if shape.out_len() == 0 {
         return SearchResult {
@@ -205,7 +259,7 @@ pub fn search(
         .collect();
     let qrows: Vec<QueryRows> = pairs
         .par_iter()
-        .map(|&(s, g)| query_rows(queries, &shape, s, g))
+        .map(|&(s, g)| query_rows(queries, &shape, s, g, screen))
         .collect();
     let items = plan(sources, &shape);
     if m <= small::SMALL_ROWS {
@@ -438,7 +492,7 @@ mod tests {
         };
         let s: [Option<&dyn KeySource>; 1] = [Some(src)];
         (
-            search(&s, queries, shape),
+            search(&s, queries, shape, Screen::Bf16),
             crate::search::search_with(crate::search::ExactKernel::Portable, &s, queries, shape),
         )
     }

@@ -174,7 +174,7 @@ unsafe fn rounded(lo: __m512, hi: __m512, sq: &mut __m512, err: &mut __m512) -> 
 
 /// Transposes a 16 x 16 matrix of u32 held as 16 rows.
 #[inline(always)]
-unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+pub(super) unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
     let mut a = [_mm512_setzero_si512(); 16];
     for i in 0..8 {
         a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
