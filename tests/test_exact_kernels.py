@@ -267,32 +267,39 @@ def check_result(p: Prepared, scores: np.ndarray, ids: np.ndarray) -> None:
         check_strict(scores[slot], ids[slot], keys, p.queries[slot])
 
 
-def _cpu_has_avx512_bf16() -> bool | None:
+def _cpu_flags() -> set[str] | None:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return {"avx512f", "avx512bw", "avx512_bf16"} <= flags
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def test_kernel_is_the_fastest_this_cpu_runs() -> None:
     """The in-process runs below test the kernel this process picked: AVX-512 BF16 exactly when
     the CPU has it and nothing forces the portable one."""
-    has = _cpu_has_avx512_bf16()
-    if has is None:
+    flags = _cpu_flags()
+    if flags is None:
         pytest.skip("no /proc/cpuinfo")
     info = fot_mem._core.exact_kernel_info()
-    forced = os.environ.get("FOT_MEM_EXACT_KERNEL") == "portable"
-    want = "avx512-bf16" if has and not forced else "portable-f32"
+    forced = os.environ.get("FOT_MEM_EXACT_KERNEL", "")
+    bf16 = {"avx512f", "avx512bw", "avx512_bf16"} <= flags
+    vnni = bf16 and {"avx512vl", "avx512_vnni"} <= flags
+    if forced == "portable" or not bf16:
+        want = "portable-f32"
+    elif vnni and forced != "avx512-bf16":
+        want = "avx512-vnni-int8"
+    else:
+        want = "avx512-bf16"
     assert info["kernel"] == want, info
     assert set(info) == {"kernel", "rows", "fallback_rows", "features", "cpu"}, info
-    if want == "avx512-bf16":
+    if want != "portable-f32":
         assert {"avx512f", "avx512bw", "avx512bf16"} <= set(info["features"]), info
+    if want == "avx512-vnni-int8":
+        assert "avx512vnni" in info["features"], info
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -302,7 +309,7 @@ def test_kernel_matches_oracle(prepared: dict[str, Prepared], case: Case) -> Non
     scores, ids = _search(p)
     after = fot_mem._core.exact_kernel_info()
     check_result(p, scores, ids)
-    if after["kernel"] != "avx512-bf16":
+    if not after["kernel"].startswith("avx512"):
         return
     # The query rows took the path this case means to test: the packed bf16 kernel counts its
     # rows, the small path (<= 4 rows per kv head) does not.

@@ -32,12 +32,14 @@ use certify::{certified_row, ErrorBound};
 const TILE_KEYS: usize = 480;
 /// The fewest keys worth a task of their own.
 const SEGMENT_MIN: usize = 8192;
+/// The most query rows for which tasks split keys before rows.
+const ROWS_MAX: usize = 512;
 /// The fewest query rows worth a task of their own (fewer would repack keys for little work).
 const ROWS_MIN: usize = 128;
 
 /// The candidate window, in units of the error bound E (more than 2 certifies every row whose
 /// window holds at most the cap).
-const WINDOW: f64 = 3.0;
+const WINDOW: f64 = 2.25;
 
 /// The most candidates a row keeps for a top-k (repeated keys crowd the window: hundreds or
 /// thousands of copies of one key all score alike): at least `16 k + 2048`, more for long
@@ -134,16 +136,28 @@ fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
     let mut items = Vec::new();
     for (slot, src) in sources.iter().enumerate() {
         let n = src.map_or(0, |s| s.len());
-        // Prefer splitting keys: every key is then packed once (packing costs as much as
-        // scoring a few dozen rows), and a task's rows (all of them, up to a few thousand) are
-        // read from L2 while one group of keys stays in L1. Split rows only when the keys are
-        // too few to share out.
-        let segments = want
-            .div_ceil(base)
-            .clamp(1, (n as usize / SEGMENT_MIN).max(1));
-        let row_blocks = want
-            .div_ceil(base * segments)
-            .clamp(1, m.div_ceil(ROWS_MIN).max(1));
+        // Up to ROWS_MAX rows, split keys: every key is then packed once (packing costs as much
+        // as scoring a few dozen rows), and a task's rows are read from L1/L2 while one group of
+        // keys stays in L1. Beyond, split rows first (each row's candidates then see every key
+        // once, so their threshold rises early, and the rows of a task stay in L2).
+        let (segments, row_blocks) = if m <= ROWS_MAX {
+            let segments = want
+                .div_ceil(base)
+                .clamp(1, (n as usize / SEGMENT_MIN).max(1));
+            let rows = want
+                .div_ceil(base * segments)
+                .clamp(1, m.div_ceil(ROWS_MIN).max(1));
+            (segments, rows)
+        } else {
+            let rows = want.div_ceil(base).clamp(1, m.div_ceil(ROWS_MIN).max(1));
+            let segments = if base * rows < want {
+                want.div_ceil(base * rows)
+                    .clamp(1, (n as usize / SEGMENT_MIN).max(1))
+            } else {
+                1
+            };
+            (segments, rows)
+        };
         for kv_head in 0..shape.kv_heads {
             for s in 0..segments as u64 {
                 let keys = (n * s / segments as u64, n * (s + 1) / segments as u64);
