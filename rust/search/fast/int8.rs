@@ -40,6 +40,9 @@ pub struct Tile {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms {
     assert!(dim > 0 && dim <= MAX_DIM && keys.len().is_multiple_of(dim));
+    if let Elements::Bf16(k) = keys {
+        return pack_bf16(k, dim, out);
+    }
     let n = keys.len() / dim;
     let d4 = dim.div_ceil(4);
     let blocks = d4.div_ceil(16);
@@ -150,6 +153,120 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
                 }
             }
         }
+    }
+    norms
+}
+
+/// [`pack_tile`] for bf16 keys, 16 keys at a time in the packed (transposed) layout, so every
+/// statistic is a lane of its own (no horizontal sums per key): about twice as fast.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pack_bf16(keys: &[half::bf16], dim: usize, out: &mut Tile) -> TileNorms {
+    let n = keys.len() / dim;
+    let (d2, d4) = (dim.div_ceil(2), dim.div_ceil(4));
+    let blocks = d2.div_ceil(16);
+    let groups = n.div_ceil(GROUP_KEYS);
+    out.data.clear();
+    out.data.resize(groups * d4 * GROUP_KEYS, 0);
+    out.corr.clear();
+    out.corr.resize(groups * GROUP_KEYS, 0);
+    let ptr = keys.as_ptr().cast::<i16>();
+    // The largest |element|: bf16 magnitudes order as their bits without the sign.
+    let mut top = _mm512_setzero_si512();
+    let total = keys.len();
+    let mut at = 0;
+    while at < total {
+        let count = (total - at).min(32);
+        let m: u32 = if count == 32 {
+            u32::MAX
+        } else {
+            (1u32 << count) - 1
+        };
+        let v = _mm512_maskz_loadu_epi16(m, ptr.add(at));
+        top = _mm512_max_epu16(top, _mm512_and_si512(v, _mm512_set1_epi16(0x7fff)));
+        at += 32;
+    }
+    let top = _mm512_max_epu32(
+        _mm512_and_si512(top, _mm512_set1_epi32(0xffff)),
+        _mm512_srli_epi32::<16>(top),
+    );
+    let amax = f32::from_bits((_mm512_reduce_max_epu32(top) as u32) << 16);
+    let scale = amax / 127.0;
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    out.scale = scale;
+    let (vs, vi) = (_mm512_set1_ps(scale), _mm512_set1_ps(inv));
+    let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    let high = _mm512_set1_epi32(-65536);
+    let mut norms = TileNorms {
+        max_abs: amax,
+        ..TileNorms::default()
+    };
+    let mut stage = vec![_mm512_setzero_si512(); 16 * blocks];
+    let mut cols = vec![_mm512_setzero_si512(); 16 * blocks + 1];
+    for panel in 0..n.div_ceil(16) {
+        let (group, c) = (panel / PANELS, panel % PANELS);
+        let base = group * d4 * GROUP_KEYS + c * 16;
+        let keys_here = (n - panel * 16).min(16);
+        for i in 0..16 {
+            for b in 0..blocks {
+                stage[i * blocks + b] = if i < keys_here {
+                    let first = 32 * b;
+                    let count = (dim - first).min(32);
+                    let m: u32 = if count == 32 {
+                        u32::MAX
+                    } else {
+                        (1u32 << count) - 1
+                    };
+                    _mm512_maskz_loadu_epi16(m, ptr.add((panel * 16 + i) * dim + first))
+                } else {
+                    _mm512_setzero_si512()
+                };
+            }
+        }
+        // cols[p]: pair p of the 16 keys (zero past d2).
+        for b in 0..blocks {
+            let rows: [__m512i; 16] = std::array::from_fn(|i| stage[i * blocks + b]);
+            let t = transpose16(rows);
+            cols[16 * b..16 * b + 16].copy_from_slice(&t);
+        }
+        cols[16 * blocks] = _mm512_setzero_si512();
+        let (mut sq, mut err, mut sum) = (
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+            _mm512_setzero_si512(),
+        );
+        for q in 0..d4 {
+            let (a, b) = (cols[2 * q], cols[2 * q + 1]);
+            let xs = [
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(a)),
+                _mm512_castsi512_ps(_mm512_and_si512(a, high)),
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(b)),
+                _mm512_castsi512_ps(_mm512_and_si512(b, high)),
+            ];
+            let mut quad = _mm512_setzero_si512();
+            for (e, &x) in xs.iter().enumerate() {
+                let r = _mm512_cvtps_epi32(_mm512_mul_ps(x, vi));
+                let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+                let d = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(r), vs, x);
+                err = _mm512_fmadd_ps(d, d, err);
+                sq = _mm512_fmadd_ps(x, x, sq);
+                sum = _mm512_add_epi32(sum, r);
+                let byte = _mm512_and_si512(r, _mm512_set1_epi32(0xff));
+                quad = _mm512_or_si512(
+                    quad,
+                    _mm512_sllv_epi32(byte, _mm512_set1_epi32(8 * e as i32)),
+                );
+            }
+            _mm512_storeu_si512(
+                out.data.as_mut_ptr().add(base + q * GROUP_KEYS).cast(),
+                quad,
+            );
+        }
+        norms.max_sq = norms.max_sq.max(_mm512_reduce_max_ps(sq));
+        norms.max_err_sq = norms.max_err_sq.max(_mm512_reduce_max_ps(err));
+        _mm512_storeu_si512(
+            out.corr.as_mut_ptr().add(panel * 16).cast(),
+            _mm512_mullo_epi32(sum, _mm512_set1_epi32(-128)),
+        );
     }
     norms
 }
