@@ -294,7 +294,7 @@ def bench_size(n: int, queries: np.ndarray, args: argparse.Namespace, tmp: Path)
             )
             row(f"fot_mem faiss backend ({dtype})", t, recall(ids[:, 0], ref))
         store.close()
-    if args.big:
+    if args.big or args.no_extra:
         return rows
     index = faiss.IndexFlatIP(d)
     index.add(keys)
@@ -338,6 +338,11 @@ def main() -> None:
         help="skip numpy matmul + argpartition above this many keys (~40 s at 1M)",
     )
     ap.add_argument("--no-fot-faiss", action="store_true", help="skip fot_mem's faiss backend")
+    ap.add_argument(
+        "--no-extra",
+        action="store_true",
+        help="skip faiss IndexFlatIP, the sgemm pass and numpy (faiss.knn, torch and fot_mem only)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     big = {"keys": "16777216", "dim": 64, "batch": 256, "dtypes": "bfloat16"}

@@ -462,6 +462,7 @@ fn search_small(
 mod tests {
     use super::*;
     use crate::dtype::Elements;
+    use crate::search::fast::pack::{GROUP_KEYS, PANELS};
     use half::{bf16, f16};
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -564,6 +565,64 @@ mod tests {
             assert_eq!(fast.ids, portable.ids, "{rows} rows");
             for (a, b) in fast.scores.iter().zip(&portable.scores) {
                 assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn int8_packing_rounds_each_key_to_the_nearest_code() {
+        if !crate::search::has_avx512_vnni() {
+            return;
+        }
+        let mut seed = 13;
+        for (n, dim) in [
+            (1, 1),
+            (5, 3),
+            (16, 32),
+            (47, 33),
+            (50, 64),
+            (97, 130),
+            (49, 7),
+        ] {
+            let f: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed) * 8.0).collect();
+            let h: Vec<f16> = f.iter().map(|&x| f16::from_f32(x)).collect();
+            let b: Vec<bf16> = f.iter().map(|&x| bf16::from_f32(x)).collect();
+            for keys in [Elements::F32(&f), Elements::F16(&h), Elements::Bf16(&b)] {
+                let mut tile = int8::Tile::default();
+                // SAFETY: checked the CPU above.
+                let norms = unsafe { int8::pack_tile(keys, dim, &mut tile) };
+                let d4 = dim.div_ceil(4);
+                let amax = (0..n * dim).map(|i| keys.get(i).abs()).fold(0f32, f32::max);
+                assert_eq!(norms.max_abs, amax, "n {n} dim {dim}");
+                assert_eq!(tile.scale, amax / 127.0);
+                let (mut max_sq, mut max_err) = (0f32, 0f32);
+                for key in 0..n {
+                    let (panel, lane) = (key / 16, key % 16);
+                    let base = (panel / PANELS) * d4 * GROUP_KEYS + (panel % PANELS) * 16 + lane;
+                    let (mut sum, mut sq, mut err) = (0i32, 0f32, 0f32);
+                    for i in 0..4 * d4 {
+                        let code = (tile.data[base + (i / 4) * GROUP_KEYS] >> (8 * (i % 4))) as i8;
+                        let x = if i < dim {
+                            keys.get(key * dim + i)
+                        } else {
+                            0.0
+                        };
+                        let back = code as f32 * tile.scale;
+                        assert!(
+                            (x - back).abs() <= 0.5001 * tile.scale,
+                            "n {n} dim {dim} key {key} element {i}: {x} as {code}"
+                        );
+                        assert!(i < dim || code == 0);
+                        sum += code as i32;
+                        sq += x * x;
+                        err += (x - back) * (x - back);
+                    }
+                    assert_eq!(tile.corr[key], -128 * sum, "n {n} dim {dim} key {key}");
+                    max_sq = max_sq.max(sq);
+                    max_err = max_err.max(err);
+                }
+                assert!((norms.max_sq - max_sq).abs() <= 1e-4 * max_sq.max(1.0));
+                assert!((norms.max_err_sq - max_err).abs() <= 1e-3 * max_err.max(1e-6));
             }
         }
     }
