@@ -117,6 +117,33 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def interleaved(methods, repeats: int) -> tuple[dict, dict, dict]:
+    """Runs `methods` (name, callable) round robin, `repeats` times after one warm-up each, so a
+    busy machine slows them alike: the median seconds and last output of each, and for fot_mem
+    methods the float32-fallback rows and rows per run."""
+    import fot_mem
+
+    secs: dict[str, list[float]] = {name: [] for name, _ in methods}
+    outs: dict[str, object] = {}
+    fbs: dict[str, tuple[int, int]] = {}
+    for name, fn in methods:
+        outs[name] = fn()
+    for _ in range(repeats):
+        for name, fn in methods:
+            before = fot_mem._core.exact_kernel_info()
+            t = time.perf_counter()
+            outs[name] = fn()
+            secs[name].append(time.perf_counter() - t)
+            after = fot_mem._core.exact_kernel_info()
+            fb, rw = fbs.get(name, (0, 0))
+            fbs[name] = (
+                fb + after["fallback_rows"] - before["fallback_rows"],
+                rw + after["rows"] - before["rows"],
+            )
+    fbs = {n: (f // repeats, r // repeats) for n, (f, r) in fbs.items()}
+    return {n: statistics.median(t) for n, t in secs.items()}, outs, fbs
+
+
 def numpy_topk(keys: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     scores = queries @ keys.T
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -269,30 +296,52 @@ def bench_size(n: int, queries: np.ndarray, args: argparse.Namespace, tmp: Path)
 
     keys = key_set(args.set, n, d, seed=2, copies=args.copies)
     ip = faiss.METRIC_INNER_PRODUCT
-    t_knn, (s_ref, ref) = timed(lambda: faiss.knn(queries, keys, k, metric=ip), args.repeats)
-    kth = s_ref[:, -1]
-    base["faiss"] = t_knn
-    row("faiss.knn (float32)", t_knn, 1.0, 1.0)
     keys_t = torch.from_numpy(keys).to(torch.bfloat16)
     queries_t = torch.from_numpy(queries).to(torch.bfloat16)
-    t_tb, (_, ids_t) = timed(
-        lambda kt=keys_t, qt=queries_t: torch_bf16_topk(kt, qt, k), args.repeats
-    )
-    base["torch"] = t_tb
-    ids_t = ids_t.numpy()
-    row(
-        "torch bf16 matmul + topk", t_tb, recall(ids_t, ref), recall_ties(ids_t, keys, queries, kth)
-    )
-    del keys_t
-    for dtype in args.dtypes.split(","):
-        store, doc = fot_store(tmp, keys, dtype)
-        fot_run(dtype, doc, keys, ref, kth)
+    q3 = queries[:, None, :]
+    stores = [(dtype, *fot_store(tmp, keys, dtype)) for dtype in args.dtypes.split(",")]
+    methods = [
+        ("faiss.knn (float32)", lambda: faiss.knn(queries, keys, k, metric=ip)),
+        (
+            "torch bf16 matmul + topk",
+            lambda kt=keys_t, qt=queries_t: torch_bf16_topk(kt, qt, k),
+        ),
+    ]
+    for dtype, _, doc in stores:
+        methods.append((f"fot_mem exact ({dtype})", lambda doc=doc: doc.search(0, q3, k=k)))
         if not args.no_fot_faiss and dtype == "float32" and not args.big:
-            t, (_, ids) = timed(
-                lambda doc=doc, q3=queries[:, None, :]: doc.search(0, q3, k=k, backend="faiss"),
-                args.repeats,
+            methods.append(
+                (
+                    f"fot_mem faiss backend ({dtype})",
+                    lambda doc=doc: doc.search(0, q3, k=k, backend="faiss"),
+                )
             )
-            row(f"fot_mem faiss backend ({dtype})", t, recall(ids[:, 0], ref))
+    secs, outs, fbs = interleaved(methods, args.repeats)
+    s_ref, ref = outs["faiss.knn (float32)"]
+    kth = s_ref[:, -1]
+    base["faiss"] = secs["faiss.knn (float32)"]
+    base["torch"] = secs["torch bf16 matmul + topk"]
+    row("faiss.knn (float32)", base["faiss"], 1.0, 1.0)
+    ids_t = outs["torch bf16 matmul + topk"][1].numpy()
+    row(
+        "torch bf16 matmul + topk",
+        base["torch"],
+        recall(ids_t, ref),
+        recall_ties(ids_t, keys, queries, kth),
+    )
+    del keys_t, methods
+    for dtype, store, _ in stores:
+        name = f"fot_mem exact ({dtype})"
+        ids = outs[name][1][:, 0]
+        rk = rounded(keys, dtype)
+        kth_d = kth
+        if dtype != "float32":
+            # The oracle on the keys as the store holds them.
+            kth_d = faiss.knn(queries, rk, k, metric=ip)[0][:, -1]
+        row(name, secs[name], recall(ids, ref), recall_ties(ids, rk, queries, kth_d), fbs[name])
+        name = f"fot_mem faiss backend ({dtype})"
+        if name in secs:
+            row(name, secs[name], recall(outs[name][1][:, 0], ref))
         store.close()
     if args.big or args.no_extra:
         return rows

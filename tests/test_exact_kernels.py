@@ -290,7 +290,7 @@ def test_kernel_is_the_fastest_this_cpu_runs() -> None:
     vnni = bf16 and {"avx512vl", "avx512_vnni"} <= flags
     if forced == "portable" or not bf16:
         want = "portable-f32"
-    elif vnni and forced != "avx512-bf16":
+    elif vnni and forced == "avx512-vnni-int8":
         want = "avx512-vnni-int8"
     else:
         want = "avx512-bf16"
