@@ -6,7 +6,7 @@
 //! Ids name the parameters: `exact/<dtype>/<keys> keys/dim <d>/batch <b>/k <k>`, plus
 //! `/chunk 4096` for the small-chunk store. Throughput is `Elements(batch)`: queries/s.
 //!
-//! Coverage (66 cases). The full cross product (3 dtypes x 3 sizes x 2 dims x 3 batches x 2 k = 108
+//! Coverage (68 cases). The full cross product (3 dtypes x 3 sizes x 2 dims x 3 batches x 2 k = 108
 //! cases, with a 1M x 2048 search taking ~0.8 s) would not finish in 10 minutes on 2 cores, so:
 //! - dim 128, k 32 (the main workload): every dtype x {64k, 256k, 1M} x batch {1, 32, 2048}; the
 //!   1M x 2048 searches, the slowest, run only here (one per dtype).
@@ -16,6 +16,8 @@
 //!   f16 at 256k with k 128 (the SmolLM2 configuration).
 //! - chunk overhead: bf16, 256k keys, dim 128, k 32 in 4096-token chunks (64 chunks instead of 4),
 //!   every batch; compare with the same id without `/chunk 4096`.
+//! - repeated keys: bf16, 256k keys, dim 64, k 32, batches 256 and 2048, with 20% of the keys exact
+//!   copies of 300 (`/ties`); the stats line after it shows the rows that fell back (none).
 //!
 //! Each store (dtype, size, dim, chunk) is generated and appended once, when its first selected
 //! case runs (outside the timing; cases a filter skips build nothing), is searched by all its
@@ -47,6 +49,8 @@ struct Fixture {
     keys: usize,
     dim: usize,
     chunk: u32,
+    /// 20% of the keys exact copies of 300 (`common::build_search_store_with_ties`).
+    ties: bool,
     cases: Vec<(usize, usize)>,
 }
 
@@ -57,6 +61,7 @@ impl Fixture {
             keys,
             dim,
             chunk,
+            ties: false,
             cases: Vec::new(),
         }
     }
@@ -83,6 +88,9 @@ impl Fixture {
         );
         if self.chunk != CHUNK_TOKENS {
             id += &format!("/chunk {}", self.chunk);
+        }
+        if self.ties {
+            id += "/ties";
         }
         id
     }
@@ -118,6 +126,10 @@ fn plan(quick: bool) -> Vec<Fixture> {
     }
     // The chunk overhead: 64 chunks of 4096 tokens instead of 4 of 65,536.
     plan.push(Fixture::new(bf16_, K256, 128, SMALL_CHUNK_TOKENS).with(&BATCHES, &[32]));
+    // Repeated keys (exact ties by the hundred), which must not send rows to the f32 rescan.
+    let mut ties = Fixture::new(bf16_, K256, 64, CHUNK_TOKENS).with(&[256, 2048], &[32]);
+    ties.ties = true;
+    plan.push(ties);
     plan
 }
 
@@ -132,7 +144,7 @@ struct Built {
 fn build(fx: &Fixture) -> Built {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    common::build_search_store(&root, fx.dtype, fx.keys, fx.dim, fx.chunk);
+    common::build_search_store_with_ties(&root, fx.dtype, fx.keys, fx.dim, fx.chunk, fx.ties);
     let mut store = MemoryStore::open(&root, true).unwrap();
     assert_eq!(store.length(DOC, 0).unwrap(), fx.keys as u64);
     Built {

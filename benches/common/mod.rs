@@ -214,16 +214,40 @@ pub const DOC: &str = "doc";
 /// generated just before its append, so memory stays small), and closes it. The keys are the same
 /// for every dtype and chunk size.
 pub fn build_search_store(root: &Path, dtype: Dtype, keys: usize, dim: usize, chunk: u32) {
+    build_search_store_with_ties(root, dtype, keys, dim, chunk, false);
+}
+
+/// [`build_search_store`]; with `ties`, one key in five (chosen by a hash of its position) is an
+/// exact copy of one of 300 fixed keys: repeated keys, exact ties by the hundred.
+pub fn build_search_store_with_ties(
+    root: &Path,
+    dtype: Dtype,
+    keys: usize,
+    dim: usize,
+    chunk: u32,
+    ties: bool,
+) {
     const PIECE: usize = 65_536;
     let start = Instant::now();
     let mut config = StoreConfig::new(vec![0], 1, dim as u32, dtype);
     config.chunk_tokens = chunk;
     let mut store = MemoryStore::create(root, config).unwrap();
     let mixture = Mixture::new(dim);
+    let originals = mixture.rows(KEY_SEED ^ 0x7135, 0, 300);
     let mut first = 0;
     while first < keys {
         let n = PIECE.min(keys - first);
-        let rows = mixture.rows(KEY_SEED, first, n);
+        let mut rows = mixture.rows(KEY_SEED, first, n);
+        if ties {
+            for i in 0..n {
+                let h = ((first + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+                if h.is_multiple_of(5) {
+                    let j = (h / 5 % 300) as usize;
+                    rows[i * dim..(i + 1) * dim]
+                        .copy_from_slice(&originals[j * dim..(j + 1) * dim]);
+                }
+            }
+        }
         let len = store
             .append(DOC, 0, Elements::F32(&rows), Elements::F32(&rows))
             .unwrap();
@@ -232,9 +256,10 @@ pub fn build_search_store(root: &Path, dtype: Dtype, keys: usize, dim: usize, ch
     }
     drop(store);
     eprintln!(
-        "  [setup] {} clustered keys, dim {dim}, {}, chunk {chunk}: generated and appended \
+        "  [setup] {} clustered keys{}, dim {dim}, {}, chunk {chunk}: generated and appended \
          in {:.1} s",
         count_label(keys),
+        if ties { " (20% copies)" } else { "" },
         dtype_name(dtype),
         start.elapsed().as_secs_f64()
     );
