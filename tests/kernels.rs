@@ -716,8 +716,9 @@ fn norm_mixture(rng: &mut Rng, dtype: Dtype, n: usize, dim: usize, blocks: usize
     Doc::new(dtype, dim, vec![keys], Blocks::Uniform(blocks))
 }
 
-/// The fewest candidates the bf16 kernel keeps per row for a top-k (`fast::cap`): a window crowded
-/// by more keys than this is the one case where a row may be rescanned in f32.
+/// The fewest candidates the bf16 kernel keeps per row for a top-k when there are at most a few
+/// thousand rows (`fast::cap`): a window crowded by more keys than this is the one case where a
+/// row may be rescanned in f32.
 fn cap(k: usize) -> usize {
     16 * k + 2048
 }

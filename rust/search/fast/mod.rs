@@ -8,7 +8,8 @@
 //! held no more than the cap of candidates. Exact ties and near-ties (repeated keys) stay candidates
 //! and are resolved in f32. Rows that cannot be certified (a crowd of more than the cap within the
 //! window) are rescanned in f32, so the results are always those of an exact f32 search (f32
-//! summation order aside).
+//! summation order aside). The int8 screen (`int8`, AVX-512 VNNI, opt-in) replaces the bf16 scores
+//! with int8 ones and its own error bound; everything after the screen is shared.
 
 mod candidates;
 mod certify;
@@ -42,12 +43,14 @@ const ROWS_MIN: usize = 128;
 const WINDOW: f64 = 2.25;
 
 /// The most candidates a row keeps for a top-k (repeated keys crowd the window: hundreds or
-/// thousands of copies of one key all score alike): at least `16 k + 2048`, more for long
-/// documents (rescoring even 1/256 of the keys beats rescanning them all), as far as 256 MiB of
-/// crowded candidate buffers over all `rows` allow.
+/// thousands of copies of one key all score alike): `16 k + 2048`, more for long documents
+/// (rescoring even 1/256 of the keys beats rescanning them all), as far as 256 MiB of crowded
+/// candidate buffers over all `rows` allow, and never fewer than `2 k + 64` (whose buffers are
+/// about the size of the output the search's budget check admitted).
 fn cap(k: usize, keys: u64, rows: usize) -> usize {
-    let long = (keys / 256).min((1 << 23) / rows.max(1) as u64) as usize;
-    (16 * k + 2048).max(long)
+    let budget = (1usize << 23) / rows.max(1);
+    let long = (keys / 256).min(budget as u64) as usize;
+    (16 * k + 2048).max(long).min(budget).max(2 * k + 64)
 }
 
 /// How keys are screened before the f32 rescoring.
