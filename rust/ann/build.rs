@@ -467,11 +467,34 @@ const PIVOTS: usize = 256;
 fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
     let mut near = vec![f32::NEG_INFINITY; set.n];
     let mut out = vec![0u32];
+    let stride = code_stride(set.dim);
     while out.len() < count {
         let last = *out.last().expect("one pivot at least");
-        near.par_iter_mut().enumerate().for_each(|(i, s)| {
-            *s = s.max(set.cos(last, i as u32));
-        });
+        if set.walk_codes {
+            // On the codes, in batches: a pass reads a quarter of the bytes of the f32 keys.
+            let q: Vec<f32> = set
+                .row(last)
+                .iter()
+                .zip(&set.scales)
+                .map(|(&b, &s)| half::bf16::from_bits(b).to_f32() * s)
+                .collect();
+            let nl = set.norm[last as usize];
+            near.par_chunks_mut(4096).enumerate().for_each(|(c, near)| {
+                let first = (c * 4096) as u32;
+                let ids: Vec<u32> = (first..first + near.len() as u32).collect();
+                let mut ip = vec![0f32; ids.len()];
+                // SAFETY: chosen for this CPU; ids are < n, code rows hold `dim` bytes.
+                unsafe { (set.code_dots)(&q, &set.codes, stride, &ids, &mut ip) };
+                for ((s, &p), &id) in near.iter_mut().zip(&ip).zip(&ids) {
+                    let cos = p / (nl * set.norm[id as usize]).max(f32::MIN_POSITIVE);
+                    *s = s.max(cos);
+                }
+            });
+        } else {
+            near.par_iter_mut().enumerate().for_each(|(i, s)| {
+                *s = s.max(set.cos(last, i as u32));
+            });
+        }
         let far = near
             .iter()
             .enumerate()
