@@ -30,6 +30,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_exact import clustered, timed
 
 
+def machine() -> dict:
+    """CPU model, Linux kernel, the SIMD features that pick the hnsw kernels, and those kernels."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("?", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    feats = [
+        f
+        for f in ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+        if f in flags
+    ]
+    avx512 = {"avx512f", "avx512bw"} <= flags
+    walk = "int8 codes, AVX-512 F/BW" if avx512 else "int8 codes, portable"
+    pair = "VDPBF16PS" if avx512 and "avx512_bf16" in flags else "portable bf16"
+    return {
+        "cpu": model,
+        "kernel": platform.release(),
+        "cores": os.cpu_count(),
+        "features": feats,
+        "hnsw_kernels": f"search: walk on {walk}, f32 rescoring of 3k; build: walk on {walk}, "
+        f"links on {pair}",
+        "python": sys.version.split()[0],
+    }
+
+
 def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (keys [n, d], queries [q, d]), float32."""
     out = {}
@@ -234,10 +265,10 @@ def summarise(res) -> dict:
     return out
 
 
-def print_set(res) -> None:
+def print_set(res, mach) -> None:
     print(
         f"\n== {res['set']}: {res['keys']} keys x {res['dim']}, {res['queries']} queries, "
-        f"k={res['k']} =="
+        f"k={res['k']} ==\n   [{mach['cpu']}, Linux {mach['kernel']}; {mach['hnsw_kernels']}]"
     )
     print(f"exact (fot_mem): {res['exact']['qps']:.0f} q/s at recall 1")
     for name in ("fot_mem_hnsw", "hnswlib"):
@@ -256,6 +287,16 @@ def print_set(res) -> None:
             )
     s = res["summary"]
     print("summary:", json.dumps(s))
+    for metric in ("recall", "recall_ties"):
+        r = s.get(metric)
+        if r and r["qps_ratio"]:
+            ref = r["hnswlib_reference"]
+            print(
+                f"ratios ({metric}) [{mach['cpu']}, Linux {mach['kernel']}]: fot_mem "
+                f"{r['fot_mem_qps_at_0.95']:.0f} q/s at >= 0.95 = {r['qps_ratio']:.2f}x hnswlib "
+                f"({ref['qps']:.0f} q/s at {ref['recall']:.3f}); build "
+                f"{s['build_ratio']:.2f}x hnswlib"
+            )
 
 
 def main() -> None:
@@ -276,15 +317,16 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
-    out = {
-        "machine": {"cpu": platform.processor(), "cores": os.cpu_count(), "python": sys.version},
-        "args": vars(args),
-        "sets": [],
-    }
+    mach = machine()
+    print(
+        f"{mach['cpu']} ({mach['cores']} cores; {', '.join(mach['features'])}), Linux "
+        f"{mach['kernel']}; hnsw kernels: {mach['hnsw_kernels']}; medians of {args.repeats}"
+    )
+    out = {"machine": mach, "args": vars(args), "sets": []}
     for name, (keys, queries) in key_sets(args).items():
         res = run_set(name, keys, queries, args, args.threads)
         res["summary"] = summarise(res)
-        print_set(res)
+        print_set(res, mach)
         out["sets"].append(res)
     path = Path(args.json or f"bench-results/compare_ann-{time.strftime('%Y%m%d-%H%M%S')}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

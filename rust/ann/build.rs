@@ -292,26 +292,25 @@ impl Graph {
     }
 }
 
-/// Selects up to `max` neighbours from `cands` (best first): a candidate is kept only if it is
-/// nearer the new node than every neighbour kept so far (HNSW's heuristic), which spreads links
-/// over directions instead of spending them all in one cluster.
 /// Cosine above which two linked vectors count as duplicates.
 const DUPLICATE_COS: f32 = 0.99;
 
+/// Selects up to `max` neighbours from `cands` (best first): a candidate is kept only if it is
+/// nearer the new node than every neighbour kept so far (HNSW's heuristic), which spreads links
+/// over directions instead of spending them all in one cluster.
 fn select(set: &BuildSet, x: u32, cands: &[(f32, u32)], max: usize) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::with_capacity(max);
-    let mut dups = 0;
     for &(s, c) in cands {
         if out.len() == max {
             break;
         }
         // Near-duplicates of x (attention sinks: the first token of every window has nearly the
-        // same key) would all be pruned by the heuristic, leaving a long chain that no beam
-        // walks; keep up to half the links for them.
-        if dups < max / 2 && set.cos(x, c) >= DUPLICATE_COS {
-            dups += 1;
-            out.push(c);
-        } else if out.iter().all(|&r| set.sim(c, r) < s) {
+        // same key, and real keys hold clusters of hundreds of near-identical small keys that are
+        // the top hits of most queries) would all be pruned by the heuristic, leaving a long chain
+        // that no beam walks; they are always kept. Capping them at half the links (as before)
+        // split such clusters into cliques: on SmolLM2 layer 15 kv head 2, recall@32 stalled at
+        // 0.93 whatever the ef; uncapped it reaches 0.97 at ef 128, other heads unchanged.
+        if set.cos(x, c) >= DUPLICATE_COS || out.iter().all(|&r| set.sim(c, r) < s) {
             out.push(c);
         }
     }
