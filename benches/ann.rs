@@ -1,6 +1,7 @@
 //! Criterion benches of the hnsw side: graph build (keys/s) and graph search (queries/s) over the
 //! `clustered` keys of docs/benchmarks.md, 65,536 keys x 128, m = 16, ef_construction = 100.
-//! `FOT_MEM_BENCH_QUICK=1` runs a smaller set.
+//! Searches walk the graph on its int8 codes (format 2, `k32_ef/..`) or, as for a format-1 file,
+//! on the stored keys (`k32_ef_stored_keys/..`). `FOT_MEM_BENCH_QUICK=1` runs a smaller set.
 
 mod common;
 
@@ -42,16 +43,24 @@ fn benches(c: &mut criterion::Criterion) {
     let set = BuildSet::new([Elements::F32(&keys)], dim, Linking::Hybrid);
     let graph = build(&set, &params(Linking::Hybrid));
     let rows = SpanRows::new(&[Elements::F32(&keys)], dim, n);
-    let gr = graph.as_ref();
+    let coded = graph.as_ref();
+    let mut plain = graph.as_ref();
+    plain.codes = None;
     let mut g = c.benchmark_group("hnsw_search");
     g.throughput(Throughput::Elements(nq as u64));
-    for ef in [64usize, 128, 256] {
-        g.bench_function(BenchmarkId::new("k32_ef", ef), |b| {
+    let cases = [
+        ("k32_ef", &coded, 64usize),
+        ("k32_ef", &coded, 128),
+        ("k32_ef", &coded, 256),
+        ("k32_ef_stored_keys", &plain, 128),
+    ];
+    for (name, gr, ef) in cases {
+        g.bench_function(BenchmarkId::new(name, ef), |b| {
             b.iter(|| {
                 (0..nq)
                     .into_par_iter()
                     .map_init(Scratch::default, |scr, i| {
-                        search(&gr, &rows, &queries[i * dim..(i + 1) * dim], 32, ef, scr).len()
+                        search(gr, &rows, &queries[i * dim..(i + 1) * dim], 32, ef, scr).len()
                     })
                     .sum::<usize>()
             })

@@ -10,6 +10,12 @@ For each key set: build keys/s of each index (2 threads), then for each ef the m
 (all queries in one batch, 2 threads) and recall@k against the exact top-k; the reopen time of
 the fot_mem store (open + map the index + first search). `real` reads keys/queries extracted
 from SmolLM2 by benches/extract_keys.py (skipped when absent). Prints tables, writes JSON.
+
+Every figure is printed with the CPU model, the Linux kernel and the hnsw kernels in use. The
+curves are timed one library after the other; then the two decisive points (fot_mem at the lowest
+ef reaching recall 0.95, hnswlib at its reference point) are timed alternately, so that load from
+other processes on a shared machine falls on both alike, and builds are also given per CPU-second
+(`time.process_time`), which such load disturbs less than wall time.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +35,37 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_exact import clustered, timed
+
+
+def machine() -> dict:
+    """CPU model, Linux kernel, the SIMD features that pick the hnsw kernels, and those kernels."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("?", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    feats = [
+        f
+        for f in ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+        if f in flags
+    ]
+    avx512 = {"avx512f", "avx512bw"} <= flags
+    walk = "int8 codes, AVX-512 F/BW" if avx512 else "int8 codes, portable"
+    pair = "VDPBF16PS" if avx512 and "avx512_bf16" in flags else "portable bf16"
+    return {
+        "cpu": model,
+        "kernel": platform.release(),
+        "cores": os.cpu_count(),
+        "features": feats,
+        "hnsw_kernels": f"search: walk on {walk}, f32 rescoring of 3k; build: walk on {walk}, "
+        f"links on {pair}",
+        "python": sys.version.split()[0],
+    }
 
 
 def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -125,8 +163,10 @@ def run_set(name, keys, queries, args, threads):
         hnsw={"m": args.m, "ef_construction": args.efc, "span_tokens": n, "linking": args.linking},
     )
     doc = hn.document("d")
+    cpu = time.process_time()
     doc.append(0, keys[:, None], np.zeros((n, 1, d), np.float32))
     stats = hn.wait_for_indexes()
+    build_cpu = time.process_time() - cpu
     curve = []
     for ef in efs:
         sec, (_, ids) = timed(
@@ -146,6 +186,7 @@ def run_set(name, keys, queries, args, threads):
         "linking": hn.hnsw["linking"],
         "build_keys_per_s": n / stats["seconds"],
         "build_seconds": stats["seconds"],
+        "build_keys_per_cpu_s": n / build_cpu,
         "curve": curve,
     }
     hn.close()
@@ -171,9 +212,9 @@ def run_set(name, keys, queries, args, threads):
         return res
     idx = hnswlib.Index(space="ip", dim=d)
     idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=100)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     idx.add_items(keys, np.arange(n), num_threads=threads)
-    build = time.perf_counter() - t
+    build, build_cpu = time.perf_counter() - t, time.process_time() - cpu
     curve = []
     for ef in efs:
         idx.set_ef(max(ef, k))
@@ -198,10 +239,50 @@ def run_set(name, keys, queries, args, threads):
         "ef_construction": 200,
         "build_keys_per_s": n / build,
         "build_seconds": build,
+        "build_keys_per_cpu_s": n / build_cpu,
         "load_ms": load * 1e3,
         "curve": curve,
     }
+    res["matched"] = matched(res, path, idx, q3, queries, k, threads, args.repeats)
     return res
+
+
+def lowest_ef(curve, target):
+    """The ef of the first point reaching `target` recall, else of the most accurate one."""
+    ok = [p for p in curve if p["recall"] >= target]
+    return (ok[0] if ok else max(curve, key=lambda p: p["recall"]))["ef"]
+
+
+def matched(res, path, idx, q3, queries, k, threads, repeats) -> dict:
+    """The two decisive points timed alternately (fot_mem at the lowest ef reaching recall 0.95,
+    hnswlib at its reference: the lowest ef reaching 0.95, else its most accurate), so load from
+    other processes falls on both alike: medians of 2 * repeats + 1 rounds, and their ratio."""
+    import fot_mem
+
+    f_ef = lowest_ef(res["fot_mem_hnsw"]["curve"], 0.95)
+    h_ef = lowest_ef(res["hnswlib"]["curve"], 0.95)
+    store = fot_mem.MemoryStore.open(path, readonly=True)
+    doc = store.document("d")
+    idx.set_ef(max(h_ef, k))
+    ft, ht = [], []
+    doc.search(0, q3, k, backend="hnsw", ef=f_ef)
+    idx.knn_query(queries, k=k, num_threads=threads)
+    for _ in range(2 * repeats + 1):
+        t = time.perf_counter()
+        doc.search(0, q3, k, backend="hnsw", ef=f_ef)
+        ft.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        idx.knn_query(queries, k=k, num_threads=threads)
+        ht.append(time.perf_counter() - t)
+    store.close()
+    fq, hq = len(queries) / statistics.median(ft), len(queries) / statistics.median(ht)
+    return {
+        "fot_mem_ef": f_ef,
+        "fot_mem_qps": fq,
+        "hnswlib_ef": h_ef,
+        "hnswlib_qps": hq,
+        "qps_ratio": fq / hq,
+    }
 
 
 def best_at(curve, target, metric):
@@ -234,10 +315,10 @@ def summarise(res) -> dict:
     return out
 
 
-def print_set(res) -> None:
+def print_set(res, mach) -> None:
     print(
         f"\n== {res['set']}: {res['keys']} keys x {res['dim']}, {res['queries']} queries, "
-        f"k={res['k']} =="
+        f"k={res['k']} ==\n   [{mach['cpu']}, Linux {mach['kernel']}; {mach['hnsw_kernels']}]"
     )
     print(f"exact (fot_mem): {res['exact']['qps']:.0f} q/s at recall 1")
     for name in ("fot_mem_hnsw", "hnswlib"):
@@ -256,6 +337,29 @@ def print_set(res) -> None:
             )
     s = res["summary"]
     print("summary:", json.dumps(s))
+    mt = res.get("matched")
+    if mt:
+        f, h = res["fot_mem_hnsw"], res["hnswlib"]
+        fr = next(p for p in f["curve"] if p["ef"] == mt["fot_mem_ef"])
+        hr = next(p for p in h["curve"] if p["ef"] == mt["hnswlib_ef"])
+        print(
+            f"matched, timed alternately [{mach['cpu']}, Linux {mach['kernel']}]: fot_mem ef "
+            f"{mt['fot_mem_ef']} (recall {fr['recall']:.3f}) {mt['fot_mem_qps']:.0f} q/s, hnswlib "
+            f"ef {mt['hnswlib_ef']} (recall {hr['recall']:.3f}) {mt['hnswlib_qps']:.0f} q/s: "
+            f"{mt['qps_ratio']:.2f}x; build keys per CPU-second {f['build_keys_per_cpu_s']:.0f} / "
+            f"{h['build_keys_per_cpu_s']:.0f} = "
+            f"{f['build_keys_per_cpu_s'] / h['build_keys_per_cpu_s']:.2f}x"
+        )
+    for metric in ("recall", "recall_ties"):
+        r = s.get(metric)
+        if r and r["qps_ratio"]:
+            ref = r["hnswlib_reference"]
+            print(
+                f"ratios ({metric}) [{mach['cpu']}, Linux {mach['kernel']}]: fot_mem "
+                f"{r['fot_mem_qps_at_0.95']:.0f} q/s at >= 0.95 = {r['qps_ratio']:.2f}x hnswlib "
+                f"({ref['qps']:.0f} q/s at {ref['recall']:.3f}); build "
+                f"{s['build_ratio']:.2f}x hnswlib"
+            )
 
 
 def main() -> None:
@@ -276,15 +380,16 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
-    out = {
-        "machine": {"cpu": platform.processor(), "cores": os.cpu_count(), "python": sys.version},
-        "args": vars(args),
-        "sets": [],
-    }
+    mach = machine()
+    print(
+        f"{mach['cpu']} ({mach['cores']} cores; {', '.join(mach['features'])}), Linux "
+        f"{mach['kernel']}; hnsw kernels: {mach['hnsw_kernels']}; medians of {args.repeats}"
+    )
+    out = {"machine": mach, "args": vars(args), "sets": []}
     for name, (keys, queries) in key_sets(args).items():
         res = run_set(name, keys, queries, args, args.threads)
         res["summary"] = summarise(res)
-        print_set(res)
+        print_set(res, mach)
         out["sets"].append(res)
     path = Path(args.json or f"bench-results/compare_ann-{time.strftime('%Y%m%d-%H%M%S')}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -332,8 +332,17 @@ fn recall_of_each_linking_against_brute_force() {
     ];
     for (linking, near_floor, far_floor) in floors {
         let g = build(&set(&keys, dim, linking), &params(linking));
-        let g = g.as_ref();
+        let mut g = g.as_ref();
+        assert!(g.codes.is_some());
+        // The same graph walked on the stored keys (a version 1 file) finds as much.
+        let codes = g.codes.take();
+        let plain = recall(&g, &keys, &queries, dim, 10, 128);
+        g.codes = codes;
         let near = recall(&g, &keys, &queries, dim, 10, 128);
+        assert!(
+            plain >= near_floor,
+            "{linking:?}: recall on the stored keys {plain} < {near_floor}"
+        );
         let away = recall(&g, &keys, &far, dim, 10, 128);
         let small = recall(&g, &keys, &far, dim, 10, 10);
         eprintln!("{linking:?}: recall@10 ef 128 {near:.4} (far {away:.4}), far ef 10 {small:.4}");
@@ -435,6 +444,9 @@ fn written_indexes_map_back_to_the_same_graphs_and_results() {
         for (a, e) in mapped.upper.iter().zip(&mem.upper) {
             assert_eq!((a.nodes, a.adj), (e.nodes, e.adj));
         }
+        let (a, e) = (mapped.codes.unwrap(), mem.codes.unwrap());
+        assert_eq!((a.stride, a.bytes, a.scales), (e.stride, e.bytes, e.scales));
+        assert_eq!((a.stride, a.scales.len()), (b.dim, b.dim));
         let r = rows(&b.keys[h], b.dim);
         for query in queries.chunks_exact(b.dim) {
             for (k, ef) in [(1, 1), (10, 128), (50, 16)] {
@@ -628,12 +640,138 @@ fn upper_spots(words: &[u32]) -> Vec<usize> {
     let (n, m0) = (words[5] as usize, words[7] as usize);
     let mut spots = Vec::new();
     for h in 0..2 {
-        let (start, len) = (words[16 + 8 * h] as usize, words[18 + 8 * h] as usize);
-        let upper = start + n * (m0 + 1)..start + len;
+        let start = words[16 + 8 * h] as usize;
+        // Up to the codes (damaged codes: `garbage_codes_...`).
+        let upper = start + n * (m0 + 1)..code_stride_word(words, h);
         spots.extend(upper.clone().rev().take(400));
         spots.extend(upper.step_by(37));
     }
     spots
+}
+
+/// Where the code stride word of head `h`'s section lies (after level 0, the upper levels and the
+/// pivots; the scales and codes follow it to the section's end).
+fn code_stride_word(words: &[u32], h: usize) -> usize {
+    let (n, m, m0, dim) = (
+        words[5] as usize,
+        words[6] as usize,
+        words[7] as usize,
+        words[4] as usize,
+    );
+    let (start, len, top) = (
+        words[16 + 8 * h] as usize,
+        words[18 + 8 * h] as usize,
+        words[21 + 8 * h] as usize,
+    );
+    let mut at = start + n * (m0 + 1);
+    for _ in 0..top {
+        let count = words[at] as usize;
+        at += 1 + count + count * (1 + m);
+    }
+    at += 1 + words[at] as usize;
+    let stride = words[at] as usize;
+    assert_eq!(
+        at + 1 + dim + n * stride / 4,
+        start + len,
+        "codes end the section"
+    );
+    at
+}
+
+/// `words` (a version 2 file) rewritten as version 1: the sections without their codes.
+fn as_version_1(words: &[u32]) -> Vec<u32> {
+    let heads = words[3] as usize;
+    let mut out = words[..16 + 8 * heads].to_vec();
+    out[2] = 1;
+    for h in 0..heads {
+        let start = words[16 + 8 * h] as usize;
+        let section = &words[start..code_stride_word(words, h)];
+        let at = out.len();
+        out.extend_from_slice(section);
+        let crc = crc32fast::hash(
+            &section
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        let d = 16 + 8 * h;
+        out[d] = at as u32;
+        out[d + 2] = section.len() as u32;
+        out[d + 6] = crc;
+    }
+    fix_header_crc(&mut out);
+    out
+}
+
+#[test]
+fn version_1_files_are_still_read_and_searched_on_the_stored_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.idx");
+    let b = write_two_heads(&path);
+    let old = dir.path().join("old.idx");
+    write_words(&old, &as_version_1(&read_words(&path)));
+    let ix = SpanIndex::open(&old).unwrap();
+    ix.verify(&old).unwrap();
+    let queries = clustered(20, 0, 30, b.dim).1;
+    let mut scr = Scratch::default();
+    for (h, g) in b.graphs.iter().enumerate() {
+        let mapped = ix.graph(h);
+        assert!(mapped.codes.is_none());
+        let mut mem = g.as_ref();
+        assert_eq!(mapped.level0, mem.level0);
+        mem.codes = None;
+        let r = rows(&b.keys[h], b.dim);
+        for query in queries.chunks_exact(b.dim) {
+            let want = search(&mem, &r, query, 10, 64, &mut scr);
+            assert_eq!(search(&mapped, &r, query, 10, 64, &mut scr), want);
+            check_results(&want, &b.keys[h], b.dim, query, 10);
+        }
+    }
+    // A version this build does not know is refused with a clear error, not misread.
+    let mut words = read_words(&path);
+    words[2] = 3;
+    fix_header_crc(&mut words);
+    write_words(&old, &words);
+    match SpanIndex::open(&old) {
+        Err(Error::Corrupt(msg)) => assert!(msg.contains("version 3"), "{msg}"),
+        other => panic!("expected a version error, got {other:?}"),
+    }
+}
+
+#[test]
+fn garbage_codes_open_and_search_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.idx");
+    let b = write_two_heads(&path);
+    let clean = read_words(&path);
+    let queries = clustered(21, 0, 5, b.dim).1;
+    let nan = f32::NAN.to_bits();
+    for (value, what) in [
+        (0u32, "zero"),
+        (u32::MAX, "all ones"),
+        (0x7f7f_7f7f, "large"),
+        (nan, "nan"),
+    ] {
+        let mut words = clean.clone();
+        for h in 0..2 {
+            let at = code_stride_word(&words, h);
+            let end = words[16 + 8 * h] as usize + words[18 + 8 * h] as usize;
+            // Scales and codes, every other word (checksums are not checked at open).
+            for w in (at + 1..end).step_by(2) {
+                words[w] = value;
+            }
+        }
+        write_words(&path, &words);
+        assert!(open_and_search_safely(&path, &b, &queries, what));
+    }
+    // A stride that does not fit the file or the dimension is refused.
+    for stride in [1u32, 2, b.dim as u32 - 4, u32::MAX - 3] {
+        let mut words = clean.clone();
+        let at = code_stride_word(&words, 0);
+        words[at] = stride;
+        write_words(&path, &words);
+        assert_rejected(&path, &format!("code stride {stride}"));
+    }
 }
 
 /// Each of `spots` set to `value` in turn: open may refuse the file (a level's size is a bounds

@@ -3,84 +3,111 @@
 //! search stops when the best candidate left is worse than the worst of the `ef`. Visited marks
 //! are epoch stamps, so clearing them is O(1).
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
-
 use super::graph::GraphRef;
 
-/// (score, id), ordered by score, then lower id first (so results are deterministic).
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Scored(f32, u32);
-
-impl Eq for Scored {}
-
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scored {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
-    }
-}
-
-/// The `ef` best (score, id) seen, and the candidates still to expand.
+/// The `ef` best (score, id) seen, best first (ties: lower id first), and which of them have been
+/// expanded. One sorted array instead of HNSW's two heaps: an insertion is a branch-free binary
+/// search over integer keys and a short move, and "the best candidate left" is the first
+/// unexpanded entry. The search expands exactly what the two-heap version does: the best
+/// unexpanded candidate, until every one of the `ef` best has been expanded.
 #[derive(Debug, Default)]
 pub struct Pool {
-    todo: BinaryHeap<Scored>,
-    best: BinaryHeap<Reverse<Scored>>,
+    /// [`key`]s, descending.
+    best: Vec<u64>,
+    /// Whether each entry of `best` has been expanded.
+    done: Vec<bool>,
+    /// No unexpanded entry lies before this index.
+    cursor: usize,
     cap: usize,
+}
+
+/// An integer that orders (score, id) as the search does: higher score first, then lower id
+/// (scores in `f32::total_cmp`'s order, so even a NaN from a damaged file has a place).
+#[inline]
+fn key(score: f32, id: u32) -> u64 {
+    let b = score.to_bits();
+    let ordered = if b >> 31 == 1 { !b } else { b | 1 << 31 };
+    (ordered as u64) << 32 | (!id) as u64
+}
+
+#[inline]
+fn unkey(k: u64) -> (f32, u32) {
+    let o = (k >> 32) as u32;
+    let b = if o >> 31 == 1 { o & !(1 << 31) } else { !o };
+    (f32::from_bits(b), !(k as u32))
 }
 
 impl Pool {
     pub fn reset(&mut self, cap: usize) {
-        self.todo.clear();
         self.best.clear();
+        self.done.clear();
+        self.cursor = 0;
         self.cap = cap.max(1);
     }
 
     /// The worst score a newcomer must beat once the pool is full.
     #[inline]
     pub fn bar(&self) -> f32 {
-        match self.best.peek() {
-            Some(w) if self.best.len() >= self.cap => w.0 .0,
-            _ => f32::NEG_INFINITY,
+        if self.best.len() >= self.cap {
+            self.best.last().map_or(f32::NEG_INFINITY, |&w| unkey(w).0)
+        } else {
+            f32::NEG_INFINITY
         }
     }
 
     #[inline]
     pub fn insert(&mut self, score: f32, id: u32) {
-        let e = Scored(score, id);
+        let e = key(score, id);
         if self.best.len() >= self.cap {
-            match self.best.peek() {
-                Some(w) if e > w.0 => {
+            match self.best.last() {
+                Some(&w) if e > w => {
                     self.best.pop();
+                    self.done.pop();
                 }
                 _ => return,
             }
         }
-        self.best.push(Reverse(e));
-        self.todo.push(e);
+        // Branch-free lower bound: the first position whose key is smaller than `e`.
+        let (mut lo, mut len) = (0usize, self.best.len());
+        while len > 0 {
+            let half = len / 2;
+            if self.best[lo + half] > e {
+                lo += half + 1;
+                len -= half + 1;
+            } else {
+                len = half;
+            }
+        }
+        self.best.insert(lo, e);
+        self.done.insert(lo, false);
+        self.cursor = self.cursor.min(lo);
     }
 
-    /// The best candidate left, unless it cannot improve the `ef` best.
+    /// The best unexpanded candidate (marked expanded), if any.
     #[inline]
     fn next(&mut self) -> Option<u32> {
-        let c = self.todo.pop()?;
-        if self.best.len() >= self.cap && self.best.peek().is_some_and(|w| c < w.0) {
-            self.todo.clear();
-            return None;
+        while self.cursor < self.best.len() {
+            let i = self.cursor;
+            self.cursor += 1;
+            if !self.done[i] {
+                self.done[i] = true;
+                return Some(unkey(self.best[i]).1);
+            }
         }
-        Some(c.1)
+        None
+    }
+
+    /// The candidate [`Pool::next`] would give now, left unexpanded.
+    #[inline]
+    fn peek(&self) -> Option<u32> {
+        (self.cursor..self.best.len())
+            .find(|&i| !self.done[i])
+            .map(|i| unkey(self.best[i]).1)
     }
 
     /// (score, id) of the `ef` best, best first.
     pub fn results(&self) -> Vec<(f32, u32)> {
-        let mut v: Vec<Scored> = self.best.iter().map(|r| r.0).collect();
-        v.sort_unstable_by(|a, b| b.cmp(a));
-        v.into_iter().map(|e| (e.0, e.1)).collect()
+        self.best.iter().map(|&k| unkey(k)).collect()
     }
 }
 
@@ -91,6 +118,9 @@ pub struct Scratch {
     epoch: u32,
     pub pool: Pool,
     fresh: Vec<u32>,
+    scores: Vec<f32>,
+    /// The query scaled per dimension (walks on int8 codes).
+    pub query: Vec<f32>,
 }
 
 impl Scratch {
@@ -103,6 +133,14 @@ impl Scratch {
         if self.epoch == 0 {
             self.stamps.fill(0);
             self.epoch = 1;
+        }
+    }
+
+    /// Pulls the stamp of `id` toward the cache.
+    #[inline]
+    pub fn prefetch_stamp(&self, id: u32) {
+        if let Some(s) = self.stamps.get(id as usize) {
+            super::prefetch((s as *const u32).cast(), 4);
         }
     }
 
@@ -155,14 +193,15 @@ pub fn descend(
 }
 
 /// Best-first search of `level` from `entries` (already scored), leaving the `ef` best in
-/// `scratch.pool`. `scratch.begin` must have been called for this search.
+/// `scratch.pool`. `scratch.begin` must have been called for this search. `score` fills the
+/// scores of a batch of nodes (the unvisited neighbours of the node being expanded).
 pub fn search_level(
     g: &GraphRef,
     level: usize,
     entries: &[(f32, u32)],
     ef: usize,
     scratch: &mut Scratch,
-    score: &mut impl FnMut(u32) -> f32,
+    score: &mut impl FnMut(&[u32], &mut [f32]),
     prefetch: &impl Fn(u32),
 ) {
     scratch.pool.reset(ef);
@@ -173,20 +212,86 @@ pub fn search_level(
         }
     }
     let mut fresh = std::mem::take(&mut scratch.fresh);
+    let mut scores = std::mem::take(&mut scratch.scores);
     while let Some(node) = scratch.pool.next() {
+        // Software pipelining: the keys and stamps of the next candidate's neighbours start
+        // coming in while this node's are scored (its row was fetched when it entered the pool).
+        if let Some(after) = scratch.pool.peek() {
+            for &id in g.neighbors(level, after) {
+                if id < g.n {
+                    prefetch(id);
+                    scratch.prefetch_stamp(id);
+                }
+            }
+        }
         fresh.clear();
-        for &id in g.neighbors(level, node) {
+        let nbrs = g.neighbors(level, node);
+        for &id in nbrs {
+            scratch.prefetch_stamp(id);
+        }
+        for &id in nbrs {
             if id < g.n && scratch.visit(id) {
                 prefetch(id);
                 fresh.push(id);
             }
         }
-        for &id in &fresh {
-            let s = score(id);
+        scores.resize(fresh.len(), 0.0);
+        score(&fresh, &mut scores);
+        for (&id, &s) in fresh.iter().zip(&scores) {
             if s > scratch.pool.bar() {
                 scratch.pool.insert(s, id);
+                if level == 0 {
+                    g.prefetch_row(id);
+                }
             }
         }
     }
     scratch.fresh = fresh;
+    scratch.scores = scores;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_order_as_total_cmp_then_lower_id() {
+        let scores = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -0.0,
+            0.0,
+            1e-30,
+            2.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        for &a in &scores {
+            for &b in &scores {
+                for (i, j) in [(1u32, 2u32), (2, 1), (5, 5), (0, u32::MAX)] {
+                    let want = a.total_cmp(&b).then(j.cmp(&i));
+                    assert_eq!(key(a, i).cmp(&key(b, j)), want, "{a} {i} / {b} {j}");
+                    let (s, id) = unkey(key(a, i));
+                    assert_eq!((s.to_bits(), id), (a.to_bits(), i));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_the_best_and_expands_best_first() {
+        let mut p = Pool::default();
+        p.reset(3);
+        for (s, id) in [(1.0, 1), (5.0, 2), (3.0, 3), (5.0, 0), (0.5, 9), (4.0, 4)] {
+            if s > p.bar() || p.best.len() < 3 {
+                p.insert(s, id);
+            }
+        }
+        assert_eq!(p.results(), vec![(5.0, 0), (5.0, 2), (4.0, 4)]);
+        assert_eq!(p.next(), Some(0));
+        p.insert(6.0, 7);
+        assert_eq!(p.next(), Some(7));
+        assert_eq!(p.next(), Some(2));
+        assert_eq!(p.next(), None);
+    }
 }

@@ -10,6 +10,12 @@ use half::{bf16, f16};
 pub type QueryDot = unsafe fn(query: &[f32], row: *const u8) -> f32;
 /// `a . b` over `dim` bf16 elements (given as bits).
 pub type PairDot = unsafe fn(a: &[u16], b: &[u16]) -> f32;
+/// `query . code`: a f32 query against `query.len()` int8 traversal codes (unscaled).
+pub type CodeDot = unsafe fn(query: &[f32], code: *const u8) -> f32;
+/// `out[i] = query . code(ids[i])`, the code of node `id` at `codes[id * stride..]`: a batch, so
+/// the loads of one row overlap the arithmetic of the last.
+pub type CodeDots =
+    unsafe fn(query: &[f32], codes: &[u8], stride: usize, ids: &[u32], out: &mut [f32]);
 
 fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -46,6 +52,48 @@ pub fn pair_dot() -> PairDot {
         return x86::pair_dot;
     }
     portable_pair_dot
+}
+
+/// The query-code dot on this CPU.
+pub fn code_dot() -> CodeDot {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        return x86::code_dot;
+    }
+    portable_code_dot
+}
+
+/// The batched query-code dot on this CPU.
+pub fn code_dots() -> CodeDots {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        return x86::code_dots;
+    }
+    portable_code_dots
+}
+
+/// # Safety
+/// Every `id * stride + query.len()` is at most `codes.len()`.
+unsafe fn portable_code_dots(
+    query: &[f32],
+    codes: &[u8],
+    stride: usize,
+    ids: &[u32],
+    out: &mut [f32],
+) {
+    for (o, &id) in out.iter_mut().zip(ids) {
+        *o = portable_code_dot(query, codes.as_ptr().add(id as usize * stride));
+    }
+}
+
+/// # Safety
+/// `code` must point at `query.len()` readable bytes.
+unsafe fn portable_code_dot(query: &[f32], code: *const u8) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, &q) in query.iter().enumerate() {
+        acc[i % 8] += q * code.add(i).cast::<i8>().read() as f32;
+    }
+    acc.iter().sum()
 }
 
 /// # Safety
@@ -90,6 +138,46 @@ mod x86 {
                 (1u16 << left) - 1
             };
             let k = crate::search::load_widened::<T>(row, i, mask);
+            let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));
+            let a = &mut acc[(i >> 4) & 1];
+            *a = _mm512_fmadd_ps(k, q, *a);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/VL; every `id * stride + query.len()` is at most `codes.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn code_dots(
+        query: &[f32],
+        codes: &[u8],
+        stride: usize,
+        ids: &[u32],
+        out: &mut [f32],
+    ) {
+        for (o, &id) in out.iter_mut().zip(ids) {
+            *o = code_dot(query, codes.as_ptr().add(id as usize * stride));
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/VL; `code` points at `query.len()` readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn code_dot(query: &[f32], code: *const u8) -> f32 {
+        let d = query.len();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i < d {
+            let left = d - i;
+            let mask: u16 = if left >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << left) - 1
+            };
+            let c = _mm_maskz_loadu_epi8(mask, code.add(i).cast());
+            let k = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c));
             let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));
             let a = &mut acc[(i >> 4) & 1];
             *a = _mm512_fmadd_ps(k, q, *a);
@@ -158,6 +246,33 @@ mod tests {
                 assert!((pair_dot()(&qb, &kb) - wp).abs() <= 1e-4 * (1.0 + wp.abs()));
                 assert!((portable_pair_dot(&qb, &kb) - wp).abs() <= 1e-4 * (1.0 + wp.abs()));
                 assert!((portable_query_dot::<0>(&q, k.as_ptr().cast()) - w32).abs() <= 1e-4);
+                let codes: Vec<i8> = (0..d)
+                    .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+                    .collect();
+                let wc: f32 = (0..d).map(|i| q[i] * codes[i] as f32).sum();
+                for f in [code_dot(), portable_code_dot as CodeDot] {
+                    let got = f(&q, codes.as_ptr().cast());
+                    assert!((got - wc).abs() <= 1e-3 * (1.0 + wc.abs()), "d {d}");
+                }
+                // Batches: rows at a stride, in any order, repeated.
+                let stride = d.div_ceil(4) * 4;
+                let mut table = vec![0u8; 3 * stride];
+                for r in 0..3 {
+                    for i in 0..d {
+                        table[r * stride + i] = codes[(i + r) % d] as u8;
+                    }
+                }
+                let ids = [2u32, 0, 1, 2];
+                for f in [code_dots(), portable_code_dots as CodeDots] {
+                    let mut out = [0f32; 4];
+                    f(&q, &table, stride, &ids, &mut out);
+                    for (o, &id) in out.iter().zip(&ids) {
+                        let w: f32 = (0..d)
+                            .map(|i| q[i] * codes[(i + id as usize) % d] as f32)
+                            .sum();
+                        assert!((o - w).abs() <= 1e-3 * (1.0 + w.abs()), "d {d}");
+                    }
+                }
             }
         }
     }

@@ -7,8 +7,13 @@
 //!                   first token (lo, hi), linking, 0 x3, crc32 of header and directory
 //! directory  per kv head 8 words: offset (lo, hi), words (lo, hi), entry, top, crc32 of section, 0
 //! section    level 0: n x (1 + m0); then per upper level: count, nodes[count], count x (1 + m);
-//!            then count, pivots[count]
+//!            then count, pivots[count];
+//!            version 2 only: code stride s (bytes a row, a multiple of 4; 0: no codes), then
+//!            if s > 0 scales[dim] (f32), codes (n x s bytes: int8 copies of the centred keys,
+//!            for walking the graph)
 //! ```
+//!
+//! Version 1 files (no codes) are still read: their graphs are walked on the stored keys.
 
 use std::fs::File;
 use std::io::Write;
@@ -18,11 +23,12 @@ use std::path::Path;
 use memmap2::Mmap;
 
 use super::build::{BuildParams, Graph};
-use super::graph::{GraphRef, Upper};
+use super::graph::{Codes, GraphRef, Upper};
 use crate::error::{Error, IoContext, Result};
 
 const MAGIC: [u32; 2] = [u32::from_le_bytes(*b"FOTM"), u32::from_le_bytes(*b"HNSW")];
-const VERSION: u32 = 1;
+/// The version written; 1 is still read.
+const VERSION: u32 = 2;
 const HEADER: usize = 16;
 const DIR: usize = 8;
 
@@ -61,6 +67,16 @@ pub fn write(
         }
         words.push(g.pivots.len() as u32);
         words.extend_from_slice(&g.pivots);
+        let stride = g.code_stride();
+        words.push(stride as u32);
+        if stride > 0 {
+            words.extend(g.scales.iter().map(|s| s.to_bits()));
+            words.extend(
+                g.codes
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
         let len = words.len() - start;
         let crc = crc32fast::hash(bytemuck::cast_slice(&words[start..]));
         let d = HEADER + DIR * h;
@@ -106,6 +122,8 @@ struct Section {
     level0: Range<usize>,
     upper: Vec<(Range<usize>, Range<usize>)>,
     pivots: Range<usize>,
+    /// Code stride (0: none), scales, codes.
+    codes: (usize, Range<usize>, Range<usize>),
     entry: u32,
     words: Range<usize>,
     crc: u32,
@@ -134,8 +152,15 @@ impl SpanIndex {
         let bad = |why: &str| Error::Corrupt(format!("{}: {why}", path.display()));
         let words: &[u32] =
             bytemuck::try_cast_slice(&map[..]).map_err(|_| bad("not a whole number of words"))?;
-        if words.len() < HEADER || words[..3] != [MAGIC[0], MAGIC[1], VERSION] {
-            return Err(bad("not a fot_mem hnsw index of version 1"));
+        if words.len() < HEADER || words[..2] != MAGIC {
+            return Err(bad("not a fot_mem hnsw index"));
+        }
+        let version = words[2];
+        if version != 1 && version != VERSION {
+            return Err(bad(&format!(
+                "hnsw index version {version}, this fot_mem reads versions 1 and {VERSION} \
+                 (the span is scanned until the index is rebuilt)"
+            )));
         }
         let heads = words[3] as usize;
         if heads == 0
@@ -144,7 +169,7 @@ impl SpanIndex {
         {
             return Err(bad("header checksum mismatch"));
         }
-        let (n, m, m0) = (words[5], words[6], words[7]);
+        let (n, m, m0, dim) = (words[5], words[6], words[7], words[4]);
         let mut sections = Vec::with_capacity(heads);
         for h in 0..heads {
             let d = &words[HEADER + DIR * h..HEADER + DIR * (h + 1)];
@@ -177,6 +202,22 @@ impl SpanIndex {
             }
             let count = words[take(1)?.start] as usize;
             let pivots = take(count)?;
+            let mut codes = (0, 0..0, 0..0);
+            if version >= 2 {
+                let stride = words[take(1)?.start] as usize;
+                if stride > 0 {
+                    if !stride.is_multiple_of(4) || stride < dim as usize {
+                        return Err(bad("bad code stride"));
+                    }
+                    let scales = take(dim as usize)?;
+                    let bytes = take(
+                        (n as usize)
+                            .checked_mul(stride / 4)
+                            .ok_or_else(|| bad("codes too large"))?,
+                    )?;
+                    codes = (stride, scales, bytes);
+                }
+            }
             if (n > 0 && d[4] >= n) || at != end {
                 return Err(bad("inconsistent graph directory"));
             }
@@ -184,6 +225,7 @@ impl SpanIndex {
                 level0,
                 upper,
                 pivots,
+                codes,
                 entry: d[4],
                 words: start..end,
                 crc: d[6],
@@ -228,6 +270,11 @@ impl SpanIndex {
                 })
                 .collect(),
             pivots: &w[s.pivots.clone()],
+            codes: (s.codes.0 > 0).then(|| Codes {
+                stride: s.codes.0,
+                bytes: bytemuck::cast_slice(&w[s.codes.2.clone()]),
+                scales: bytemuck::cast_slice(&w[s.codes.1.clone()]),
+            }),
         }
     }
 

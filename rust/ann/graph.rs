@@ -11,6 +11,27 @@ pub struct Upper<'a> {
     pub adj: &'a [u32],
 }
 
+/// Int8 copies of the span's keys for walking the graph (format 2): per node `stride` bytes, the
+/// centred key divided by a scale per dimension (`key_j - mean_j ~ scale_j * code_j`, codes in
+/// -127..=127). A query ranks nodes by `(query * scale) . code`, the inner product up to a
+/// constant per query, at a quarter of the memory traffic of f32 keys (one cache line for 64
+/// dimensions); the final candidates are rescored from the stored keys.
+#[derive(Clone, Copy, Debug)]
+pub struct Codes<'a> {
+    pub stride: usize,
+    pub bytes: &'a [u8],
+    /// One per dimension.
+    pub scales: &'a [f32],
+}
+
+impl Codes<'_> {
+    /// The code row of `node` (callers keep `node < n`; the slices hold `n` rows).
+    #[inline]
+    pub fn row(&self, node: u32) -> *const u8 {
+        self.bytes[node as usize * self.stride..].as_ptr()
+    }
+}
+
 /// A graph to search: borrowed words in the layout above.
 #[derive(Clone, Debug)]
 pub struct GraphRef<'a> {
@@ -24,6 +45,8 @@ pub struct GraphRef<'a> {
     /// Nodes spread over the span (farthest-point sample): every query also starts from the
     /// best of them, so small clusters far from the rest are reached.
     pub pivots: &'a [u32],
+    /// Traversal codes (absent in format-1 files: keys are then read from the store).
+    pub codes: Option<Codes<'a>>,
 }
 
 impl GraphRef<'_> {
@@ -43,6 +66,18 @@ impl GraphRef<'_> {
                 Ok(slot) => row(up.adj, self.m as usize, slot),
                 Err(_) => &[],
             }
+        }
+    }
+}
+
+impl GraphRef<'_> {
+    /// Pulls the level-0 row of `node` toward the cache: a node that enters the pool is likely
+    /// to be expanded soon, and its row would otherwise be a cold miss then.
+    #[inline]
+    pub fn prefetch_row(&self, node: u32) {
+        let w = self.m0 as usize + 1;
+        if let Some(r) = self.level0.get(node as usize * w..) {
+            super::prefetch(r.as_ptr().cast(), (w * 4).min(128));
         }
     }
 }

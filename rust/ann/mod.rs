@@ -20,13 +20,17 @@ pub use query::{search, SpanRows};
 #[inline(always)]
 fn prefetch(ptr: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in (0..len).step_by(64) {
-        // SAFETY: prefetching never faults, whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                ptr.wrapping_add(line).cast(),
-            )
-        };
+    {
+        let mut line = 0;
+        while line < len {
+            // SAFETY: prefetching never faults, whatever the address.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    ptr.wrapping_add(line).cast(),
+                )
+            };
+            line += 64;
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (ptr, len);

@@ -4,7 +4,7 @@
 //! coordinate, so these are the plain inner products the exact backend computes).
 
 use super::beam::{descend, search_level, Scratch};
-use super::dot::{query_dot, QueryDot};
+use super::dot::{code_dot, code_dots, query_dot, QueryDot};
 use super::graph::GraphRef;
 use crate::dtype::{Dtype, Elements};
 
@@ -65,6 +65,10 @@ impl<'a> SpanRows<'a> {
 /// Pivots a query starts from, besides the greedy descent.
 const SEEDS: usize = 4;
 
+/// Candidates rescored from the stored keys after a walk on the int8 codes: this many times `k`
+/// (at most `ef`), so the code's rounding cannot push a true top-`k` key out of the answer.
+const RESCORE: usize = 3;
+
 /// The `k` best (score, node) of `query` in graph `g` over `rows`, best first. `g.n` must equal
 /// `rows.len()`.
 pub fn search(
@@ -78,23 +82,76 @@ pub fn search(
     if g.n == 0 || g.n as usize != rows.len() {
         return Vec::new();
     }
+    let n = g.n as usize;
+    if let Some(c) = g.codes.filter(|c| {
+        c.stride >= query.len() && c.scales.len() == query.len() && c.bytes.len() >= n * c.stride
+    }) {
+        // Rank by (query * scale) . code: the inner product with the centred key, rounded.
+        let mut q = std::mem::take(&mut scr.query);
+        q.clear();
+        q.extend(query.iter().zip(c.scales).map(|(a, b)| a * b));
+        let (one, many) = (code_dot(), code_dots());
+        // SAFETY: the dots were chosen for this CPU; ids are < n (the walk checks) and every code
+        // row holds `query.len()` bytes.
+        let mut score = |id: u32| unsafe { one(&q, c.row(id)) };
+        let mut score_many =
+            |ids: &[u32], out: &mut [f32]| unsafe { many(&q, c.bytes, c.stride, ids, out) };
+        let pre = |id: u32| super::prefetch(c.row(id), query.len());
+        let mut pool = walk(g, k, ef, scr, &mut score, &mut score_many, &pre);
+        scr.query = q;
+        pool.truncate(ef.min(RESCORE * k).max(k));
+        for e in &pool {
+            super::prefetch(rows.ptr(e.1), rows.row_bytes);
+        }
+        for e in pool.iter_mut() {
+            // SAFETY: as below.
+            e.0 = unsafe { (rows.dot)(query, rows.ptr(e.1)) };
+        }
+        pool.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        pool.truncate(k);
+        return pool;
+    }
     // SAFETY: `dot` was chosen for this CPU and every row holds `query.len()` elements.
     let mut score = |id: u32| unsafe { (rows.dot)(query, rows.ptr(id)) };
     let pre = |id: u32| super::prefetch(rows.ptr(id), rows.row_bytes);
+    let mut score_many = |ids: &[u32], out: &mut [f32]| {
+        for (o, &id) in out.iter_mut().zip(ids) {
+            // SAFETY: as above.
+            *o = unsafe { (rows.dot)(query, rows.ptr(id)) };
+        }
+    };
+    let mut best = walk(g, k, ef, scr, &mut score, &mut score_many, &pre);
+    best.truncate(k);
+    best
+}
+
+/// Descent, pivots and the level-0 search under `score`: the pool, best first.
+fn walk(
+    g: &GraphRef,
+    k: usize,
+    ef: usize,
+    scr: &mut Scratch,
+    score: &mut impl FnMut(u32) -> f32,
+    score_many: &mut impl FnMut(&[u32], &mut [f32]),
+    pre: &impl Fn(u32),
+) -> Vec<(f32, u32)> {
     let entry = g.entry.min(g.n - 1);
-    let (cur, best) = descend(g, 1, entry, &mut score, &pre);
+    let (cur, best) = descend(g, 1, entry, score, pre);
     // Start level 0 from the descent's end and from the best pivots.
     for &p in g.pivots {
         if p < g.n {
             pre(p);
         }
     }
-    let mut entries: Vec<(f32, u32)> = g
+    let ids: Vec<u32> = g
         .pivots
         .iter()
-        .filter(|&&p| p < g.n && p != cur)
-        .map(|&p| (score(p), p))
+        .copied()
+        .filter(|&p| p < g.n && p != cur)
         .collect();
+    let mut scores = vec![0f32; ids.len()];
+    score_many(&ids, &mut scores);
+    let mut entries: Vec<(f32, u32)> = scores.into_iter().zip(ids).collect();
     let seeds = SEEDS.min(entries.len());
     if seeds > 0 {
         entries.select_nth_unstable_by(seeds - 1, |a, b| b.0.total_cmp(&a.0));
@@ -102,8 +159,6 @@ pub fn search(
     }
     entries.push((best, cur));
     scr.begin(g.n as usize);
-    search_level(g, 0, &entries, ef.max(k), scr, &mut score, &pre);
-    let mut best = scr.pool.results();
-    best.truncate(k);
-    best
+    search_level(g, 0, &entries, ef.max(k), scr, score_many, pre);
+    scr.pool.results()
 }
