@@ -3,7 +3,6 @@
 # the one that leaves chance, then the whole experiment continued from the winner's checkpoint:
 #   start NAME "ARGS" [NAME "ARGS" ...]   one `dictionary run --only d1_phase ARGS` each
 #   poll                                  each sweep run's last training line
-#   pick NAME [ARGS...]                   the winner's phase into the pipeline (dictionary.sh)
 #   auto [PIPELINE ARGS...]               once the sweep ends, pick the best validation accuracy
 #                                         and run the pipeline with its ARGS and these (detached)
 set -uo pipefail
@@ -12,8 +11,7 @@ verb=${1:-poll}
 shift || true
 case "$verb" in
 start)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  cp /tmp/site/fot_mem/_core*.so python/fot_mem/
+  bash "$(dirname "$0")/dictionary.sh" install || exit 1
   mkdir -p "$W/sweep"
   while [ $# -ge 2 ]; do
     name=$1 extra=$2
@@ -36,16 +34,6 @@ poll)
   tail -n 2 "$W"/sweep/*.log
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   tar czf "$OUT/sweep.tgz" -C "$W/sweep" --exclude='checkpoint-*' . 2>/dev/null
-  ;;
-pick)
-  name=$1
-  shift
-  mkdir -p "$W/out"
-  cp -r "$W/sweep/$name/d1_phase" "$W/out/"
-  PYTHONPATH=python PYTHONUNBUFFERED=1 setsid nohup "${PYTHON:-python3}" -m fot_mem dictionary run \
-    --out "$W/out" --store "$W/stores" --reuse-d1 "$@" >"$W/log" 2>&1 </dev/null &
-  sleep "${WAIT:-45}"
-  tail -n 20 "$W/log"
   ;;
 auto)
   # detached: waits for the sweep, then continues from the winner (the log says which)

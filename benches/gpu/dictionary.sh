@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The dictionary lookup experiment (issue 17) on one lent GPU machine, in one lease:
-#   start    install the carried extension, run `fot-mem dictionary run` detached (setsid)
+#   install  the carried wheel's extension into python/fot_mem
+#   start    install, then run `fot-mem dictionary run` detached (setsid)
 #   poll     the log's tail, GPU and disk use; results and metrics so far into $OUT
 #   collect  results.json, plots, logs and training metrics into $OUT
 # Here: `maturin build --release -o .whl` first; each device call carries .whl.
@@ -9,9 +10,12 @@ W=/tmp/dictionary
 verb=${1:-poll}
 shift || true
 case "$verb" in
-start)
+install)  # the repository's Python, the carried wheel's core
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  cp /tmp/site/fot_mem/_core*.so python/fot_mem/  # the repository's Python, the wheel's core
+  cp /tmp/site/fot_mem/_core*.so python/fot_mem/
+  ;;
+start)
+  bash "$0" install || exit 1
   mkdir -p "$W"
   PYTHONPATH=python PYTHONUNBUFFERED=1 setsid nohup python3 -m fot_mem dictionary run \
     --out "$W/out" --store "$W/stores" "$@" >"$W/log" 2>&1 </dev/null &

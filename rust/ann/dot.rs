@@ -131,12 +131,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut i = 0;
         while i < d {
-            let left = d - i;
-            let mask: u16 = if left >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << left) - 1
-            };
+            let mask = crate::search::lane_mask(d - i);
             let k = crate::search::load_widened::<T>(row, i, mask);
             let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));
             let a = &mut acc[(i >> 4) & 1];
@@ -170,12 +165,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut i = 0;
         while i < d {
-            let left = d - i;
-            let mask: u16 = if left >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << left) - 1
-            };
+            let mask = crate::search::lane_mask(d - i);
             let c = _mm_maskz_loadu_epi8(mask, code.add(i).cast());
             let k = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c));
             let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));

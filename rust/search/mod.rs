@@ -17,7 +17,7 @@ pub use exact::{
 pub use topk::TopK;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use fast::small::load as load_widened;
+pub(crate) use fast::small::{lane_mask, load as load_widened};
 
 use crate::dtype::Elements;
 use crate::error::{Error, Result};

@@ -361,10 +361,12 @@ def _run(args: argparse.Namespace) -> None:
     only = [x for x in args.only.split(",") if x]
     names = ("d1_phase", "fot", "control_d1", "baseline")
     caps = dict(zip(names, (float(x) for x in args.minutes.split(","))))
-    for name, cap in caps.items():
-        configs[name] = dataclasses.replace(configs[name], minutes=cap)
-    if args.compile:
-        configs = {k: dataclasses.replace(c, compile=True) for k, c in configs.items()}
+    configs = {
+        name: dataclasses.replace(
+            c, minutes=caps.get(name, c.minutes), compile=c.compile or args.compile
+        )
+        for name, c in configs.items()
+    }
     unknown = set(only) - set(names)
     if unknown:
         from ..exceptions import InvalidValueError
@@ -389,9 +391,11 @@ def _run(args: argparse.Namespace) -> None:
         }
         print(f"[d1_phase] {results['d1_phase']}", flush=True)
     elif reuse:
+        # the phase's last step, its training and validation rows merged, as `Trainer.run` logs it
         lines = (Path(configs["d1_phase"].out) / "metrics.jsonl").read_text().splitlines()
-        trained = [json.loads(x) for x in lines if '"accuracy"' in x]
-        last = trained[-1] if trained else {}
+        rows = [json.loads(x) for x in lines]
+        top_step = max((r["step"] for r in rows), default=None)
+        last = {k: v for r in rows if r["step"] == top_step for k, v in r.items()}
         results["d1_phase"] = {
             "reused": True,
             "last": {k: v for k, v in last.items() if not k.startswith("temperature")},

@@ -57,14 +57,7 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
         Elements::Bf16(s) => (s.as_ptr().cast::<u8>(), 2),
     };
     let chunks = dim.div_ceil(16);
-    let mask_of = |j: usize| -> u16 {
-        let count = (dim - 16 * j).min(16);
-        if count == 16 {
-            u16::MAX
-        } else {
-            (1u16 << count) - 1
-        }
-    };
+    let mask_of = |j: usize| super::small::lane_mask(dim - 16 * j);
     // The tile's largest element sets its scale.
     let mut amax = _mm512_setzero_ps();
     for key in 0..n {
@@ -362,8 +355,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            let v = valid.saturating_sub(16 * c).min(16);
-            *m = if v == 16 { u16::MAX } else { (1u16 << v) - 1 };
+            *m = super::small::lane_mask(valid.saturating_sub(16 * c));
         }
         let at = g * GROUP_KEYS;
         let panel = Panel {

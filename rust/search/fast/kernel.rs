@@ -35,8 +35,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            let v = valid.saturating_sub(16 * c).min(16);
-            *m = if v == 16 { u16::MAX } else { (1u16 << v) - 1 };
+            *m = super::small::lane_mask(valid.saturating_sub(16 * c));
         }
         let id0 = first_id + (g * GROUP_KEYS) as i64;
         let mut r0 = 0;

@@ -63,6 +63,16 @@ unsafe fn rows<const M: usize>(
     }
 }
 
+/// The mask of the first `count` lanes (all 16 from 16 on): a row's tail in 16-lane loads.
+#[inline(always)]
+pub(crate) fn lane_mask(count: usize) -> u16 {
+    if count >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << count) - 1
+    }
+}
+
 /// 16 elements (masked) at element `at` of `T` (0 f32, 1 f16, 2 bf16), widened to f32.
 #[inline(always)]
 pub(crate) unsafe fn load<const T: u8>(ptr: *const u8, at: usize, mask: u16) -> __m512 {
@@ -87,11 +97,7 @@ unsafe fn scan<const M: usize, const T: u8>(
 ) {
     let chunks = dim.div_ceil(16);
     let tail = dim - 16 * (chunks - 1);
-    let last_mask: u16 = if tail == 16 {
-        u16::MAX
-    } else {
-        (1u16 << tail) - 1
-    };
+    let last_mask = lane_mask(tail);
     for j in 0..n {
         // Pull the rows a few keys ahead into cache: the scan is bound by memory latency.
         let ahead = (j + PREFETCH_KEYS).min(n.saturating_sub(1)) * dim * ELEM_BYTES[T as usize];
