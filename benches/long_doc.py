@@ -208,7 +208,7 @@ def probe_search(
 
     t_start = time.perf_counter()
     captured: dict[int, torch.Tensor] = {}
-    inner = reader._provider
+    inner = reader.provider
 
     def capture(layer: int, q: torch.Tensor) -> Any:
         captured[layer] = q[0].transpose(0, 1).detach()

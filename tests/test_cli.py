@@ -223,8 +223,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, st
 
 
 def test_bounded_is_the_top_k_of_the_first_tokens_ties_and_all(tmp_path: Path) -> None:
-    from fot_mem.cli.memory import Bounded
-    from fot_mem.torch.retrieval import StoreRetriever
+    from fot_mem.torch.retrieval import Bounded, StoreRetriever
 
     rng = np.random.default_rng(0)
     for n, lim, k in [(100, 37, 8), (100, 5, 8), (10, 10, 16), (64, 64, 4), (50, 0, 4)]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ann_oracle import check_conventions, clustered, recall
 from fot_mem import BackendUnavailableError, FotMemError, InvalidValueError
-from fot_mem import hnswlib_backend as hb
+from fot_mem.backends import hnswlib_graphs as hb
 
 pytest.importorskip("hnswlib")
 
@@ -188,7 +188,7 @@ def test_saved_indexes_are_reused_not_rebuilt(make_store, rng, monkeypatch, run_
     out = run_py(
         """
         import sys, numpy as np, fot_mem
-        from fot_mem import hnswlib_backend as hb
+        from fot_mem.backends import hnswlib_graphs as hb
         def no_build(*a, **kw): raise AssertionError("rebuilt")
         hb._build = no_build
         hb._DEFAULTS["span_tokens"] = int(sys.argv[3])

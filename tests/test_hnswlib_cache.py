@@ -16,7 +16,7 @@ import fot_mem
 import numpy as np
 import pytest
 from fot_mem import StoreCorruptError, _core
-from fot_mem import hnswlib_backend as hb
+from fot_mem.backends import hnswlib_graphs as hb
 
 hnswlib = pytest.importorskip("hnswlib")
 hypothesis = pytest.importorskip("hypothesis")

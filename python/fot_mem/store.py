@@ -4,74 +4,19 @@ the Rust core with the GIL released."""
 
 from __future__ import annotations
 
-import operator
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _core, backends
-from .arrays import as_float_array, as_ids
+from . import _core, backends, checks
+from .arrays import as_float_array
+from .document import Document
 from .exceptions import (
     DtypeError,
     FotMemError,
-    InvalidValueError,
-    ShapeError,
-    TokenIndexError,
-    UnknownLayerError,
 )
-
-_INT64 = range(-(2**63), 2**63)
-
-
-def _name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise DtypeError(f"document names must be strings, got {name!r}")
-    if not name:
-        raise InvalidValueError("document names must not be empty")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no file name or manifest entry can hold it
-        raise InvalidValueError(f"document names must be valid Unicode, got {name!r}") from None
-    return name
-
-
-def _path(path: Any) -> str:
-    """A store path as the core takes it; NUL and unencodable characters are refused here,
-    named as given (the OS would cut the name or report another one)."""
-    p = os.fsdecode(os.fspath(path))
-    if "\0" in p:
-        raise InvalidValueError(f"path {p!r} contains a NUL character")
-    try:
-        os.fsencode(p)
-    except UnicodeEncodeError:
-        raise InvalidValueError(f"path {p!r} cannot be encoded as a file name") from None
-    return p
-
-
-def _int(value: Any, what: str, out_of_range: type[Exception] = InvalidValueError) -> int:
-    """An integer argument; floats, strings and bools are refused rather than truncated, and
-    values beyond 64 bits raise `out_of_range` (the core takes 64-bit integers)."""
-    if isinstance(value, bool):
-        raise DtypeError(f"{what} must be an integer, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise DtypeError(f"{what} must be an integer, got {value!r}") from None
-    if n not in _INT64:
-        raise out_of_range(f"{what} {n} is out of range (beyond 64 bits)")
-    return n
-
-
-def _layer(value: Any) -> int:
-    return _int(value, "layer", UnknownLayerError)
-
-
-def _bool(value: Any, what: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise DtypeError(f"{what} must be True or False, got {value!r}")
-    return bool(value)
 
 
 class MemoryStore:
@@ -121,13 +66,13 @@ class MemoryStore:
         dtype = str(dtype).removeprefix("torch.")
         return cls(
             _core.Store.create(
-                _path(path),
-                [_int(x, "layers") for x in layers],
-                _int(kv_heads, "kv_heads"),
-                _int(head_dim, "head_dim"),
-                None if value_dim is None else _int(value_dim, "value_dim"),
+                checks.path(path),
+                [checks.integer(x, "layers") for x in layers],
+                checks.integer(kv_heads, "kv_heads"),
+                checks.integer(head_dim, "head_dim"),
+                None if value_dim is None else checks.integer(value_dim, "value_dim"),
                 dtype,
-                _int(chunk_tokens, "chunk_tokens"),
+                checks.integer(chunk_tokens, "chunk_tokens"),
                 hnsw,
             )
         )
@@ -148,7 +93,9 @@ class MemoryStore:
         checked on a later read once its checksum exists."""
         return cls(
             _core.Store.open(
-                _path(path), _bool(readonly, "readonly"), _bool(verify_reads, "verify_reads")
+                checks.path(path),
+                checks.flag(readonly, "readonly"),
+                checks.flag(verify_reads, "verify_reads"),
             )
         )
 
@@ -211,7 +158,7 @@ class MemoryStore:
         they fill; this catches up on stores written before or by a process that died), and
         by default waits for all builds. Returns the number of spans queued."""
         queued = self._core.build_indexes()
-        if _bool(wait, "wait"):
+        if checks.flag(wait, "wait"):
             self._core.wait_for_indexes()
         return queued
 
@@ -258,7 +205,7 @@ class MemoryStore:
         Raises `StoreNotFoundError` when `path` does not exist and `NotAStoreError` when it is a
         file or a directory that holds no store.
         """
-        return _core.verify_store(_path(path), _bool(deep, "deep"))
+        return _core.verify_store(checks.path(path), checks.flag(deep, "deep"))
 
     def describe(self) -> dict[str, Any]:
         """What the store holds, for `fot-mem info`: its configuration (`path`, `dtype`, `layers`,
@@ -307,7 +254,7 @@ class MemoryStore:
     # -- documents ---------------------------------------------------------------------------
     def document(self, name: str) -> Document:
         """A handle on document `name`; the document is created by its first append."""
-        return Document(self, _name(name))
+        return Document(self, checks.name(name))
 
     def documents(self) -> list[str]:
         """Names of the documents in the store, sorted."""
@@ -315,11 +262,11 @@ class MemoryStore:
 
     def delete(self, name: str) -> bool:
         """Deletes a document and its files; returns False if there was none."""
-        return self._core.delete_document(_name(name))
+        return self._core.delete_document(checks.name(name))
 
     def __contains__(self, name: object) -> bool:
         try:
-            name = _name(name)
+            name = checks.name(name)
         except FotMemError:  # not a valid name: no such document
             return False
         return self._core.contains(name)
@@ -351,26 +298,12 @@ class MemoryStore:
         `backend`: "exact" (default), "hnsw" (graphs of full spans, exact scan of the rest; `ef`
         candidates per query and span, default the store's `ef_search`), "faiss" or "hnswlib".
         """
-        ef = None if ef is None else _int(ef, "ef")
+        ef = None if ef is None else checks.integer(ef, "ef")
         if isinstance(documents, (str, Document)):
             raise DtypeError("documents must be a sequence of names, one per batch slot")
-        names = [d.name if isinstance(d, Document) else _name(d) for d in documents]
+        names = [d.name if isinstance(d, Document) else checks.name(d) for d in documents]
         q = as_float_array(queries, "queries")
-        if backends.check(backend) in backends.PYTHON_BACKENDS:
-            if q.ndim != 4 or q.shape[0] != len(names):
-                raise ShapeError(
-                    f"queries must be [B={len(names)}, q, heads, head_dim], got {tuple(q.shape)}"
-                )
-            results = [
-                self.document(n).search(layer, q[b], k, backend=backend, ef=ef)
-                for b, n in enumerate(names)
-            ]
-            shape = (0, *q.shape[1:3], _int(k, "k"))
-            return (
-                np.stack([r[0] for r in results]) if results else np.zeros(shape, np.float32),
-                np.stack([r[1] for r in results]) if results else np.zeros(shape, np.int64),
-            )
-        return self._core.search(names, _layer(layer), q, _int(k, "k"), backend, ef)
+        return backends.search_documents(self._core, names, layer, q, k, backend, ef)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> None:
@@ -399,105 +332,3 @@ class MemoryStore:
             f"head_dim={c['head_dim']}, value_dim={c['value_dim']}, dtype={c['dtype']!r}, "
             f"chunk_tokens={c['chunk_tokens']})"
         )
-
-
-class Document:
-    """One long-document memory in a store: per memory layer, an append-only run of tokens."""
-
-    def __init__(self, store: MemoryStore, name: str) -> None:
-        self.store = store
-        self.name = name
-
-    @property
-    def exists(self) -> bool:
-        """True once the document has had an append (and has not been deleted)."""
-        return self.name in self.store
-
-    def append(self, layer: int, keys: Any, values: Any) -> int:
-        """Appends tokens to `layer`: `keys [tokens, kv_heads, head_dim]`, `values
-        [tokens, kv_heads, value_dim]` (numpy or torch; float32, float16, bfloat16 or float64).
-        The tokens are durable when this returns. Returns the layer's new length."""
-        k = as_float_array(keys, "keys")
-        v = as_float_array(values, "values")
-        return self.store._core.append(self.name, _layer(layer), k, v)
-
-    def length(self, layer: int) -> int:
-        """Committed tokens in `layer` (0 before the first append)."""
-        return self.store._core.length(self.name, _layer(layer))
-
-    def search(
-        self,
-        layer: int,
-        queries: Any,
-        k: int = 32,
-        *,
-        backend: str = "exact",
-        ef: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k keys by inner product for `queries [q, heads, head_dim]`. Returns `scores`
-        float32 and `ids` int64, `[q, heads, k]`, best first, -1 / -inf padded. `backend` and
-        `ef` as in `MemoryStore.search`."""
-        ef = None if ef is None else _int(ef, "ef")
-        q = as_float_array(queries, "queries")
-        if q.ndim != 3:
-            raise ShapeError(f"queries must be [q, heads, head_dim], got shape {tuple(q.shape)}")
-        if backends.check(backend) in backends.PYTHON_BACKENDS:
-            # The native path validates layer, shapes and k (an empty batch scans nothing).
-            self.store._core.search([], _layer(layer), q[None][:0], _int(k, "k"), "exact")
-            if not np.isfinite(q).all():
-                raise InvalidValueError("queries contain NaN or infinite values")
-            # As the native search weighs its output and top-k lists: 24 bytes per entry.
-            n = q.shape[0] * q.shape[1] * int(k)
-            _core.check_allocation(
-                n * 24 if n * 24 < 2**64 else None,
-                f"a {backend} search of [{q.shape[0]} queries x {q.shape[1]} heads] with k = {k}",
-            )
-            return backends.search(
-                self.store._core,
-                self.name,
-                int(layer),
-                np.asarray(q, np.float32),
-                int(k),
-                backend,
-                ef=ef,
-            )
-        scores, ids = self.store._core.search(
-            [self.name], _layer(layer), q[None], _int(k, "k"), backend, ef
-        )
-        return scores[0], ids[0]
-
-    def gather(self, layer: int, ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Keys and values (float32) of token `ids [q, heads, k]` as returned by `search`:
-        `[q, heads, k, head_dim]` and `[q, heads, k, value_dim]`; id -1 gives zeros."""
-        return self.store._core.gather(self.name, _layer(layer), as_ids(ids))
-
-    def read(
-        self, layer: int, start: int = 0, stop: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Keys and values (float32) of tokens `start:stop` as `[tokens, kv_heads, dim]`."""
-        layer = _layer(layer)
-        start = _int(start, "start", TokenIndexError)
-        stop = self.length(layer) if stop is None else _int(stop, "stop", TokenIndexError)
-        if start < 0 or stop < 0:
-            raise TokenIndexError(f"read range {start}:{stop} must not be negative")
-        return self.store._core.read(self.name, layer, start, stop)
-
-    def indexed_tokens(self, layer: int) -> int:
-        """Tokens of `layer` that `backend="hnsw"` answers through graphs (full spans whose
-        index is built); the rest is scanned exactly."""
-        return self.store._core.indexed_tokens(self.name, _layer(layer))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of committed keys and values of this document, all layers."""
-        return self.store._core.nbytes(self.name)
-
-    def delete(self) -> bool:
-        """Deletes this document from the store."""
-        return self.store.delete(self.name)
-
-    def __repr__(self) -> str:
-        if self.store.closed:
-            return f"Document({self.name!r}, store closed)"
-        lengths = {layer: self.length(layer) for layer in self.store.layers}
-        return f"Document({self.name!r}, lengths={lengths})"

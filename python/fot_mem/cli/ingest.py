@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..document import Document
 from ..exceptions import InvalidValueError
-from ..store import Document
 from ..torch.reader import LongDocumentReader, create_store
 from . import models
-from .memory import META, Bounded, MemoryFolder, committed
+from .memory import META, MemoryFolder, committed
 
 DEFAULTS = {"window": 2048, "k": 128, "backend": "exact", "store_dtype": "bfloat16"}
 
@@ -288,11 +288,10 @@ def ingest(
     store = document.store
     window, k, backend = int(meta["window"]), int(meta["k"]), str(meta["backend"])
     done = committed(document, store.layers)
-    first = low = min(done.values())
+    first = min(done.values())
     start = time.perf_counter()
-    if low != max(done.values()):
-        low = _finish_window(model, document, ids, done, window, k, backend)
     reader = LongDocumentReader(model, document, window=window, k=k, backend=backend)
+    low = reader.finish_window(torch.from_numpy(ids))  # a window a stopped run left half-done
     _exit_hook(reader)
     bar = _bar(progress, len(ids), low, document.name)
     losses = []
@@ -315,35 +314,6 @@ def ingest(
         flush=True,
     )
     return figures
-
-
-def _finish_window(
-    model: Any,
-    document: Document,
-    ids: np.ndarray,
-    done: dict[int, int],
-    window: int,
-    k: int,
-    backend: str,
-) -> int:
-    """A run stopped between the layers' appends of one window: compute that window again
-    against the memory before it (the layers ahead already hold it, so their searches are
-    bounded) and append it to the layers behind."""
-    low = min(done.values())
-    chunk = ids[low : low + window]
-    if low % window or any(n not in (low, low + len(chunk)) for n in done.values()):
-        raise InvalidValueError(
-            f"document {document.name!r}: committed lengths {done} are not one window apart "
-            f"(window {window}); was it written with another window?"
-        )
-    reader = LongDocumentReader(model, document, window=window, k=k, backend=backend)
-    reader.source = Bounded(document, low, backend=backend)
-    with torch.no_grad():
-        out = model(torch.from_numpy(chunk)[None], memory=reader._provider)
-    for layer, (keys, values) in out.memory_kv.items():
-        if done[layer] == low:
-            document.append(layer, keys[0].transpose(0, 1), values[0].transpose(0, 1))
-    return low + len(chunk)
 
 
 def _bar(enabled: bool, total: int, initial: int, name: str) -> Any:

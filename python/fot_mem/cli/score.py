@@ -105,7 +105,7 @@ def run_score(args: argparse.Namespace) -> None:
             raise InvalidValueError("the text to score has fewer than 2 tokens")
         t0 = time.perf_counter()
         reader = s.reader()
-        with_memory = window_losses(s.model, ids, s.window, reader._provider)
+        with_memory = window_losses(s.model, ids, s.window, reader.provider)
         seconds = time.perf_counter() - t0
         ppl = math.exp(float(with_memory.mean()))
         print(f"scored {len(ids):,} tokens in {seconds:.1f} s ({len(ids) / seconds:,.0f} tok/s)")

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
         def provider(at: int, queries: torch.Tensor) -> Any:
             if at == layer:  # the layer's queries as it scores memories: [1, H, T, D]
                 asked["q"] = queries[0, :, -1].detach().float()
-            return reader._provider(at, queries)
+            return reader.provider(at, queries)
 
         with torch.no_grad():
             s.model(ids[None], memory=provider)

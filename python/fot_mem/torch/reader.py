@@ -18,7 +18,7 @@ from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from ..store import Document, MemoryStore
 from .memory import Memory
 from .model import FotForCausalLM, LocalCache
-from .retrieval import DeviceMirror, StoreRetriever
+from .retrieval import Bounded, DeviceMirror, StoreRetriever
 
 
 def create_store(
@@ -88,6 +88,7 @@ class LongDocumentReader:
         backends.check(backend)  # refused now, not after the first window is stored
         if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 1):
             raise InvalidValueError(f"ef must be a positive integer, got {ef!r}")
+        self.backend, self.ef = backend, ef
         self.source: StoreRetriever = (
             StoreRetriever(document, backend=backend, ef=ef)
             if mirror is None
@@ -106,7 +107,7 @@ class LongDocumentReader:
         """Tokens in the document's memory (the same in every memory layer)."""
         return self.source.length(self.model.config.memory_layers[0])
 
-    def _provider(self, layer: int, queries: torch.Tensor) -> Memory | None:
+    def provider(self, layer: int, queries: torch.Tensor) -> Memory | None:
         """What the model's memory layers call: `queries [1, H, T, D]` -> Memory or None."""
         self._sync()
         t0 = time.perf_counter()
@@ -146,7 +147,7 @@ class LongDocumentReader:
         ids = self._tokens(tokens)
         if not 1 <= ids.numel() <= self.window:
             raise InvalidValueError(f"logits() takes 1..{self.window} tokens, got {ids.numel()}")
-        return self.model(ids[None], memory=self._provider).logits[0]
+        return self.model(ids[None], memory=self.provider).logits[0]
 
     @torch.no_grad()
     def read(self, tokens: Sequence[int] | torch.Tensor, *, losses: bool = True) -> torch.Tensor:
@@ -162,9 +163,37 @@ class LongDocumentReader:
             self.stats["windows"] += 1
 
         found = window_losses(
-            self.model, ids, self.window, self._provider, after=remember, losses=losses
+            self.model, ids, self.window, self.provider, after=remember, losses=losses
         )
         return found.cpu()
+
+    @torch.no_grad()
+    def finish_window(self, tokens: Sequence[int] | torch.Tensor) -> int:
+        """Completes the window that a stopped run left half-appended (the memory layers ahead
+        hold it, those behind do not): reads it again against the memory before it, searches
+        bounded there, and appends it to the layers behind. `tokens`: the whole document.
+        Returns the committed length that reading goes on from."""
+        layers = self.model.config.memory_layers
+        done = {n: self.document.length(n) if self.document.exists else 0 for n in layers}
+        low = min(done.values())
+        if low == max(done.values()):
+            return low
+        chunk = self._tokens(tokens)[low : low + self.window]
+        if low % self.window or any(n not in (low, low + chunk.numel()) for n in done.values()):
+            raise InvalidValueError(
+                f"document {self.document.name!r}: committed lengths {done} are not one window "
+                f"apart (window {self.window}); was it written with another window?"
+            )
+        source = self.source
+        self.source = Bounded(self.document, low, backend=self.backend, ef=self.ef)
+        try:
+            out = self.model(chunk[None], memory=self.provider)
+        finally:
+            self.source = source
+        for layer, (keys, values) in out.memory_kv.items():
+            if done[layer] == low:
+                self.document.append(layer, keys[0].transpose(0, 1), values[0].transpose(0, 1))
+        return low + chunk.numel()
 
     @torch.no_grad()
     def generate(
@@ -188,7 +217,7 @@ class LongDocumentReader:
         new: list[int] = []
         feed = ids[None]
         while len(new) < max_new_tokens and cache.length + feed.shape[1] <= self.window:
-            logits = self.model(feed, memory=self._provider, cache=cache).logits[0, -1].float()
+            logits = self.model(feed, memory=self.provider, cache=cache).logits[0, -1].float()
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 # on the CPU, where a torch.Generator lives unless the caller made it elsewhere

@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from .backends import _as_f32
-from .exceptions import (
+from .. import _core
+from ..exceptions import (
     BackendUnavailableError,
     FotMemError,
     InvalidValueError,
     StoreCorruptError,
 )
+from .widen import as_f32
 
 _DEFAULTS: dict[str, int] = {"m": 16, "ef_construction": 200, "ef_search": 64, "span_tokens": 65536}
 _PARAM_KEYS = ("m", "ef_construction", "ef_search", "span_tokens")
@@ -141,7 +141,7 @@ def _gather(views: list[tuple[int, np.ndarray]], start: int, stop: int, dim: int
     for first, view in views:
         lo, hi = max(first, start), min(first + view.shape[0], stop)
         if lo < hi:
-            out[lo - start : hi - start] = _as_f32(view[lo - first : hi - first])
+            out[lo - start : hi - start] = as_f32(view[lo - first : hi - first])
     return out
 
 
