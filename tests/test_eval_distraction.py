@@ -329,7 +329,7 @@ def test_errors() -> None:
 
 
 def test_cli_writes_json_and_png(tmp_path: Path) -> None:
-    from fot_mem.train.shards import write_shards
+    from fot_mem.data.shards import write_shards
     from safetensors.torch import save_model
 
     text = "def add(a, b):\n    return a + b\n"

@@ -256,8 +256,9 @@ def test_scoring_with_a_stand_in_generator(model: FotForCausalLM, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fot_mem.train.loop import TrainConfig, Trainer
-    from fot_mem.train.shards import write_shards
+    from fot_mem.data.shards import write_shards
+    from fot_mem.train.config import TrainConfig
+    from fot_mem.train.loop import Trainer
 
     data = tmp_path_factory.mktemp("data")
     docs = [(f"doc{i}", (pk.FILLER_SENTENCE + f" {i}\n") * 20) for i in range(6)]

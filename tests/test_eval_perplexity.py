@@ -22,12 +22,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from fot_mem import FotMemError, InvalidValueError, MemoryStore  # noqa: E402
+from fot_mem.data.shards import write_shards  # noqa: E402
 from fot_mem.eval import perplexity as ppl  # noqa: E402
 from fot_mem.eval.common import documents  # noqa: E402
 from fot_mem.torch import FotConfig, FotForCausalLM  # noqa: E402
 from fot_mem.torch.reader import LongDocumentReader, create_store  # noqa: E402
 from fot_mem.train.loop import Trainer  # noqa: E402
-from fot_mem.train.shards import write_shards  # noqa: E402
 from tiny import tiny_config  # noqa: E402
 
 CFG = FotConfig(

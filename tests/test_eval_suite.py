@@ -33,7 +33,7 @@ CONFIG = FotConfig(
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data folder, checkpoint folder) of a small random model with byte tokens."""
-    from fot_mem.train.shards import write_shards
+    from fot_mem.data.shards import write_shards
     from safetensors.torch import save_model
 
     tmp = tmp_path_factory.mktemp("suite")

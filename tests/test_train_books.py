@@ -14,7 +14,8 @@ from pathlib import Path
 
 import fot_mem
 import pytest
-from fot_mem.train import books, corpus, data, debian, shards
+from fot_mem.data import shards
+from fot_mem.train import books, corpus, data, debian
 
 pytest.importorskip("rdata")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fot_mem.train.loop import TrainConfig, Trainer
+from fot_mem.train.config import TrainConfig
+from fot_mem.train.loop import Trainer
 
 TINY: dict[str, Any] = dict(
     hidden_size=32,
