@@ -14,8 +14,9 @@ from pathlib import Path
 
 import fot_mem
 import pytest
+from fot_mem.cli import data
 from fot_mem.data import shards
-from fot_mem.train import books, corpus, data, debian
+from fot_mem.train import books, corpus, debian
 
 pytest.importorskip("rdata")
 
