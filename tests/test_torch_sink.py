@@ -134,7 +134,7 @@ def test_config_refuses_a_bad_sink_token(bad: object) -> None:
 
 def test_training_config_passes_the_sink_token() -> None:
     from fot_mem.train.config import TrainConfig
-    from fot_mem.train.loop import build_model
+    from fot_mem.train.model import build_model
 
     shape = dict(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
     cfg = TrainConfig(data="-", out="-", memory_layers="1", window=8, sink_token=3, **shape)

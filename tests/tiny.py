@@ -1,5 +1,5 @@
 """Tiny training runs for tests: models small enough to train in a second on the CPU, saved the
-way `python -m fot_mem.train` saves them, so loaders and commands can read them."""
+way `fot-mem train` saves them, so loaders and commands can read them."""
 
 from __future__ import annotations
 

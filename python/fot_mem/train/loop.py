@@ -21,46 +21,12 @@ import torch.nn.functional as F
 from ..data.dictionary import DictionaryTask
 from ..data.shards import TokenDataset
 from ..exceptions import InvalidValueError
-from ..torch import Crossbatch, FotConfig, FotForCausalLM, load_gguf
+from ..torch import Crossbatch
 from .batcher import CrossbatchBatch, CrossbatchBatcher
 from .config import TrainConfig, learning_rate, schedule_points
 from .dictionary import DictionaryBatches
 from .distributed import Distributed
-
-
-def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
-    layers = tuple(int(x) for x in cfg.memory_layers.split(",") if x.strip())
-    sink = cfg.sink_token
-    if cfg.init == "scratch":
-        config = FotConfig(
-            vocab_size=vocab,
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            num_kv_heads=cfg.num_kv_heads,
-            memory_kv_heads=cfg.memory_kv_heads,
-            max_position_embeddings=cfg.window,
-            memory_layers=layers,
-            qk_norm=cfg.qk_norm,
-            sink_token=sink,
-            memory_rope=cfg.memory_rope,
-            qk_temperature=cfg.qk_temperature,
-        )
-        return FotForCausalLM(config)
-    if cfg.init == "smollm2":
-        from ..torch.weights import smollm2_gguf
-
-        path = smollm2_gguf()
-    else:
-        path = Path(cfg.init)
-    model = load_gguf(path, memory_layers=layers, qk_norm=cfg.qk_norm, sink_token=sink)
-    if model.config.vocab_size != vocab:
-        raise InvalidValueError(
-            f"the model's vocabulary has {model.config.vocab_size} tokens, the data's {vocab}"
-        )
-    return model
-
+from .model import build_model
 
 VAL_SEED = 987_654_321  # the task's validation batches
 IGNORE = -100  # cross_entropy's ignore_index: a target that loss and accuracy skip
