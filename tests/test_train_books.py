@@ -80,7 +80,7 @@ def test_a_book_in_one_string_is_split_at_its_lines():
 
 
 def test_r_package_works_and_documents(tmp_path, monkeypatch):
-    monkeypatch.setattr(books, "MIN_TEXT_BYTES", 1)
+    monkeypatch.setattr(rdata, "MIN_TEXT_BYTES", 1)
     root = FIXTURES / "r-cran-janeaustenr"
     got = works(root)
     assert list(got) == NOVELS

@@ -6,7 +6,7 @@ no SWORD library).
 A package yields works `(name, pieces)` in reading order, for `corpus.works_documents`; pieces
 are the units a long document may be cut at, each ending in a newline:
 
-- R: every character vector of at least `MIN_TEXT_BYTES` in the package's lazy-load databases
+- R: every character vector of at least `rdata.MIN_TEXT_BYTES` in the package's lazy-load databases
   (`data/Rdata`, `R/sysdata`), named as the R object, one piece per element (a line of the book;
   an element holding a whole book is split at its lines). Smaller vectors are word lists or
   metadata, not books.
@@ -30,11 +30,10 @@ from pathlib import Path
 
 from ..exceptions import InvalidValueError, StoreCorruptError
 from .debian import Package
-from .rdata import MIN_TEXT_BYTES, lazy_load_texts
+from .rdata import lazy_load_texts
 from .versification import VERSIFICATIONS, Book
 
 __all__ = [
-    "MIN_TEXT_BYTES",
     "VERSIFICATIONS",
     "SwordModule",
     "bible_books",
