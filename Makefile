@@ -27,11 +27,11 @@ setup-cli: $(BIN)/python
 
 # The main job: a real text into a persistent memory, then used by later processes.
 demo: setup-cli
-	$(BIN)/python -m fot_mem.demo
+	$(BIN)/python -m fot_mem demo
 
 # The store alone (no model): write, reopen, search, compare with numpy.
 store-demo: setup
-	$(BIN)/python -m fot_mem.store_demo
+	$(BIN)/python -m fot_mem store-demo
 
 test: setup-test
 	cargo fmt --check

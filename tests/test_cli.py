@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fot_mem import MemoryStore  # noqa: E402
-from fot_mem.train.shards import write_shards  # noqa: E402
+from fot_mem.data.shards import write_shards  # noqa: E402
 from tiny import tiny_run  # noqa: E402
 
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n\n" for i in range(60))

@@ -13,13 +13,13 @@ import fot_mem
 import numpy as np
 import pytest
 import torch
+from fot_mem.data.dictionary import DictionaryTask
 from fot_mem.eval.dictionary import answer, fill, score_window
 from fot_mem.eval.distraction import mass_stats
 from fot_mem.exceptions import InvalidValueError
 from fot_mem.torch import FotConfig, FotForCausalLM, Memory
 from fot_mem.torch.fill import fill_document
 from fot_mem.torch.reader import LongDocumentReader, create_store
-from fot_mem.train.dictionary import DictionaryTask
 
 SMALL = dict(
     vocab_size=40,
@@ -227,8 +227,8 @@ def test_cli_refuses_bad_input(tmp_path: Path) -> None:
 
 
 def test_ramp_schedule_climbs_in_powers_of_two() -> None:
-    from fot_mem.cli.dictionary import ramp
-    from fot_mem.train.loop import schedule_value
+    from fot_mem.cli.dictionary_run import ramp
+    from fot_mem.train.config import schedule_value
 
     spec = ramp(800, 1600, 32)
     assert spec == "0:1,800:2,900:4,1000:8,1100:16,1200:32"

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fot_mem.data.dictionary import DictionaryTask
 from fot_mem.exceptions import InvalidValueError
 from fot_mem.torch import Crossbatch
-from fot_mem.train.dictionary import DictionaryBatches, DictionaryTask
-from fot_mem.train.loop import IGNORE, TrainConfig, Trainer, rows
+from fot_mem.train.config import TrainConfig
+from fot_mem.train.dictionary import DictionaryBatches
+from fot_mem.train.loop import IGNORE, Trainer, rows
 
 TASK = DictionaryTask()
 

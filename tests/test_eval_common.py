@@ -9,8 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fot_mem import InvalidValueError  # noqa: E402
-from fot_mem.eval.common import documents, load_model  # noqa: E402
-from fot_mem.train.shards import write_shards  # noqa: E402
+from fot_mem.data.shards import write_shards  # noqa: E402
+from fot_mem.eval.common import documents  # noqa: E402
+from fot_mem.torch.weights import load_model  # noqa: E402
 from tiny import tiny_run  # noqa: E402
 
 

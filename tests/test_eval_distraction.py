@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import REPO, python_env  # noqa: E402
 from fot_mem import FotMemError, InvalidValueError  # noqa: E402
+from fot_mem.cli.eval import distraction as dx_cli  # noqa: E402
 from fot_mem.eval import distraction as dx  # noqa: E402
 from fot_mem.torch import FotConfig, FotForCausalLM, Memory  # noqa: E402
 
@@ -325,11 +326,11 @@ def test_errors() -> None:
     with pytest.raises(InvalidValueError, match="no memory layers"):
         dx.distraction(no_memory, docs, (1, 2), windows=1, window=W, progress=False)
     with pytest.raises(FotMemError):
-        dx.main(["--model", "x", "--data", "y", "--d", "1,a", "--json", "j", "--png", "p"])
+        dx_cli.main(["--model", "x", "--data", "y", "--d", "1,a", "--json", "j", "--png", "p"])
 
 
 def test_cli_writes_json_and_png(tmp_path: Path) -> None:
-    from fot_mem.train.shards import write_shards
+    from fot_mem.data.shards import write_shards
     from safetensors.torch import save_model
 
     text = "def add(a, b):\n    return a + b\n"
@@ -347,7 +348,7 @@ def test_cli_writes_json_and_png(tmp_path: Path) -> None:
     args += ["--data", str(tmp_path / "data"), "--d", "1,2,4", "--windows", "3", "--window", "16"]
     args += ["--json", str(out_json), "--png", str(out_png), "--device", "cpu"]
     proc = subprocess.run(
-        [sys.executable, "-m", "fot_mem.eval.distraction", *args, "--dtype", "float64"],
+        [sys.executable, "-m", "fot_mem", "eval", "distraction", *args, "--dtype", "float64"],
         capture_output=True,
         text=True,
         env=python_env(),

@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fot_mem import InvalidValueError  # noqa: E402
+from fot_mem.cli.eval import passkey as pk_cli  # noqa: E402
 from fot_mem.eval import passkey as pk  # noqa: E402
 from fot_mem.torch import FotConfig, FotForCausalLM  # noqa: E402
 from fot_mem.torch.reader import LongDocumentReader, create_store  # noqa: E402
@@ -256,8 +257,9 @@ def test_scoring_with_a_stand_in_generator(model: FotForCausalLM, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fot_mem.train.loop import TrainConfig, Trainer
-    from fot_mem.train.shards import write_shards
+    from fot_mem.data.shards import write_shards
+    from fot_mem.train.config import TrainConfig
+    from fot_mem.train.loop import Trainer
 
     data = tmp_path_factory.mktemp("data")
     docs = [(f"doc{i}", (pk.FILLER_SENTENCE + f" {i}\n") * 20) for i in range(6)]
@@ -278,7 +280,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cli_writes_json_and_png(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "pk.json"
     png = tmp_path / "pk.png"
-    result = pk.main(
+    result = pk_cli.main(
         [
             "--model", str(checkpoint), "--name", "tiny", "--tokenizer", "bytes",
             "--lengths", "300,400", "--depths", "0,1", "--trials", "1", "--window", str(WINDOW),
@@ -294,7 +296,7 @@ def test_cli_writes_json_and_png(checkpoint: Path, tmp_path: Path) -> None:
     both = tmp_path / "both.png"
     other = {**saved, "name": "other"}
     (tmp_path / "other.json").write_text(json.dumps(other))
-    merged = pk.main(["--plot", str(out), str(tmp_path / "other.json"), "--png", str(both)])
+    merged = pk_cli.main(["--plot", str(out), str(tmp_path / "other.json"), "--png", str(both)])
     assert set(merged) == {"tiny", "other"} and both.stat().st_size > 0
     with pytest.raises(SystemExit):
-        pk.main(["--model", str(checkpoint), "--filler", "data"])  # no --filler-data
+        pk_cli.main(["--model", str(checkpoint), "--filler", "data"])  # no --filler-data

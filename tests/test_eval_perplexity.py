@@ -22,12 +22,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from fot_mem import FotMemError, InvalidValueError, MemoryStore  # noqa: E402
+from fot_mem.cli.eval import perplexity as ppl_cli  # noqa: E402
+from fot_mem.data.shards import write_shards  # noqa: E402
 from fot_mem.eval import perplexity as ppl  # noqa: E402
 from fot_mem.eval.common import documents  # noqa: E402
 from fot_mem.torch import FotConfig, FotForCausalLM  # noqa: E402
 from fot_mem.torch.reader import LongDocumentReader, create_store  # noqa: E402
 from fot_mem.train.loop import Trainer  # noqa: E402
-from fot_mem.train.shards import write_shards  # noqa: E402
 from tiny import tiny_config  # noqa: E402
 
 CFG = FotConfig(
@@ -305,7 +306,7 @@ def test_cli_on_a_trained_checkpoint(data: str, tmp_path: Path) -> None:
         "--distractor-tokens", "24", "--device", "cpu", "--quiet",
         "--json", str(out / "r.json"), "--png", str(out / "r.png"),
     ]  # fmt: skip
-    ppl.main(argv)
+    ppl_cli.main(argv)
     result = json.loads((out / "r.json").read_text())
     assert result["name"] == "tiny" and result["settings"]["memory"] == [0, 16, 32]
     assert [d["id"] for d in result["documents"]] == ["a", "b"]
@@ -314,7 +315,7 @@ def test_cli_on_a_trained_checkpoint(data: str, tmp_path: Path) -> None:
     assert (out / "r.png").read_bytes()[:4] == b"\x89PNG"
     # the module's entry point: saved results plotted together
     done = subprocess.run(
-        [sys.executable, "-m", "fot_mem.eval.perplexity", "--plot", str(out / "r.json"),
+        [sys.executable, "-m", "fot_mem", "eval", "perplexity", "--plot", str(out / "r.json"),
          str(out / "r.json"), "--png", str(out / "both.png")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fot_mem import InvalidValueError  # noqa: E402
-from fot_mem.eval import common, suite  # noqa: E402
+from fot_mem.cli.eval import suite  # noqa: E402
 from fot_mem.eval import passkey as pk  # noqa: E402
-from fot_mem.torch import FotConfig, FotForCausalLM  # noqa: E402
+from fot_mem.torch import FotConfig, FotForCausalLM, weights  # noqa: E402
 
 CONFIG = FotConfig(
     vocab_size=256,
@@ -33,7 +33,7 @@ CONFIG = FotConfig(
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data folder, checkpoint folder) of a small random model with byte tokens."""
-    from fot_mem.train.shards import write_shards
+    from fot_mem.data.shards import write_shards
     from safetensors.torch import save_model
 
     tmp = tmp_path_factory.mktemp("suite")
@@ -62,13 +62,13 @@ def test_steps_run_in_one_process_each_model_loaded_once(
 ) -> None:
     data, ckpt = setup
     loads: list[str] = []
-    real = common._load_model
+    real = weights._load_model
 
     def counting(spec: Any, **kw: Any) -> FotForCausalLM:
         loads.append(str(spec))
         return real(spec, **kw)
 
-    monkeypatch.setattr(common, "_load_model", counting)
+    monkeypatch.setattr(weights, "_load_model", counting)
     partial: list[dict[str, Any]] = []
     real_write = pk.write_json
     monkeypatch.setattr(
@@ -81,7 +81,7 @@ def test_steps_run_in_one_process_each_model_loaded_once(
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert "missing" in rows[1]["error"]
     assert loads.count(str(ckpt)) == 1  # distraction loaded it; passkey reused it
-    assert not common._MODELS  # forgotten after the run
+    assert not weights._MODELS  # forgotten after the run
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["complete"] and list(d["models"]) == ["a model"]
     # passkey wrote after its first prompt (partial) and at the end (complete)

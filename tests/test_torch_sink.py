@@ -133,12 +133,13 @@ def test_config_refuses_a_bad_sink_token(bad: object) -> None:
 
 
 def test_training_config_passes_the_sink_token() -> None:
-    from fot_mem.train.loop import TrainConfig, build_model
+    from fot_mem.train.config import TrainConfig
+    from fot_mem.train.model import build_model
 
     shape = dict(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
     cfg = TrainConfig(data="-", out="-", memory_layers="1", window=8, sink_token=3, **shape)
     assert build_model(cfg, vocab=61).config.sink_token == 3
-    cfg.sink_token = -1
+    cfg.sink_token = None
     assert build_model(cfg, vocab=61).config.sink_token is None
     cfg.sink_token = -2
     with pytest.raises(fot_mem.InvalidValueError, match="sink_token"):

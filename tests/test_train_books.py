@@ -14,7 +14,9 @@ from pathlib import Path
 
 import fot_mem
 import pytest
-from fot_mem.train import books, corpus, data, debian, shards
+from fot_mem.cli import data
+from fot_mem.data import shards
+from fot_mem.train import books, corpus, debian, rdata
 
 pytest.importorskip("rdata")
 
@@ -78,7 +80,7 @@ def test_a_book_in_one_string_is_split_at_its_lines():
 
 
 def test_r_package_works_and_documents(tmp_path, monkeypatch):
-    monkeypatch.setattr(books, "MIN_TEXT_BYTES", 1)
+    monkeypatch.setattr(rdata, "MIN_TEXT_BYTES", 1)
     root = FIXTURES / "r-cran-janeaustenr"
     got = works(root)
     assert list(got) == NOVELS
@@ -124,16 +126,16 @@ def test_damaged_r_data_raises_store_corrupt(tmp_path):
 def test_every_r_compression_code_is_inflated():
     payload = b"X\n serialized object"
     size = struct.pack(">I", len(payload))
-    assert books._inflate(size + zlib.compress(payload), 1, "t") == payload
-    assert books._inflate(size + b"2" + bz2.compress(payload), 2, "t") == payload
-    assert books._inflate(size + b"Z" + lzma.compress(payload), 3, "t") == payload
-    assert books._inflate(size + b"0" + payload, 3, "t") == payload
+    assert rdata._inflate(size + zlib.compress(payload), 1, "t") == payload
+    assert rdata._inflate(size + b"2" + bz2.compress(payload), 2, "t") == payload
+    assert rdata._inflate(size + b"Z" + lzma.compress(payload), 3, "t") == payload
+    assert rdata._inflate(size + b"0" + payload, 3, "t") == payload
     with pytest.raises(fot_mem.InvalidValueError, match="unknown R compression"):
-        books._inflate(size + b"Z" + lzma.compress(payload), 2, "t")
+        rdata._inflate(size + b"Z" + lzma.compress(payload), 2, "t")
     with pytest.raises(fot_mem.StoreCorruptError, match="header says"):
-        books._inflate(struct.pack(">I", 3) + zlib.compress(payload), 1, "t")
+        rdata._inflate(struct.pack(">I", 3) + zlib.compress(payload), 1, "t")
     with pytest.raises(fot_mem.StoreCorruptError, match="truncated"):
-        books._inflate(b"\0\0", 1, "t")
+        rdata._inflate(b"\0\0", 1, "t")
 
 
 # --- SWORD zText ---------------------------------------------------------------------------------

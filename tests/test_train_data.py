@@ -21,7 +21,9 @@ from pathlib import Path
 import fot_mem
 import numpy as np
 import pytest
-from fot_mem.train import corpus, data, debian, shards
+from fot_mem.cli import data
+from fot_mem.data import shards
+from fot_mem.train import corpus, debian
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "debian" / "tree"
 FIXTURE_ROOT = FIXTURE / "usr" / "share" / "go-1.19" / "src"  # where its contents branch

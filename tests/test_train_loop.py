@@ -15,8 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fot_mem import InvalidValueError  # noqa: E402
-from fot_mem.train.loop import TrainConfig, Trainer, learning_rate, schedule_value  # noqa: E402
-from fot_mem.train.shards import write_shards  # noqa: E402
+from fot_mem.data.shards import write_shards  # noqa: E402
+from fot_mem.train.config import TrainConfig, learning_rate, schedule_value  # noqa: E402
+from fot_mem.train.loop import Trainer  # noqa: E402
 from tiny import tiny_config  # noqa: E402
 
 TEXT = "def add(a, b):\n    return a + b\n\n"
@@ -118,7 +119,8 @@ def test_torchrun_two_processes_with_negatives_from_both(data: str, tmp_path: Pa
         "2",
         "--standalone",  # a free port of its own
         "-m",
-        "fot_mem.train",
+        "fot_mem",
+        "train",
         "--data",
         data,
         "--out",

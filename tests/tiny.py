@@ -1,12 +1,13 @@
 """Tiny training runs for tests: models small enough to train in a second on the CPU, saved the
-way `python -m fot_mem.train` saves them, so loaders and commands can read them."""
+way `fot-mem train` saves them, so loaders and commands can read them."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from fot_mem.train.loop import TrainConfig, Trainer
+from fot_mem.train.config import TrainConfig
+from fot_mem.train.loop import Trainer
 
 TINY: dict[str, Any] = dict(
     hidden_size=32,

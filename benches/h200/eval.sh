@@ -30,7 +30,7 @@ case "$1" in
     bash benches/h200/train.sh one 0 fot-rand "$steps" 250 0:2,300:1-16
     bash benches/h200/train.sh one 0 control "$steps" 250 0:1 ;;
   evals)
-    # One process runs every step (python -m fot_mem.eval.suite): each model loads once. A step
+    # One process runs every step (python -m fot_mem eval suite): each model loads once. A step
     # writes its JSON as soon as it is done (passkey after every prompt) and a failing step does
     # not stop the others. Results are made in /tmp/fot/eval (kept while the machine is warm)
     # and copied to $R at the end; the suite stops after $BUDGET s, before the device call's
@@ -71,12 +71,12 @@ case "$1" in
     cat "$steps"
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
     start=$SECONDS
-    timeout --signal=INT --kill-after=20 "${BUDGET:-540}" python -m fot_mem.eval.suite "$steps" \
+    timeout --signal=INT --kill-after=20 "${BUDGET:-540}" python -m fot_mem eval suite "$steps" \
       --skip-done --summary "$W/suite.json" || echo "SUITE: some steps FAILED or timed out (rc $?)"
     echo "suite: $((SECONDS - start)) s"
-    python -m fot_mem.eval.perplexity --plot "$W"/ppl-*.json --png "$W/perplexity.png" \
+    python -m fot_mem eval perplexity --plot "$W"/ppl-*.json --png "$W/perplexity.png" \
       || echo "FAILED: perplexity plot"
-    python -m fot_mem.eval.passkey --plot "$W"/passkey-*.json --png "$W/passkey.png" \
+    python -m fot_mem eval passkey --plot "$W"/passkey-*.json --png "$W/passkey.png" \
       || echo "FAILED: passkey plot"
     # At most 8 files come back from a call: the JSON in one archive, beside the plots.
     cp "$W"/*.png "$R"/ 2>/dev/null || true

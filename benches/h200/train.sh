@@ -43,20 +43,20 @@ case "$1" in
     for run in fot control; do
       gpu=0; d=$D
       if [ $run = control ]; then gpu=1; d=0:1; fi
-      CUDA_VISIBLE_DEVICES=$gpu setsid python -m fot_mem.train $(common) --batch 16 \
+      CUDA_VISIBLE_DEVICES=$gpu setsid python -m fot_mem train $(common) --batch 16 \
         --d-schedule "$d" --out /tmp/fot/$run > /tmp/fot/$run.log 2>&1 &
     done ;;
   one)  # one FoT variant on one GPU: one GPU NAME STEPS EVAL D
     gpu=$2 name=$3 STEPS=$4 EVAL=$5 D=$6
-    CUDA_VISIBLE_DEVICES=$gpu setsid python -m fot_mem.train $(common) --batch 16 \
+    CUDA_VISIBLE_DEVICES=$gpu setsid python -m fot_mem train $(common) --batch 16 \
       --d-schedule "$D" --out /tmp/fot/$name > /tmp/fot/$name.log 2>&1 & ;;
   ddp)  # the FoT run on both GPUs: half the slots each, negatives gathered across ranks
     STEPS=$2 EVAL=$3 D=$4
-    setsid torchrun --standalone --nproc-per-node 2 -m fot_mem.train $(common) --batch 8 \
+    setsid torchrun --standalone --nproc-per-node 2 -m fot_mem train $(common) --batch 8 \
       --gather-negatives --d-schedule "$D" --out /tmp/fot/ddp > /tmp/fot/ddp.log 2>&1 & ;;
   wait)  # until no run is left or $2 seconds pass; then the logs' ends and the metrics
     end=$((SECONDS + $2))
-    while pgrep -f fot_mem.train > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    while pgrep -f "fot_mem train" > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     for f in /tmp/fot/*.log; do echo "== $f"; tail -c 1500 "$f"; done
     for r in /tmp/fot/*/; do
       n=$(basename "$r"); mkdir -p "$OUT/$n"

@@ -8,7 +8,7 @@ inner product. Every error derives from `FotMemError` (see `fot_mem.exceptions`)
 from __future__ import annotations
 
 from . import exceptions
-from ._core import DEFAULT_CHUNK_TOKENS, FORMAT_VERSION, MAX_K, __version__
+from ._core import DEFAULT_CHUNK_TOKENS, FORMAT_VERSION, MAX_K, __version__, exact_kernel_info
 from .exceptions import *  # noqa: F403 (the exception classes, listed in exceptions.__all__)
 from .store import Document, MemoryStore
 
@@ -19,6 +19,7 @@ __all__ = [
     "Document",
     "MemoryStore",
     "__version__",
+    "exact_kernel_info",
     "exceptions",
     *exceptions.__all__,
 ]

@@ -2,7 +2,7 @@
 reopen it in a new process, search it, and compare with numpy (matmul + argpartition) on the
 same keys.
 
-    python -m fot_mem.store_demo [--path demo-store] [--tokens 262144] [--queries 128] [--fresh]
+    fot-mem store-demo [--path demo-store] [--tokens 262144] [--queries 128] [--fresh]
 
 The keys follow the project's `clustered` workload (a 64-component Gaussian mixture) in SmolLM2's
 attention shape (9 query heads, 3 kv heads, head_dim 64, bfloat16). A few "needle" tokens are
@@ -12,7 +12,6 @@ A second run reuses the store written by the first: that is the point of a persi
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -167,46 +166,44 @@ def search(path: Path, nq: int, k: int) -> None:
         sys.exit("demo FAILED: the search did not find what numpy finds")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--path", type=Path, default=Path("demo-store"))
-    ap.add_argument("--tokens", type=int, default=262_144)
-    ap.add_argument("--queries", type=int, default=128)
-    ap.add_argument("-k", type=int, default=32)
-    ap.add_argument("--fresh", action="store_true", help="rewrite the store even if it exists")
-    ap.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.search_only:
-        search(args.path, args.queries, args.k)
+def run(
+    path: Path = Path("demo-store"),
+    tokens: int = 262_144,
+    queries: int = 128,
+    k: int = 32,
+    fresh: bool = False,
+    search_only: bool = False,
+) -> None:
+    """The demo: a store of `tokens` tokens at `path` (reused unless `fresh`), then searched
+    with `queries` queries in a new process (`search_only`: that process's part)."""
+    if search_only:
+        search(path, queries, k)
         return
     existing = 0
-    if args.path.exists() and not args.fresh:
+    if path.exists() and not fresh:
         try:
-            with MemoryStore.open(args.path, readonly=True) as s:
+            with MemoryStore.open(path, readonly=True) as s:
                 existing = s.document(DOC).length(LAYER)
         except Exception as e:  # an unusable old store is rewritten
-            print(f"{args.path} is not a usable demo store ({e}); rewriting it")
-    if existing == args.tokens:
+            print(f"{path} is not a usable demo store ({e}); rewriting it")
+    if existing == tokens:
         print(
-            f"{args.path} already holds {existing:,} tokens from an earlier run: reusing it "
+            f"{path} already holds {existing:,} tokens from an earlier run: reusing it "
             "(--fresh rewrites it)"
         )
     else:
-        write(args.path, args.tokens)
+        write(path, tokens)
     cmd = [
         sys.executable,
         "-m",
-        "fot_mem.store_demo",
+        "fot_mem",
+        "store-demo",
         "--search-only",
         "--path",
-        str(args.path),
+        str(path),
         "--queries",
-        str(args.queries),
+        str(queries),
         "-k",
-        str(args.k),
+        str(k),
     ]
     sys.exit(subprocess.call(cmd))
-
-
-if __name__ == "__main__":
-    main()

@@ -8,6 +8,11 @@ fot-mem info MEMORY               what a memory holds
 fot-mem verify MEMORY             check every checksum and count (changes nothing)
 fot-mem bench                     retrieval speed here against FAISS / hnswlib / numpy
 fot-mem dictionary run --out DIR  the paper's dictionary lookup experiment, end to end
+fot-mem eval EVALUATION           distraction, perplexity, passkey, or a suite of steps
+fot-mem train --data D --out R    a crossbatch training run (torchrun: -m fot_mem train)
+fot-mem data build|info           a token-shard data set from Debian packages
+fot-mem demo                      the main job: a text into a memory, used by new processes
+fot-mem store-demo                the store alone (no model): write, reopen, search
 """
 
 from __future__ import annotations
@@ -20,13 +25,18 @@ from typing import Any
 
 from ..exceptions import BackendUnavailableError, FotMemError
 
-# Commands that run a model, by module: they need torch, which `info`, `verify`, `bench` and
-# `dictionary` (whose runs import it themselves) do not.
-_MODEL_COMMANDS = {"ingest": ("ingest",), "score": ("score", "generate"), "search": ("search",)}
+# Commands that run a model, by module: they need torch, which `info`, `verify`, `bench`,
+# `dictionary` and `train` (whose runs import it themselves), `data` and the demos do not.
+_MODEL_COMMANDS = {
+    "ingest": ("ingest",),
+    "score": ("score", "generate"),
+    "search": ("search",),
+    "eval": ("eval",),
+}
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import bench, dictionary, info
+    from . import bench, data, demo, dictionary, info, train
 
     p = argparse.ArgumentParser(
         prog="fot-mem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -44,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     info.add_parsers(sub)
     bench.add_parser(sub)
     dictionary.add_parsers(sub)
+    train.add_parser(sub)
+    data.add_parser(sub)
+    demo.add_parsers(sub)
     return p
 
 

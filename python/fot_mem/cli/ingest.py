@@ -226,7 +226,7 @@ def _documents(
     args: argparse.Namespace, files: list[tuple[str, Path]], tok: Any
 ) -> Iterator[tuple[str, str, np.ndarray]]:
     if args.data:
-        from ..train.shards import TokenDataset
+        from ..data.shards import TokenDataset
 
         ds = TokenDataset(args.data, args.split)
         if ds.tokenizer.get("name") != tok.name:

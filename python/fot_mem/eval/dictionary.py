@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.dictionary import Dictionary, DictionaryTask
 from ..exceptions import InvalidValueError
 from ..store import MemoryStore
 from ..torch import FotForCausalLM
 from ..torch.fill import fill_document
 from ..torch.reader import LongDocumentReader, create_store
-from ..train.dictionary import Dictionary, DictionaryTask
+from .common import pyplot, save_figure
 from .distraction import attention_stats
 
 DS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -227,3 +228,50 @@ def focus(
         "r_d_all_tokens": {str(d): float(found[d][..., 0].mean()) for d in ds},
         "memory_share": {str(d): float(answered[d][..., 3].mean()) for d in ds},
     }
+
+
+def plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    """accuracy.png (accuracy against N, min-max bands) and focus.png (r_d against d)."""
+    plt = pyplot()
+    names = {"fot": "FoT (crossbatch)", "control_d1": "control (d = 1)", "baseline": "baseline"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in names.items():
+        answers = results.get(key, {}).get("answers")
+        if not answers:
+            continue
+        ns = sorted(answers, key=int)
+        x = [int(n) for n in ns]
+        ax.plot(x, [answers[n]["accuracy"] for n in ns], marker="o", label=label)
+        ax.fill_between(
+            x, [answers[n]["min"] for n in ns], [answers[n]["max"] for n in ns], alpha=0.2
+        )
+    if "chance" in results:
+        ax.axhline(results["chance"], color="k", linestyle=":", label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("memory size N (tokens)")
+    ax.set_ylabel("answer-token accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Dictionary lookup, k = 32 ({results.get('device', '')})")
+    out = [save_figure(fig, folder / "accuracy.png")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("fot", "control_d1"):
+        r = results.get(key, {}).get("r_d")
+        if r:
+            ds = sorted(r, key=int)
+            ax.plot([int(d) for d in ds], [r[d] for d in ds], marker="o", label=names[key])
+    if ax.lines:
+        ds = [
+            int(d)
+            for d in sorted(results["fot" if "fot" in results else "control_d1"]["r_d"], key=int)
+        ]
+        ax.plot(ds, [1 / d for d in ds], "k:", label="1/d")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("contexts in memory d")
+        ax.set_ylabel("r_d (answer tokens)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out.append(save_figure(fig, folder / "focus.png"))
+    return out

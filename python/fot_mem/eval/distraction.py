@@ -15,8 +15,6 @@ softmax, beside r_d and the sinks' share (`mass_stats`)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from ..exceptions import InvalidValueError
 from ..torch import FotForCausalLM, Memory
 from . import common
+from .draws import check_positive, draw_windows, window_tokens
 
 DEFAULT_DS = (1, 2, 4, 8, 16, 32, 64)
 # float32 logits per block of the mass computation (1 GiB): bounds memory at large d.
@@ -35,95 +34,6 @@ LOGIT_BUDGET = 1 << 28
 # Context windows in memory per forward (query windows x d): at d = 128 two query windows per
 # forward, whose memory attention reads 2 x 128 x W keys (bounded even on SDPA's math path).
 MEMORY_WINDOWS = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class Draw:
-    """One query window: C_curr = docs[doc][start : start + W], C_prev the W tokens before it;
-    `negatives`: (document index, start) of the negative windows, never of `doc`."""
-
-    doc: int
-    start: int
-    negatives: tuple[tuple[int, int], ...]
-
-
-def draw_windows(
-    docs: Sequence[tuple[str, np.ndarray]],
-    windows: int,
-    window: int,
-    negatives: int,
-    seed: int,
-    *,
-    pool: int | None = None,
-) -> list[Draw]:
-    """`windows` query windows with `negatives` negative windows each, reproducible by `seed`.
-
-    Query documents go round a shuffled order of those with >= 2 * window tokens (spread over
-    documents, repeating when there are fewer than `windows`). Negatives come from one shared
-    pool of `pool` windows (default 2 * negatives), each a uniformly drawn window of a uniformly
-    drawn document, as crossbatch's negatives are the other slots' windows: every query takes
-    `negatives` distinct pool windows of other documents (with repeats only when the pool holds
-    too few). A shared pool lets `attention_mass` compute each window's keys once: about
-    2 * negatives + windows forwards instead of windows * (negatives + 1)."""
-    _positive("windows", windows)
-    _positive("window", window)
-    if negatives < 0:
-        raise InvalidValueError(f"negatives must be >= 0, got {negatives}")
-    lengths = [len(tokens) for _, tokens in docs]
-    queries = [i for i, n in enumerate(lengths) if n >= 2 * window]
-    if not queries:
-        raise InvalidValueError(
-            f"no document has 2 * window = {2 * window} tokens (a previous and a current "
-            f"window); longest {max(lengths, default=0)}"
-        )
-    usable = np.array([i for i, n in enumerate(lengths) if n >= window])
-    pool = 2 * negatives if pool is None else pool
-    if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 0:
-        raise InvalidValueError(f"pool must be an integer >= 0, got {pool!r}")
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(queries) for _ in range(-(-windows // len(queries)))])
-    pool_docs = rng.choice(usable, size=pool) if pool and negatives else np.zeros(0, dtype=int)
-    shared = [(int(j), int(rng.integers(0, lengths[j] - window + 1))) for j in pool_docs.tolist()]
-    out = []
-    for doc in order[:windows].tolist():
-        start = int(rng.integers(window, lengths[doc] - window + 1))
-        others = usable[usable != doc]
-        if negatives and not len(others):
-            raise InvalidValueError(
-                f"d > 1 needs negatives from documents other than the query's; only "
-                f"{docs[doc][0]!r} has >= {window} tokens"
-            )
-        candidates = [w for w in shared if w[0] != doc]
-        if len(candidates) >= negatives:
-            picks = rng.choice(len(candidates), size=negatives, replace=False).tolist()
-            negs = tuple(candidates[i] for i in picks)
-        elif candidates:  # a small pool: its windows repeat
-            negs = tuple(candidates[i] for i in rng.choice(len(candidates), size=negatives))
-        else:  # no pool (pool=0) or none of another document: windows of its own
-            negs = tuple(
-                (int(j), int(rng.integers(0, lengths[j] - window + 1)))
-                for j in rng.choice(others, size=negatives).tolist()
-            )
-        out.append(Draw(int(doc), start, negs))
-    return out
-
-
-def window_tokens(
-    docs: Sequence[tuple[str, np.ndarray]], draws: Sequence[Draw], window: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(current `[N, W]`, contexts `[N, 1 + negatives, W]`), the positive first, as int64."""
-
-    def cut(doc: int, start: int) -> np.ndarray:
-        return np.asarray(docs[doc][1][start : start + window], dtype=np.int64)
-
-    current = np.stack([cut(d.doc, d.start) for d in draws])
-    contexts = np.stack(
-        [
-            np.stack([cut(d.doc, d.start - window)] + [cut(j, s) for j, s in d.negatives])
-            for d in draws
-        ]
-    )
-    return torch.from_numpy(current), torch.from_numpy(contexts)
 
 
 @torch.inference_mode()
@@ -357,8 +267,8 @@ def distraction(
     "r" (mean), "first_key_share", "r_without_first_keys", "memory_share" and "r_weighted"
     (`mass_stats`), "inverse_d", "per_layer" {layer: mean}, "per_window" [mean over layers],
     "std" (over windows), "windows"}]}."""
-    ds = _check_ds(ds)
-    _positive("batch", batch)
+    ds = check_ds(ds)
+    check_positive("batch", batch)
     if device is not None:
         model = model.to(device)
     started = time.time()
@@ -424,7 +334,7 @@ def plot(results_by_model: dict[str, dict[str, Any]], png: str | Path) -> Path:
     return common.save_figure(fig, png)
 
 
-def _check_ds(ds: Sequence[int]) -> tuple[int, ...]:
+def check_ds(ds: Sequence[int]) -> tuple[int, ...]:
     values = tuple(ds)
     if not values:
         raise InvalidValueError("ds is empty: give at least one d")
@@ -432,93 +342,3 @@ def _check_ds(ds: Sequence[int]) -> tuple[int, ...]:
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise InvalidValueError(f"every d must be an integer >= 1, got {d!r}")
     return tuple(sorted({int(d) for d in values}))
-
-
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InvalidValueError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(
-        prog="python -m fot_mem.eval.distraction", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--model", action="append", required=True, help="run/checkpoint/.gguf/smollm2")
-    p.add_argument("--name", action="append", help="a name per --model (default: the spec)")
-    p.add_argument("--data", required=True, help="token shards (fot_mem.train.shards)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--d", default=",".join(map(str, DEFAULT_DS)), help="e.g. 1,2,4,8,16,32,64")
-    p.add_argument("--windows", type=int, default=16, help="query windows")
-    p.add_argument("--window", type=int, default=1024, help="tokens per window")
-    p.add_argument("--batch", type=int, default=8, help="windows per forward")
-    p.add_argument("--pool", type=int, help="shared negative windows (default 2 * (max d - 1))")
-    p.add_argument("--seed", type=int, default=0)
-    common.add_model_options(p)
-    p.add_argument("--json", required=True)
-    p.add_argument("--png", required=True)
-    args = p.parse_args(argv)
-    names = args.name or [Path(m).name or m for m in args.model]
-    if len(names) != len(args.model) or len(set(names)) != len(names):
-        raise InvalidValueError(f"give one distinct --name per --model, got {names}")
-    ds = _check_ds(_ints(args.d))
-    docs = common.documents(args.data, args.split, min_tokens=2 * args.window)
-    print(f"[distraction] {len(docs)} documents of >= {2 * args.window} tokens", flush=True)
-    results: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
-    out: dict[str, Any] = {
-        "evaluation": "distraction",
-        "data": str(args.data),
-        "complete": False,  # until every model is done
-        "models": results,
-    }
-    for name, spec in zip(names, args.model):
-        started = time.time()
-        model: FotForCausalLM | None = None
-        try:
-            model = common.model_from_args(spec, args)
-            print(f"[distraction] {name}: {spec} loaded ({time.time() - started:.1f}s)", flush=True)
-            result = distraction(
-                model,
-                docs,
-                ds,
-                windows=args.windows,
-                window=args.window,
-                seed=args.seed,
-                batch=args.batch,
-                pool=args.pool,
-            )
-        except Exception as e:  # one model's failure (a missing checkpoint, OOM) spares the rest
-            if len(args.model) == 1:
-                raise
-            failed[name] = f"{type(e).__name__}: {e}"
-            print(f"[distraction] {name}: FAILED {failed[name]}", flush=True)
-            out["failed"] = failed
-            common.write_json(args.json, out)
-            continue
-        finally:
-            model = None
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        result.update(model=str(spec), dtype=args.dtype, device=args.device)
-        results[name] = result
-        summary = ", ".join(f"r_{row['d']}={row['r']:.3f}" for row in result["results"])
-        print(f"[distraction] {name}: {summary} ({result['seconds']:.1f}s)", flush=True)
-        common.write_json(args.json, out)  # each model's results as soon as they exist
-    if not results:
-        raise InvalidValueError(f"every model failed: {failed}")
-    out["complete"] = not failed
-    common.write_json(args.json, out)
-    plot(results, args.png)
-    print(f"[distraction] wrote {args.json} and {args.png}", flush=True)
-    return out
-
-
-if __name__ == "__main__":
-    main()

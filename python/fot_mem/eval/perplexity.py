@@ -27,14 +27,13 @@ distractors' keys and values and then the document's own last M tokens. With dis
 means a memory of the distractors alone. A distractor with the evaluated document's id is left
 out of that document's memory.
 
-`python -m fot_mem.eval.perplexity --model SPEC --data DIR --memory 0,2048,8192 --span 2048
---json out.json --png out.png`; `--plot a.json b.json --png out.png` draws saved results
+`fot-mem eval perplexity --model SPEC --data DIR --memory 0,2048,8192 --span 2048 --json out.json
+--png out.png` (`eval.perplexity_run`); `--plot a.json b.json --png out.png` draws saved results
 together.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import math
@@ -50,90 +49,11 @@ import numpy as np
 import torch
 
 from .. import backends
-from ..exceptions import InvalidValueError
 from ..store import Document, MemoryStore
 from ..torch import FotForCausalLM
 from ..torch.reader import LongDocumentReader, create_store
-from .common import (
-    add_model_options,
-    comma_list,
-    documents,
-    model_from_args,
-    plot_only,
-    pyplot,
-    save_figure,
-    write_json,
-)
-
-COPY_BLOCK = 1 << 16  # tokens copied per read/append: bounds the float32 buffer
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which memory sizes and documents an evaluation uses."""
-
-    sizes: list[int]  # ascending memory sizes
-    span: int  # E: tokens read after the prefix
-    prefix: int  # P: tokens read before the span (the largest size)
-    docs: list[tuple[str, np.ndarray]]  # evaluated
-    skipped: list[dict[str, Any]]  # too short: id, tokens
-    dropped: list[int]  # sizes no document allows (limit_memory)
-
-
-def _positive_int(value: Any, what: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise InvalidValueError(f"{what} must be an integer >= {least}, got {value!r}")
-    return int(value)
-
-
-def check_memory(memory: Sequence[int]) -> list[int]:
-    """Memory sizes: a non-empty, strictly ascending sequence of integers >= 0."""
-    sizes = list(memory)
-    if not sizes:
-        raise InvalidValueError("memory sizes must not be empty")
-    for m in sizes:
-        _positive_int(m, "every memory size", least=0)
-    if any(b <= a for a, b in zip(sizes, sizes[1:])):
-        raise InvalidValueError(f"memory sizes must be strictly ascending, got {sizes}")
-    return [int(m) for m in sizes]
-
-
-def plan(
-    memory: Sequence[int],
-    span: int,
-    docs: Sequence[tuple[str, Any]],
-    *,
-    limit_memory: bool = False,
-    max_docs: int = 0,
-) -> Plan:
-    """Checks the options and picks the documents long enough for the largest size + span."""
-    sizes = check_memory(memory)
-    span = _positive_int(span, "span", least=2)  # its first token is not scored
-    if not docs:
-        raise InvalidValueError("no documents to evaluate")
-    lengths = [len(t) for _, t in docs]
-    dropped: list[int] = []
-    if limit_memory:
-        dropped = [m for m in sizes if m + span > max(lengths)]
-        sizes = [m for m in sizes if m + span <= max(lengths)]
-    if not sizes or max(lengths) < sizes[-1] + span:
-        largest = sizes[-1] if sizes else dropped[0]
-        raise InvalidValueError(
-            f"no document has memory {largest} + span {span} tokens; the longest has "
-            f"{max(lengths)} (limit_memory=True drops the sizes that do not fit)"
-        )
-    prefix = sizes[-1]
-    kept = [(str(i), np.asarray(t)) for i, t in docs if len(t) >= prefix + span]
-    skipped = [{"id": str(i), "tokens": len(t)} for i, t in docs if len(t) < prefix + span]
-    return Plan(sizes, span, prefix, kept[:max_docs] if max_docs else kept, skipped, dropped)
-
-
-def copy_memory(source: Document, target: Document, start: int, stop: int) -> None:
-    """Appends `source`'s tokens `start:stop` (keys and values of every layer) to `target`."""
-    for layer in source.store.layers:
-        for a in range(start, stop, COPY_BLOCK):
-            keys, values = source.read(layer, a, min(stop, a + COPY_BLOCK))
-            target.append(layer, keys, values)
+from .common import pyplot, save_figure
+from .perplexity_plan import Plan, copy_memory, plan, positive_int
 
 
 @dataclass
@@ -169,7 +89,7 @@ def _ids(tokens: Any) -> torch.Tensor:
     return torch.from_numpy(np.asarray(tokens, dtype=np.int64))
 
 
-def _log(progress: bool, message: str) -> None:
+def log(progress: bool, message: str) -> None:
     if progress:
         print(f"[perplexity] {message}", file=sys.stderr, flush=True)
 
@@ -360,9 +280,9 @@ def perplexity(
         mirror,
     )
     distractors = list(distractors or [])
-    distractor_tokens = _positive_int(distractor_tokens, "distractor_tokens")
+    distractor_tokens = positive_int(distractor_tokens, "distractor_tokens")
     if ef is not None:
-        _positive_int(ef, "ef")  # now, not after the prefix is read (prefix reads are exact)
+        positive_int(ef, "ef")  # now, not after the prefix is read (prefix reads are exact)
     options = dict(store_options or {})
     hnsw = options.pop("hnsw", True)
     hnsw = hnsw if backend == "hnsw" else None  # only the scored memories are searched by graphs
@@ -380,16 +300,16 @@ def perplexity(
             read = _read_distractors(setup, prefix_store, distractors, distractor_tokens)
             distractor_lengths = [d.length(c.memory_layers[0]) for _, d in read]
             if read:
-                _log(progress, f"read {len(read)} distractors ({sum(distractor_lengths)} tokens)")
+                log(progress, f"read {len(read)} distractors ({sum(distractor_lengths)} tokens)")
             for i, (doc_id, tokens) in enumerate(p.docs):
                 others = [d for did, d in read if did != doc_id]
                 row = _evaluate_document(
                     setup, p, f"doc{i}", tokens, prefix_store, memory_store, others, keep
                 )
                 per_doc.append({"id": doc_id, **row})
-                _log(progress, f"{doc_id}: prefix read in {row['prefix_seconds']:.1f} s")
+                log(progress, f"{doc_id}: prefix read in {row['prefix_seconds']:.1f} s")
                 for r in row["by_memory"]:
-                    _log(
+                    log(
                         progress,
                         f"{doc_id}: M={r['memory']} loss {r['loss']:.4f} ({r['seconds']:.1f} s)",
                     )
@@ -464,95 +384,3 @@ def _tokens_label(m: int) -> str:
     if m % (1 << 10) == 0:
         return f"{m >> 10}K"
     return str(m)
-
-
-def _parser() -> argparse.ArgumentParser:
-    a = argparse.ArgumentParser(
-        prog="python -m fot_mem.eval.perplexity",
-        description="Perplexity against memory size on held-out long documents.",
-    )
-    a.add_argument("--model", help="run folder, checkpoint folder, .gguf or 'smollm2'")
-    a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
-    a.add_argument("--data", help="token shards (python -m fot_mem.train.data build ...)")
-    a.add_argument("--split", default="val")
-    a.add_argument("--memory", type=comma_list(int), default=[0, 2048, 8192, 32768, 131072])
-    a.add_argument("--span", type=int, default=2048, help="tokens scored after the prefix")
-    a.add_argument("--window", type=int, help="local window (default min(2048, model's))")
-    a.add_argument("--k", type=int, help="memories per query and head (default memory_k)")
-    a.add_argument("--backend", default="exact", choices=backends.BACKENDS)
-    a.add_argument("--ef", type=int)
-    a.add_argument("--mirror", help="device for exact search, e.g. cuda")
-    a.add_argument("--docs", type=int, default=0, help="documents evaluated (0: all that fit)")
-    a.add_argument("--multi-doc", type=int, default=0, help="distractor documents in memory")
-    a.add_argument("--distractor-tokens", type=int, default=8192)
-    a.add_argument("--limit-memory", action="store_true", help="drop sizes no document fits")
-    add_model_options(a)
-    a.add_argument("--store-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
-    a.add_argument("--stores", help="keep the stores in this folder (default: temporary)")
-    a.add_argument("--json", help="result file")
-    a.add_argument("--png", help="plot file")
-    a.add_argument("--plot", nargs="+", metavar="JSON", help="only plot saved results to --png")
-    a.add_argument("--quiet", action="store_true")
-    return a
-
-
-def _distractors(
-    docs: list[tuple[str, np.ndarray]], evaluated: list[tuple[str, np.ndarray]], n: int
-) -> list[tuple[str, np.ndarray]]:
-    """The first `n` documents of the split that are not evaluated."""
-    ids = {i for i, _ in evaluated}
-    others = [(i, t) for i, t in docs if i not in ids]
-    if len(others) < n:
-        raise InvalidValueError(
-            f"--multi-doc {n} needs {n} documents besides the {len(ids)} evaluated; the split has "
-            f"{len(others)}"
-        )
-    return others[:n]
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    drawn = plot_only(args, parser, plot)
-    if drawn is not None:
-        return drawn
-    if not args.model or not args.data:
-        parser.error("--model and --data are required (or --plot JSON... --png)")
-    model = model_from_args(args.model, args)
-    docs = documents(args.data, args.split)
-    p = plan(args.memory, args.span, docs, limit_memory=args.limit_memory, max_docs=args.docs)
-    result = perplexity(
-        model,
-        docs,
-        args.memory,
-        span=args.span,
-        window=args.window,
-        k=args.k,
-        backend=args.backend,
-        ef=args.ef,
-        mirror=args.mirror,
-        distractors=_distractors(docs, p.docs, args.multi_doc) if args.multi_doc else None,
-        distractor_tokens=args.distractor_tokens,
-        store_dtype=args.store_dtype,
-        stores=args.stores,
-        limit_memory=args.limit_memory,
-        max_docs=args.docs,
-        progress=not args.quiet,
-    )
-    result = {"name": args.name or str(args.model), "model": str(args.model), **result}
-    result["settings"].update(device=str(args.device), dtype=args.dtype, data=str(args.data))
-    if args.json:
-        write_json(args.json, result)
-    if args.png:
-        plot({result["name"]: result}, args.png)
-    for r in result["by_memory"]:
-        _log(
-            not args.quiet,
-            f"M={r['memory']}: perplexity {r['perplexity']:.3f} ({r['tokens']} tokens)",
-        )
-    _log(not args.quiet, f"done in {result['seconds']:.1f} s")
-    return result
-
-
-if __name__ == "__main__":
-    main()

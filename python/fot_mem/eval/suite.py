@@ -3,49 +3,47 @@ Python, torch and CUDA start once (each costs seconds per step on a GPU machine)
 perplexity steps of a model (single-document, multi-document, hnsw) read each prefix once.
 
 A steps file holds one step a line: the evaluation (distraction, perplexity or passkey) and its
-command-line options, as `python -m fot_mem.eval.<evaluation>` takes them; `#` starts a comment.
+command-line options, as `fot-mem eval <evaluation>` takes them; `#` starts a comment.
 Every step writes its own JSON when it is done; a step that fails is reported and the next one
 runs. `--skip-done` skips the steps whose `--json` file holds a complete result (a second run after
 a crash or a timeout).
 
-`python -m fot_mem.eval.suite STEPS [--skip-done] [--summary FILE]`; exit status 1 when a step
-failed."""
+Each step runs through a function of its options (`evals`: the command line's parsers, which
+this library does not import): `fot-mem eval suite STEPS [--skip-done] [--summary FILE]`; exit
+status 1 when a step failed."""
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import shlex
-import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..exceptions import InvalidValueError
-from . import common, distraction, passkey, perplexity
+from ..torch.weights import keep_models
+from . import common, perplexity
 
-EVALS: dict[str, Callable[[Sequence[str] | None], Any]] = {
-    "distraction": distraction.main,
-    "perplexity": perplexity.main,
-    "passkey": passkey.main,
-}
+# An evaluation run from its command-line options (a step's words after the first).
+Evaluation = Callable[[Sequence[str]], Any]
 
 
-def parse_steps(text: str) -> list[list[str]]:
-    """Steps of a steps file: [evaluation, options...] per non-empty, non-comment line."""
+def parse_steps(text: str, evals: Sequence[str]) -> list[list[str]]:
+    """Steps of a steps file: [evaluation, options...] per non-empty, non-comment line;
+    `evals`: the evaluations' names."""
     steps = []
     for n, line in enumerate(text.splitlines(), 1):
         words = shlex.split(line, comments=True)
         if not words:
             continue
-        if words[0] not in EVALS:
+        if words[0] not in evals:
             raise InvalidValueError(
-                f"line {n}: unknown evaluation {words[0]!r} (one of {', '.join(EVALS)})"
+                f"line {n}: unknown evaluation {words[0]!r} (one of {', '.join(evals)})"
             )
         steps.append(words)
     return steps
@@ -82,12 +80,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run(steps: Sequence[Sequence[str]], *, skip_done: bool = False) -> list[dict[str, Any]]:
-    """Runs `steps` in order, each model loaded once; returns per step {step, json, status
-    ("ok", "failed", "skipped"), seconds, error}."""
+def run(
+    steps: Sequence[Sequence[str]], evals: Mapping[str, Evaluation], *, skip_done: bool = False
+) -> list[dict[str, Any]]:
+    """Runs `steps` in order, each with `evals[step[0]]`, each model loaded once; returns per
+    step {step, json, status ("ok", "failed", "skipped"), seconds, error}."""
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    common.keep_models(True)
+    keep_models(True)
     perplexity.share_prefixes(True)  # a model's perplexity steps read each prefix once
     try:
         for i, step in enumerate(steps):
@@ -101,10 +101,10 @@ def run(steps: Sequence[Sequence[str]], *, skip_done: bool = False) -> list[dict
             print(f"{label}: started", flush=True)
             t0 = time.perf_counter()
             try:
-                EVALS[step[0]](list(step[1:]))
+                evals[step[0]](list(step[1:]))
                 _sync()
                 row["status"] = "ok"
-            except (Exception, SystemExit) as e:  # argparse exits; the next step still runs
+            except (Exception, SystemExit) as e:  # a bad option exits; the next step still runs
                 traceback.print_exc()
                 row["status"] = "failed"
                 row["error"] = f"{type(e).__name__}: {e}"
@@ -121,23 +121,26 @@ def run(steps: Sequence[Sequence[str]], *, skip_done: bool = False) -> list[dict
             )
     finally:
         perplexity.share_prefixes(False)
-        common.keep_models(False)
+        keep_models(False)
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fot_mem.eval.suite", description=__doc__)
-    p.add_argument("steps", help="steps file: an evaluation and its options per line")
-    p.add_argument("--skip-done", action="store_true", help="skip steps whose --json exists")
-    p.add_argument("--summary", help="JSON file of every step's status and seconds")
-    args = p.parse_args(argv)
-    steps = parse_steps(Path(args.steps).read_text())
+def run_file(
+    steps_file: str | Path,
+    evals: Mapping[str, Evaluation],
+    *,
+    skip_done: bool = False,
+    summary: str | Path | None = None,
+) -> int:
+    """Runs a steps file's steps (`run`); writes every step's status and seconds to `summary`;
+    returns 1 when a step failed, else 0."""
+    steps = parse_steps(Path(steps_file).read_text(), list(evals))
     t0 = time.perf_counter()
-    rows = run(steps, skip_done=args.skip_done)
+    rows = run(steps, evals, skip_done=skip_done)
     failed = [r["step"] for r in rows if r["status"] == "failed"]
-    if args.summary:
+    if summary:
         common.write_json(
-            args.summary, {"steps": rows, "seconds": time.perf_counter() - t0, "failed": failed}
+            summary, {"steps": rows, "seconds": time.perf_counter() - t0, "failed": failed}
         )
     print(
         f"[suite] {len(rows) - len(failed)}/{len(rows)} steps ok in "
@@ -145,7 +148,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

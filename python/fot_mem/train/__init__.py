@@ -1,1 +1,2 @@
-"""Crossbatch training: data, batching, the training loop."""
+"""Crossbatch training, a library: the run's configuration, batching, the loop, and the data sets
+built from Debian packages (their command line: `fot-mem train`, `fot-mem data`)."""

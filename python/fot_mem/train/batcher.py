@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..data.batch import CrossbatchBatch
 from ..exceptions import DtypeError, InvalidValueError, ShapeError
 
 __all__ = ["CrossbatchBatch", "CrossbatchBatcher", "DocumentSource"]
@@ -52,35 +52,6 @@ class DocumentSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int, /) -> Any: ...
-
-
-@dataclass(frozen=True)
-class CrossbatchBatch:
-    """One step: `prev [b, w, W]`, `curr [b, W + 1]` (inputs `curr[:, :-1]`, targets
-    `curr[:, 1:]`), per slot the document index `doc [b]`, the position `position [b]` of
-    `curr[:, 0]` in it, and `first [b]` (the slot's first step in this document); `step` counts
-    from 0. `mask [b, W]` (bool), when given, marks the targets that loss and accuracy count
-    (a task's answers); None counts every target."""
-
-    prev: torch.Tensor
-    curr: torch.Tensor
-    doc: torch.Tensor
-    position: torch.Tensor
-    first: torch.Tensor
-    step: int
-    mask: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> CrossbatchBatch:
-        """The batch on `device` (`non_blocking` overlaps the copy when the batch is pinned)."""
-        return CrossbatchBatch(
-            prev=self.prev.to(device, non_blocking=non_blocking),
-            curr=self.curr.to(device, non_blocking=non_blocking),
-            doc=self.doc.to(device, non_blocking=non_blocking),
-            position=self.position.to(device, non_blocking=non_blocking),
-            first=self.first.to(device, non_blocking=non_blocking),
-            step=self.step,
-            mask=None if self.mask is None else self.mask.to(device, non_blocking=non_blocking),
-        )
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
