@@ -3,22 +3,43 @@ of tokens' keys and values."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from . import backends, checks
+from . import _core, backends, checks
 from .arrays import as_float_array, as_ids
 from .exceptions import ShapeError, TokenIndexError
 
-if TYPE_CHECKING:  # the store hands out documents; a document only holds its store
-    from .store import MemoryStore
+
+class Owner(Protocol):
+    """What a document and its users need of the store that handed it out (a `MemoryStore`,
+    which imports this module: the arrow runs one way)."""
+
+    _core: _core.Store
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def layers(self) -> list[int]: ...
+    @property
+    def kv_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def value_dim(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def chunk_tokens(self) -> int: ...
+    def delete(self, name: str) -> bool: ...
+    def __contains__(self, name: object) -> bool: ...
 
 
 class Document:
     """One long-document memory in a store: per memory layer, an append-only run of tokens."""
 
-    def __init__(self, store: MemoryStore, name: str) -> None:
+    def __init__(self, store: Owner, name: str) -> None:
         self.store = store
         self.name = name
 
