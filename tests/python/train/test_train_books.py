@@ -1,5 +1,5 @@
 """The `books` set (fot_mem.train.books, corpus.works_documents), on real files cut from its
-Debian packages (tests/fixtures/books, see its README): R lazy-load data and SWORD zText modules,
+Debian packages (tests/python/fixtures/books, see its README): R lazy-load data and SWORD zText modules,
 read in pure Python."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fot_mem.train import books, corpus, debian, rdata
 
 pytest.importorskip("rdata")
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "books"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "books"
 AUSTEN = FIXTURES / "r-cran-janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata"
 MOBY = FIXTURES / "r-cran-tokenizers/usr/lib/R/site-library/tokenizers/data/Rdata"
 NOVELS = [

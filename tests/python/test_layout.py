@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "python" / "fot_mem"
+ROOT = Path(__file__).resolve().parents[2] / "python" / "fot_mem"
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -1,6 +1,6 @@
 """Training data from Debian packages (fot_mem.train.debian / corpus / shards / data), offline.
 
-A tiny .deb is built from real Go 1.19 sources (tests/fixtures/debian) with `dpkg-deb --build`
+A tiny .deb is built from real Go 1.19 sources (tests/python/fixtures/debian) with `dpkg-deb --build`
 and put in the package cache, so `fetch` never calls apt; where apt is exercised a fake
 `apt-get` on PATH stands in for it. Documents are cut with a 2 KiB minimum so the ~10 KiB fixture
 yields several."""
@@ -25,7 +25,7 @@ from fot_mem.cli import data
 from fot_mem.data import shards
 from fot_mem.train import corpus, debian
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "debian" / "tree"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "debian" / "tree"
 FIXTURE_ROOT = FIXTURE / "usr" / "share" / "go-1.19" / "src"  # where its contents branch
 NAME = "fixture-go"
 VERSION = "1.19.8-2~test1"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("matplotlib")
-SCRIPT = Path(__file__).resolve().parent.parent / "benches" / "train_curves.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benches" / "train_curves.py"
 
 
 def write_run(folder: Path, rows: list[dict[str, float]]) -> None:

@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 SPEC = importlib.util.spec_from_file_location("eval_tables", ROOT / "benches" / "eval_tables.py")
 assert SPEC is not None and SPEC.loader is not None
 tables = importlib.util.module_from_spec(SPEC)
