@@ -47,12 +47,12 @@ test: setup-test
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	cargo bench --bench exact --bench store --bench ann
-	$(BIN)/python benches/compare_exact.py --json bench-results/compare_exact.json
-	$(BIN)/python benches/compare_ann.py --sets clustered,normal,real
+	$(BIN)/python benches/compare/compare_exact.py --json bench-results/compare_exact.json
+	$(BIN)/python benches/compare/compare_ann.py --sets clustered,normal,real
 
 # The kill -9 crash test at 200 kills per test (CI runs 21 and 16): bench-results/crash.json.
 crash-bench: $(BIN)/python
-	$(BIN)/python benches/crash.py --runs 200 --json bench-results/crash.json
+	$(BIN)/python benches/measure/crash.py --runs 200 --json bench-results/crash.json
 
 clean:
 	rm -rf $(VENV) target demo-store demo-memory python/fot_mem/*.so

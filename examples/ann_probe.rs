@@ -1,7 +1,7 @@
 //! Probe of one hnsw graph over keys/queries from .npy files (float32 [n, d], e.g. those of
-//! benches/extract_keys.py): build keys/s and, per ef, recall@32 against brute force and queries/s
+//! benches/compare/extract_keys.py): build keys/s and, per ef, recall@32 against brute force and queries/s
 //! (wall median and best of 7, and per CPU-second, which load from other processes on a shared
-//! machine disturbs less). Not a benchmark of record (benches/compare_ann.py is); for A/B work.
+//! machine disturbs less). Not a benchmark of record (benches/compare/compare_ann.py is); for A/B work.
 //!
 //!     cargo run --release --example ann_probe -- KEYS.npy QUERIES.npy [efc] [efs,..]
 //!

@@ -34,7 +34,7 @@ pub enum Linking {
     /// candidates: the first keep every key reachable, the second lead queries up to the keys
     /// of largest inner product. The default: on real attention keys it reaches recall 0.95 at
     /// the fewest candidates, and on clustered keys the highest recall (`InnerProduct` is faster
-    /// below ~0.93); benches/compare_ann.py has the figures.
+    /// below ~0.93); benches/compare/compare_ann.py has the figures.
     #[default]
     Hybrid,
 }

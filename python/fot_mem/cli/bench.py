@@ -1,7 +1,8 @@
 """`fot-mem bench`: retrieval on this machine, fot_mem against FAISS, hnswlib and numpy in one
 run, on the same keys and queries (the `clustered` workload, SmolLM2's attention shape: 3 kv
 heads x 64 dims, 9 query heads). Prints medians and ratios; absolute times on a shared machine
-are noisy, ratios much less so. (The full suites are benches/compare_exact.py, compare_ann.py.)"""
+are noisy, ratios much less so. (The full suites: benches/compare/compare_exact.py and
+compare_ann.py.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""benches/eval_tables.py: the README's evaluation tables come from the result files."""
+"""The evaluation tables of docs/evaluations.md come from the result files
+(benches/experiments/report/eval_tables.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-SPEC = importlib.util.spec_from_file_location("eval_tables", ROOT / "benches" / "eval_tables.py")
+SPEC = importlib.util.spec_from_file_location(
+    "eval_tables", ROOT / "benches" / "experiments" / "report" / "eval_tables.py"
+)
 assert SPEC is not None and SPEC.loader is not None
 tables = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(tables)

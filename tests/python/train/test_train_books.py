@@ -1,6 +1,6 @@
 """The `books` set (fot_mem.train.books, corpus.works_documents), on real files cut from its
-Debian packages (tests/python/fixtures/books, see its README): R lazy-load data and SWORD zText modules,
-read in pure Python."""
+Debian packages (tests/python/fixtures/books, see its README): R lazy-load data and SWORD zText
+modules, read in pure Python."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""benches/train_curves.py: the summary table's figures and the plot, on a made-up run folder."""
+"""benches/experiments/report/train_curves.py: the summary figures and the plot, made-up run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("matplotlib")
-SCRIPT = Path(__file__).resolve().parents[3] / "benches" / "train_curves.py"
+SCRIPT = (
+    Path(__file__).resolve().parents[3] / "benches" / "experiments" / "report" / "train_curves.py"
+)
 
 
 def write_run(folder: Path, rows: list[dict[str, float]]) -> None:

@@ -1,6 +1,7 @@
 """Training data from Debian packages (fot_mem.train.debian / corpus / shards / data), offline.
 
-A tiny .deb is built from real Go 1.19 sources (tests/python/fixtures/debian) with `dpkg-deb --build`
+A tiny .deb is built from real Go 1.19 sources (tests/python/fixtures/debian) with
+`dpkg-deb --build`
 and put in the package cache, so `fetch` never calls apt; where apt is exercised a fake
 `apt-get` on PATH stands in for it. Documents are cut with a 2 KiB minimum so the ~10 KiB fixture
 yields several."""

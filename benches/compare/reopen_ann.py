@@ -3,7 +3,7 @@
 head), then, in fresh processes, times opening the store, mapping every index, and the first
 hnsw search, with no rebuild. Prints medians and writes JSON.
 
-    python benches/reopen_ann.py [--tokens 1048576] [--dim 64] [--kv-heads 1] [--runs 7]
+    python benches/compare/reopen_ann.py [--tokens 1048576] [--dim 64] [--kv-heads 1] [--runs 7]
 """
 
 from __future__ import annotations

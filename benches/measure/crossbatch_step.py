@@ -5,8 +5,9 @@ b current windows]` of `--window` tokens, logits and loss on the current windows
 no memory; "crossbatch d=N" lets each current window attend to its own previous window and
 N-1 others at its memory layers. Random weights (the cost does not depend on them); one JSON.
 
-    python benches/crossbatch_step.py --device cuda --json bench-results/crossbatch_step-h200.json
-    python benches/crossbatch_step.py --device cpu --shape tiny --batch 2 --window 64   # smoke
+    python benches/measure/crossbatch_step.py --device cuda \
+        --json bench-results/crossbatch_step-h200.json
+    python benches/measure/crossbatch_step.py --device cpu --shape tiny --batch 2 --window 64
 
 MFU counts matmul FLOPs (6 x params x tokens for the linear layers and the LM head, plus
 attention: 4 x keys x head_dim per query and head, x3 for the backward pass) against the

@@ -2,14 +2,14 @@
 fot_mem's native `hnsw` backend (graphs in the store, memory-mapped), hnswlib (M=16,
 ef_construction=200, space "ip", the anchor of docs/benchmarks.md) and fot_mem's exact backend.
 
-    python benches/compare_ann.py [--sets clustered,normal,real] [--keys 262144] [--dim 128]
+    python benches/compare/compare_ann.py [--sets clustered,normal,real] [--keys 262144] [--dim 128]
                                   [--queries 2048] [--k 32] [--efs 16,32,64,128,256,512]
                                   [--real-dir bench-data] [--json out.json]
 
 For each key set: build keys/s of each index (2 threads), then for each ef the median queries/s
 (all queries in one batch, 2 threads) and recall@k against the exact top-k; the reopen time of
 the fot_mem store (open + map the index + first search). `real` reads keys/queries extracted
-from SmolLM2 by benches/extract_keys.py (skipped when absent). Prints tables, writes JSON.
+from SmolLM2 by benches/compare/extract_keys.py (skipped when absent). Prints tables, writes JSON.
 
 Every figure is printed with the CPU model, the Linux kernel and the hnsw kernels in use. The
 curves are timed one library after the other; then the two decisive points (fot_mem at the lowest
@@ -87,7 +87,9 @@ def key_sets(args) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         elif name == "real":
             files = sorted(Path(args.real_dir).glob("keys-L*-h*.npy"))
             if not files:
-                print(f"[real] no keys in {args.real_dir}: run benches/extract_keys.py first")
+                print(
+                    f"[real] no keys in {args.real_dir}: run benches/compare/extract_keys.py first"
+                )
                 continue
             for kf in files:
                 keys = np.load(kf).astype(np.float32)

@@ -27,8 +27,8 @@ case "$1" in
     steps=${2:-1500}
     cp -r data/code-smollm2-s05v /tmp/fot/
     export DATA=/tmp/fot/code-smollm2-s05v
-    bash benches/h200/train.sh one 0 fot-rand "$steps" 250 0:2,300:1-16
-    bash benches/h200/train.sh one 0 control "$steps" 250 0:1 ;;
+    bash benches/experiments/h200/train.sh one 0 fot-rand "$steps" 250 0:2,300:1-16
+    bash benches/experiments/h200/train.sh one 0 control "$steps" 250 0:1 ;;
   evals)
     # One process runs every step (python -m fot_mem eval suite): each model loads once. A step
     # writes its JSON as soon as it is done (passkey after every prompt) and a failing step does

@@ -1,6 +1,6 @@
 """Markdown tables of saved evaluation results (fot_mem.eval's JSON), for the README.
 
-    python benches/eval_tables.py bench-results/eval-h200/pipeline \
+    python benches/experiments/report/eval_tables.py bench-results/eval-h200/pipeline \
         bench-results/eval-h200/six-docs bench-results/eval-cpu
 
 For every folder: distraction (r_d per model and d), perplexity against memory size (one column

@@ -2,7 +2,7 @@
 (200 by default; CI runs 21 and 16) for `kill_mid_append` and `kill_mid_first_append`, prints the
 CPU model and the tally lines, and writes the figures as JSON.
 
-    python benches/crash.py [--runs 200] [--json bench-results/crash.json]
+    python benches/measure/crash.py [--runs 200] [--json bench-results/crash.json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 APPEND = re.compile(
     r"kill-mid-append: (\d+) runs, (\d+) committed tokens lost\s*\n\s*\((\d+) killed inside an "

@@ -37,7 +37,7 @@ case "$1" in
     STEPS=${2:-1} EVAL=${3:-1}; common ;;
   bench)  # step time and MFU: plain against crossbatch at equal tokens
     shift
-    python benches/crossbatch_step.py --device cuda "$@" ;;
+    python benches/measure/crossbatch_step.py --device cuda "$@" ;;
   single)  # the FoT run on GPU 0 and the d = 1 control on GPU 1, side by side
     STEPS=$2 EVAL=$3 D=$4
     for run in fot control; do

@@ -4,10 +4,11 @@ growing memory sizes, and the GPU memory the mirror needs. Writes one JSON file.
 
 Two steps, so that the GPU machine (no network, no tokenizer needed) only reads token ids:
 
-    # here: tokenize the Python standard library's source (benches/extract_keys.py's text)
-    python benches/long_doc.py tokens --count 1050000 --out bench-data/stdlib-tokens.npy
+    # here: tokenize the Python standard library's source (benches/compare/extract_keys.py's text)
+    python benches/measure/long_doc.py tokens --count 1050000 --out bench-data/stdlib-tokens.npy
     # there (or here with --device cpu and small --max-tokens):
-    python benches/long_doc.py run --tokens bench-data/stdlib-tokens.npy --gguf SmolLM2.gguf \
+    python benches/measure/long_doc.py run --tokens bench-data/stdlib-tokens.npy \
+        --gguf SmolLM2.gguf \
         --device cuda --max-tokens 1048576 --json bench-results/long_doc-h200.json
 
 `--random` replaces the GGUF weights by random ones of the same shape (say so in any figure).
@@ -37,7 +38,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def make_tokens(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compare"))
     from extract_keys import stdlib_tokens
     from fot_mem.torch import load_tokenizer
     from fot_mem.torch.weights import smollm2_gguf

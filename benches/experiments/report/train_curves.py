@@ -1,6 +1,6 @@
 """Loss curves and a summary table of training runs (each a folder with metrics.jsonl).
 
-    python benches/train_curves.py bench-results/train-h200 \
+    python benches/experiments/report/train_curves.py bench-results/train-h200 \
         --png bench-results/train-h200/curves.png
 
 Prints a Markdown table: validation loss at every evaluated d at the last step, and the mean

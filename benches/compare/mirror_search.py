@@ -2,7 +2,9 @@
 """GPU mirror search on an H200: where the time of exact top-k goes (matmul vs topk per block),
 and the whole search by plain per-block topk, by the group-max preselection, and by
 fot_mem's DeviceMirror.search, on random bf16 keys (3 kv heads x 64, 2048 queries x 3 heads each,
-k = 128: one SmolLM2 memory layer and window). Writes JSON: python benches/mirror_search.py out.json
+k = 128: one SmolLM2 memory layer and window). Writes JSON:
+
+    python benches/compare/mirror_search.py out.json
 """
 
 import json
