@@ -189,7 +189,9 @@ def check_search(
                     c.fail(f"{key}: search missed a better token below {before}")
 
 
-CHILD = "import sys, test_race as t; t.{fn}(*sys.argv[1:])"
+HERE = str(Path(__file__).resolve().parent)  # the child imports this file as a module
+CHILD = "import sys; sys.path.insert(0, " + repr(HERE) + "); import test_race as t; "
+CHILD += "t.{fn}(*sys.argv[1:])"
 
 
 def test_readers_race_a_writer(tmp_path: Path) -> None:
