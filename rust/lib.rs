@@ -9,8 +9,10 @@
 pub mod ann;
 pub mod budget;
 pub mod dtype;
+mod durable;
 pub mod error;
 pub mod search;
+mod simd;
 pub mod store;
 
 #[cfg(feature = "python")]

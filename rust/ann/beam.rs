@@ -140,7 +140,7 @@ impl Scratch {
     #[inline]
     pub fn prefetch_stamp(&self, id: u32) {
         if let Some(s) = self.stamps.get(id as usize) {
-            super::prefetch((s as *const u32).cast(), 4);
+            crate::simd::prefetch((s as *const u32).cast(), 4);
         }
     }
 

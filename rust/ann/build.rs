@@ -239,7 +239,7 @@ impl BuildSet {
 
     #[inline]
     fn prefetch(&self, i: u32) {
-        super::prefetch(self.row(i).as_ptr().cast(), self.dim * 2);
+        crate::simd::prefetch(self.row(i).as_ptr().cast(), self.dim * 2);
     }
 }
 
@@ -540,7 +540,7 @@ fn neighbours(
                 *o += ex * set.extra[id as usize];
             }
         };
-        let pre = |id: u32| super::prefetch(set.code(id), set.dim);
+        let pre = |id: u32| crate::simd::prefetch(set.code(id), set.dim);
         let out = neighbours_with(set, g, x, lx, p, scr, &mut score, &mut score_many, &pre);
         scr.query = q;
         return out;

@@ -17,21 +17,10 @@ pub type CodeDot = unsafe fn(query: &[f32], code: *const u8) -> f32;
 pub type CodeDots =
     unsafe fn(query: &[f32], codes: &[u8], stride: usize, ids: &[u32], out: &mut [f32]);
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// The query-row dot for rows of `dtype` on this CPU.
 pub fn query_dot(dtype: Dtype) -> QueryDot {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if crate::simd::has_avx512() {
         return match dtype {
             Dtype::Float32 => x86::query_dot::<0>,
             Dtype::Float16 => x86::query_dot::<1>,
@@ -48,7 +37,7 @@ pub fn query_dot(dtype: Dtype) -> QueryDot {
 /// The bf16 pair dot on this CPU.
 pub fn pair_dot() -> PairDot {
     #[cfg(target_arch = "x86_64")]
-    if crate::search::has_avx512_bf16() {
+    if crate::simd::has_avx512_bf16() {
         return x86::pair_dot;
     }
     portable_pair_dot
@@ -57,7 +46,7 @@ pub fn pair_dot() -> PairDot {
 /// The query-code dot on this CPU.
 pub fn code_dot() -> CodeDot {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if crate::simd::has_avx512() {
         return x86::code_dot;
     }
     portable_code_dot
@@ -66,7 +55,7 @@ pub fn code_dot() -> CodeDot {
 /// The batched query-code dot on this CPU.
 pub fn code_dots() -> CodeDots {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if crate::simd::has_avx512() {
         return x86::code_dots;
     }
     portable_code_dots
@@ -131,8 +120,8 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut i = 0;
         while i < d {
-            let mask = crate::search::lane_mask(d - i);
-            let k = crate::search::load_widened::<T>(row, i, mask);
+            let mask = crate::simd::lane_mask(d - i);
+            let k = crate::simd::load_widened::<T>(row, i, mask);
             let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));
             let a = &mut acc[(i >> 4) & 1];
             *a = _mm512_fmadd_ps(k, q, *a);
@@ -165,7 +154,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut i = 0;
         while i < d {
-            let mask = crate::search::lane_mask(d - i);
+            let mask = crate::simd::lane_mask(d - i);
             let c = _mm_maskz_loadu_epi8(mask, code.add(i).cast());
             let k = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c));
             let q = _mm512_maskz_loadu_ps(mask, query.as_ptr().add(i));

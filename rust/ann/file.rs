@@ -16,7 +16,6 @@
 //! Version 1 files (no codes) are still read: their graphs are walked on the stored keys.
 
 use std::fs::File;
-use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
 
@@ -93,20 +92,7 @@ pub fn write(
     }
     words[HEADER - 1] = header_crc(&words, graphs.len());
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(bytemuck::cast_slice(&words)).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        std::fs::rename(&tmp, path).at(path)?;
-        if let Some(dir) = path.parent() {
-            crate::store::sync_dir(dir)?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::replace(path, &tmp, bytemuck::cast_slice(&words))
 }
 
 fn header_crc(words: &[u32], heads: usize) -> u32 {

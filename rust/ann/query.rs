@@ -96,12 +96,12 @@ pub fn search(
         let mut score = |id: u32| unsafe { one(&q, c.row(id)) };
         let mut score_many =
             |ids: &[u32], out: &mut [f32]| unsafe { many(&q, c.bytes, c.stride, ids, out) };
-        let pre = |id: u32| super::prefetch(c.row(id), query.len());
+        let pre = |id: u32| crate::simd::prefetch(c.row(id), query.len());
         let mut pool = walk(g, k, ef, scr, &mut score, &mut score_many, &pre);
         scr.query = q;
         pool.truncate(ef.min(RESCORE * k).max(k));
         for e in &pool {
-            super::prefetch(rows.ptr(e.1), rows.row_bytes);
+            crate::simd::prefetch(rows.ptr(e.1), rows.row_bytes);
         }
         for e in pool.iter_mut() {
             // SAFETY: as below.
@@ -113,7 +113,7 @@ pub fn search(
     }
     // SAFETY: `dot` was chosen for this CPU and every row holds `query.len()` elements.
     let mut score = |id: u32| unsafe { (rows.dot)(query, rows.ptr(id)) };
-    let pre = |id: u32| super::prefetch(rows.ptr(id), rows.row_bytes);
+    let pre = |id: u32| crate::simd::prefetch(rows.ptr(id), rows.row_bytes);
     let mut score_many = |ids: &[u32], out: &mut [f32]| {
         for (o, &id) in out.iter_mut().zip(ids) {
             // SAFETY: as above.

@@ -1,11 +1,11 @@
-//! Exact search: picks the fastest kernel this CPU runs (once, at first use) and counts how often
-//! the fast kernel had to fall back to a full f32 scan to stay exact.
+//! Exact search: picks the fastest kernel this CPU runs (once, at first use). How often the fast
+//! kernel had to fall back to a full f32 scan to stay exact is counted in `stats`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use super::portable::PortableSearch;
 use super::{KeySource, SearchResult, SearchShape};
+use crate::simd::{has_avx512_bf16, has_avx512_vnni};
 
 /// The exact kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,55 +18,6 @@ pub enum ExactKernel {
     /// 64 multiply-adds an instruction against 32, certified exactly as the bf16 one. Opt-in
     /// (`FOT_MEM_EXACT_KERNEL=avx512-vnni-int8`).
     Avx512Vnni,
-}
-
-/// Counters of the fast kernel (process-wide, monotonic).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExactStats {
-    /// Query rows searched by the fast kernel.
-    pub rows: u64,
-    /// Rows whose bf16 candidates could not be certified and were rescanned in f32.
-    pub fallback_rows: u64,
-}
-
-pub(crate) static ROWS: AtomicU64 = AtomicU64::new(0);
-pub(crate) static FALLBACK_ROWS: AtomicU64 = AtomicU64::new(0);
-
-/// The counters so far.
-pub fn stats() -> ExactStats {
-    ExactStats {
-        rows: ROWS.load(Ordering::Relaxed),
-        fallback_rows: FALLBACK_ROWS.load(Ordering::Relaxed),
-    }
-}
-
-/// True when this CPU runs the AVX-512 BF16 kernel.
-pub fn has_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// True when this CPU runs the AVX-512 VNNI (int8) kernel (which shares the bf16 kernel's
-/// packing helpers, so it needs AVX-512 BF16 and VL too).
-pub fn has_avx512_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx512_bf16()
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 fn detect() -> ExactKernel {
@@ -109,50 +60,6 @@ pub fn kernel_features() -> &'static [&'static str] {
             "avx512vnni",
             "avx512bf16",
         ],
-    }
-}
-
-/// The CPU's brand string with its family and model numbers (CPUID), e.g. `AMD EPYC (family 25,
-/// model 17)`: machines of one name differ (Zen 4 and Zen 5 EPYCs both say "AMD EPYC" in a VM).
-pub fn cpu_model() -> String {
-    // `__cpuid` is unsafe before Rust 1.94 (rust-version is 1.89) and safe since.
-    #[cfg(target_arch = "x86_64")]
-    #[allow(unused_unsafe)]
-    {
-        use std::arch::x86_64::__cpuid;
-        // SAFETY: CPUID exists on every x86_64 CPU; leaves past the maximum are not read.
-        let (max_ext, leaf1) = unsafe { (__cpuid(0x8000_0000).eax, __cpuid(1)) };
-        let mut brand = Vec::new();
-        if max_ext >= 0x8000_0004 {
-            for leaf in 0x8000_0002u32..=0x8000_0004 {
-                // SAFETY: as above, the leaf is at most the maximum.
-                let r = unsafe { __cpuid(leaf) };
-                for w in [r.eax, r.ebx, r.ecx, r.edx] {
-                    brand.extend_from_slice(&w.to_le_bytes());
-                }
-            }
-        }
-        let brand = String::from_utf8_lossy(&brand)
-            .trim_matches(char::from(0))
-            .trim()
-            .to_string();
-        let eax = leaf1.eax;
-        let (base_family, base_model) = ((eax >> 8) & 0xf, (eax >> 4) & 0xf);
-        let family = if base_family == 0xf {
-            base_family + ((eax >> 20) & 0xff)
-        } else {
-            base_family
-        };
-        let model = if base_family >= 0x6 {
-            base_model | (((eax >> 16) & 0xf) << 4)
-        } else {
-            base_model
-        };
-        format!("{brand} (family {family}, model {model})")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        std::env::consts::ARCH.to_string()
     }
 }
 

@@ -8,16 +8,13 @@ mod exact;
 mod fast;
 mod hnsw;
 mod portable;
+mod stats;
 mod topk;
 
-pub use exact::{
-    cpu_model, has_avx512_bf16, has_avx512_vnni, kernel, kernel_features, kernel_name, search_with,
-    stats, ExactKernel, ExactStats,
-};
+pub use crate::simd::{cpu_model, has_avx512_bf16, has_avx512_vnni};
+pub use exact::{kernel, kernel_features, kernel_name, search_with, ExactKernel};
+pub use stats::{stats, ExactStats};
 pub use topk::TopK;
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) use fast::small::{lane_mask, load as load_widened};
 
 use crate::dtype::Elements;
 use crate::error::{Error, Result};
@@ -219,5 +216,28 @@ impl Backend {
             Backend::Exact => Ok(exact::search(sources, queries, shape)),
             Backend::Hnsw { ef } => Ok(hnsw::search(sources, queries, shape, ef)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_too_big_for_the_machine_is_refused_before_it_allocates() {
+        let shape = SearchShape {
+            batch: 1,
+            q: 4096,
+            heads: 256,
+            kv_heads: 1,
+            dim: 4,
+            k: 65536,
+        };
+        let e = shape.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("k = 65536 (68719476736 result entries) needs 1536.0 GiB"),
+            "{e}"
+        );
+        assert!(SearchShape { q: 4, ..shape }.validate().is_ok());
     }
 }

@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -128,5 +129,37 @@ fn map_file(file: &File, path: &Path, writable: bool) -> Result<MmapRaw> {
         MmapOptions::new().map_raw(file).at(path)
     } else {
         MmapOptions::new().map_raw_read_only(file).at(path)
+    }
+}
+
+/// The keys and values file of one chunk, shared with zero-copy views that may outlive the layer.
+#[derive(Debug)]
+pub struct Chunk {
+    pub(super) keys: ChunkFile,
+    pub(super) values: ChunkFile,
+}
+
+impl Chunk {
+    /// Committed key bytes `start..start + len` (see [`ChunkFile::range`]).
+    pub fn key_bytes(&self, start: usize, len: usize) -> &[u8] {
+        self.keys.range(start, len)
+    }
+}
+
+/// A run of one kv head's committed keys inside a chunk, `[rows, head_dim]` of the store dtype,
+/// that keeps its chunk mapped for as long as it lives.
+#[derive(Clone, Debug)]
+pub struct KeyView {
+    pub first_id: u64,
+    pub rows: usize,
+    pub chunk: Arc<Chunk>,
+    /// Byte offset of the first row in the keys file.
+    pub offset: usize,
+}
+
+impl KeyView {
+    /// The viewed bytes.
+    pub fn bytes(&self, row_bytes: usize) -> &[u8] {
+        self.chunk.key_bytes(self.offset, self.rows * row_bytes)
     }
 }

@@ -110,7 +110,7 @@ impl CommitFile {
             std::fs::write(&tmp, bytes).at(&tmp)?;
             File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
             std::fs::rename(&tmp, path).at(path)?;
-            super::manifest::sync_dir(path.parent().unwrap_or(path))?;
+            crate::durable::sync_dir(path.parent().unwrap_or(path))?;
         }
         let (last, prev) = read_commits(path)?;
         let file = OpenOptions::new()

@@ -24,9 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use super::crash::crash_point;
 use super::lock::{WriterLock, LOCK_FILE};
-use super::manifest::{sync_dir, Manifest, MANIFEST_FILE, TEMP_MANIFEST_FILE};
+use super::manifest::{Manifest, MANIFEST_FILE, TEMP_MANIFEST_FILE};
 use super::DOCS_DIR;
+use crate::durable::sync_dir;
 use crate::error::{Error, IoContext, Result};
 
 /// Infix of the temporary directories: `.{name}.creating-{pid}-{nonce}`.
@@ -272,23 +274,6 @@ fn remove_create_files(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Unit tests: the crash point at which create panics (simulating the process dying there:
-    /// no cleanup runs, and the locks are released as the files close).
-    pub(super) static CRASH_AT: std::cell::Cell<Option<&'static str>> =
-        const { std::cell::Cell::new(None) };
-}
-
-/// Panics at the crash point a unit test asked for; nothing in other builds.
-#[inline]
-pub(super) fn crash_point(_at: &'static str) {
-    #[cfg(test)]
-    if CRASH_AT.with(|c| c.get()) == Some(_at) {
-        panic!("simulated crash at {_at}");
-    }
-}
-
 /// Every crash point create passes, in order, per path (unit tests).
 #[cfg(test)]
 pub(super) const CRASH_POINTS_RENAME: [&str; 6] = [
@@ -311,6 +296,7 @@ pub(super) const CRASH_POINTS_IN_PLACE: [&str; 4] = [
 mod tests {
     use super::*;
     use crate::dtype::Dtype;
+    use crate::store::crash::CRASH_AT;
     use crate::store::{MemoryStore, StoreConfig};
 
     fn config() -> StoreConfig {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use super::chunk::Chunk;
 use super::config::StoreConfig;
-use super::layer::Chunk;
 use crate::ann::{build_until, write, BuildSet, Graph};
 use crate::dtype::Elements;
 use crate::error::{Error, Result};

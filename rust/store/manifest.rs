@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::StoreConfig;
+use crate::durable::sync_dir;
 use crate::error::{Error, IoContext, Result};
 
 /// The file name of the manifest inside a store directory.
@@ -236,7 +237,7 @@ impl Manifest {
             f.write_all(&body).at(&tmp)?;
             f.sync_all().at(&tmp)?;
         }
-        super::create::crash_point("manifest: temp written");
+        super::crash::crash_point("manifest: temp written");
         fs::rename(&tmp, &path).at(&path)?;
         sync_dir(root)
     }
@@ -245,11 +246,6 @@ impl Manifest {
 /// Removes a temp manifest left by a crash before its rename (writers only).
 pub fn remove_temp(root: &Path) {
     let _ = fs::remove_file(root.join(TEMP_MANIFEST_FILE));
-}
-
-/// Makes a rename or a new file in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 #[cfg(test)]

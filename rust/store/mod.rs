@@ -14,6 +14,7 @@
 mod chunk;
 mod commit;
 mod config;
+mod crash;
 mod create;
 mod indexer;
 mod layer;
@@ -23,9 +24,10 @@ mod read;
 mod seal;
 mod verify;
 
+pub use chunk::KeyView;
 pub use config::{HnswConfig, StoreConfig, DEFAULT_CHUNK_TOKENS};
 pub use indexer::IndexStats;
-pub use layer::{KeyView, LayerMemory};
+pub use layer::LayerMemory;
 pub use manifest::{FORMAT_VERSION, MANIFEST_FILE};
 pub use verify::{verify, Checked, Problem, Severity, VerifyReport};
 
@@ -34,9 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::dtype::Elements;
+use crate::durable::sync_dir;
 use crate::error::{Error, IoContext, Result};
 use lock::WriterLock;
-pub(crate) use manifest::sync_dir;
 use manifest::Manifest;
 
 const DOCS_DIR: &str = "docs";
@@ -357,10 +359,10 @@ impl MemoryStore {
             }
             sync_dir(&dir)?;
             sync_dir(&self.root.join(DOCS_DIR))?;
-            create::crash_point("append: document laid out");
+            crash::crash_point("append: document laid out");
             let mut target = target.expect("layer checked by the caller");
             let len = target.append(keys, values)?;
-            create::crash_point("append: first tokens committed");
+            crash::crash_point("append: first tokens committed");
             Ok((target, len))
         })();
         let (target, len) = match written {

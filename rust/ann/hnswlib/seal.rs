@@ -54,7 +54,7 @@ pub fn write_seal(bin: &Path, seal: &Path, p: &Params) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(seal, e));
     }
-    crate::store::sync_dir(dir)
+    crate::durable::sync_dir(dir)
 }
 
 /// Reads the seal at `seal` and checks the index file `bin` against it: size always, checksum

@@ -57,16 +57,16 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
         Elements::Bf16(s) => (s.as_ptr().cast::<u8>(), 2),
     };
     let chunks = dim.div_ceil(16);
-    let mask_of = |j: usize| super::small::lane_mask(dim - 16 * j);
+    let mask_of = |j: usize| crate::simd::lane_mask(dim - 16 * j);
     // The tile's largest element sets its scale.
     let mut amax = _mm512_setzero_ps();
     for key in 0..n {
         for j in 0..chunks {
             let at = key * dim + 16 * j;
             let x = match t {
-                0 => super::small::load::<0>(ptr, at, mask_of(j)),
-                1 => super::small::load::<1>(ptr, at, mask_of(j)),
-                _ => super::small::load::<2>(ptr, at, mask_of(j)),
+                0 => crate::simd::load_widened::<0>(ptr, at, mask_of(j)),
+                1 => crate::simd::load_widened::<1>(ptr, at, mask_of(j)),
+                _ => crate::simd::load_widened::<2>(ptr, at, mask_of(j)),
             };
             amax = _mm512_max_ps(amax, _mm512_abs_ps(x));
         }
@@ -97,9 +97,9 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
                 *w = if j < chunks {
                     let at = key * dim + 16 * j;
                     match t {
-                        0 => super::small::load::<0>(ptr, at, mask_of(j)),
-                        1 => super::small::load::<1>(ptr, at, mask_of(j)),
-                        _ => super::small::load::<2>(ptr, at, mask_of(j)),
+                        0 => crate::simd::load_widened::<0>(ptr, at, mask_of(j)),
+                        1 => crate::simd::load_widened::<1>(ptr, at, mask_of(j)),
+                        _ => crate::simd::load_widened::<2>(ptr, at, mask_of(j)),
                     }
                 } else {
                     _mm512_setzero_ps()
@@ -355,7 +355,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            *m = super::small::lane_mask(valid.saturating_sub(16 * c));
+            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c));
         }
         let at = g * GROUP_KEYS;
         let panel = Panel {

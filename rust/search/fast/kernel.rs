@@ -35,7 +35,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            *m = super::small::lane_mask(valid.saturating_sub(16 * c));
+            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c));
         }
         let id0 = first_id + (g * GROUP_KEYS) as i64;
         let mut r0 = 0;

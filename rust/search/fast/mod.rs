@@ -16,14 +16,14 @@ mod certify;
 mod int8;
 mod kernel;
 mod pack;
-pub(crate) mod small;
+mod small;
 
 use std::sync::atomic::Ordering;
 
 use rayon::prelude::*;
 
-use super::exact::{FALLBACK_ROWS, ROWS};
 use super::portable::exact_rows;
+use super::stats::{FALLBACK_ROWS, ROWS};
 use super::topk::TopK;
 use super::{KeySource, SearchResult, SearchShape};
 use candidates::Candidates;
@@ -208,8 +208,8 @@ fn run_item(
             );
             let tile = block.keys.slice(a * dim..b * dim);
             // SAFETY: this module is only used when the CPU has AVX-512 F/BW/VL/BF16
-            // (`exact::has_avx512_bf16`), the int8 screen only where it also has VNNI
-            // (`exact::has_avx512_vnni`); `packed` / `tile8` is the packed tile of `b - a` keys.
+            // (`simd::has_avx512_bf16`), the int8 screen only where it also has VNNI
+            // (`simd::has_avx512_vnni`); `packed` / `tile8` is the packed tile of `b - a` keys.
             unsafe {
                 let before = norms;
                 match &q.quant {
@@ -511,13 +511,13 @@ mod tests {
         let s: [Option<&dyn KeySource>; 1] = [Some(src)];
         (
             search(&s, queries, shape, Screen::Bf16),
-            crate::search::search_with(crate::search::ExactKernel::Portable, &s, queries, shape),
+            crate::search::portable::PortableSearch.search(&s, queries, shape),
         )
     }
 
     #[test]
     fn near_ties_below_bf16_resolution_fall_back_and_stay_exact() {
-        if !crate::search::has_avx512_bf16() {
+        if !crate::simd::has_avx512_bf16() {
             return;
         }
         // 3000 keys equal to one vector up to 1e-5 relative noise: bf16 cannot tell them apart,
@@ -554,7 +554,7 @@ mod tests {
 
     #[test]
     fn well_separated_scores_are_certified_without_fallback() {
-        if !crate::search::has_avx512_bf16() {
+        if !crate::simd::has_avx512_bf16() {
             return;
         }
         let (dim, n) = (64, 5000);
@@ -574,7 +574,7 @@ mod tests {
 
     #[test]
     fn int8_packing_rounds_each_key_to_the_nearest_code() {
-        if !crate::search::has_avx512_vnni() {
+        if !crate::simd::has_avx512_vnni() {
             return;
         }
         let mut seed = 13;
@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn packing_matches_the_scalar_reference() {
-        if !crate::search::has_avx512_bf16() {
+        if !crate::simd::has_avx512_bf16() {
             return;
         }
         let mut seed = 3;

@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 
 use crate::dtype::Elements;
 use crate::search::topk::TopK;
+use crate::simd::{lane_mask, load_widened as load};
 
 /// The most query rows per (slot, kv head) that take this path.
 pub const SMALL_ROWS: usize = 4;
@@ -60,28 +61,6 @@ unsafe fn rows<const M: usize>(
         0 => scan::<M, 0>(args, tops, thresholds),
         1 => scan::<M, 1>(args, tops, thresholds),
         _ => scan::<M, 2>(args, tops, thresholds),
-    }
-}
-
-/// The mask of the first `count` lanes (all 16 from 16 on): a row's tail in 16-lane loads.
-#[inline(always)]
-pub(crate) fn lane_mask(count: usize) -> u16 {
-    if count >= 16 {
-        u16::MAX
-    } else {
-        (1u16 << count) - 1
-    }
-}
-
-/// 16 elements (masked) at element `at` of `T` (0 f32, 1 f16, 2 bf16), widened to f32.
-#[inline(always)]
-pub(crate) unsafe fn load<const T: u8>(ptr: *const u8, at: usize, mask: u16) -> __m512 {
-    match T {
-        0 => _mm512_maskz_loadu_ps(mask, ptr.cast::<f32>().add(at)),
-        1 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, ptr.cast::<i16>().add(at))),
-        _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-            _mm256_maskz_loadu_epi16(mask, ptr.cast::<i16>().add(at)),
-        ))),
     }
 }
 
