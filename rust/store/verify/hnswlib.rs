@@ -16,7 +16,7 @@ fn parse_name(name: &str) -> Option<(u64, u32)> {
         .strip_suffix(".bin")?
         .split_once("-h")?;
     let n: u32 = head.parse().ok()?;
-    (n.to_string() == head).then_some((super::parse_index(span)?, n))
+    (n.to_string() == head).then_some((super::names::parse_index(span)?, n))
 }
 
 impl Verifier<'_> {
