@@ -4,9 +4,12 @@
 
 mod arrays;
 mod errors;
+mod hnsw;
 mod hnswlib;
+mod search;
 mod store;
 mod verify;
+mod views;
 
 use pyo3::prelude::*;
 
@@ -43,7 +46,7 @@ fn check_allocation(py: Python<'_>, nbytes: Option<u64>, what: String) -> PyResu
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::Store>()?;
-    m.add_class::<store::MappedKeys>()?;
+    m.add_class::<views::MappedKeys>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(exact_kernel_info, m)?)?;
     m.add_function(wrap_pyfunction!(check_allocation, m)?)?;

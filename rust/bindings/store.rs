@@ -10,28 +10,20 @@ use pyo3::types::PyDict;
 
 use super::arrays::{input, input_i64, output};
 use super::errors::{run, to_py};
+use super::search::{self, Scored};
+use super::{hnsw, views};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::search::{Backend, Queries};
-use crate::store::{
-    HnswConfig, IndexStats, KeyView, MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS,
-};
+use crate::store::{MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS};
 
-type Scored<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<i64>>);
 type Arrays<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
-
-/// Keeps a chunk mapped while a numpy view of it lives (the view's base object).
-#[pyclass(module = "fot_mem._core", frozen)]
-pub struct MappedKeys {
-    _view: KeyView,
-}
 
 #[pyclass(module = "fot_mem._core", frozen)]
 pub struct Store {
     inner: Mutex<Option<MemoryStore>>,
     path: PathBuf,
     readonly: bool,
-    config: StoreConfig,
+    pub(super) config: StoreConfig,
 }
 
 fn count(name: &str, v: i64) -> Result<u32> {
@@ -59,7 +51,7 @@ impl Store {
     }
 
     /// Runs `f` on the open store with the GIL released.
-    fn with<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    pub(super) fn with<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
     where
         T: Send,
         F: FnOnce(&mut MemoryStore) -> Result<T> + Send,
@@ -73,11 +65,11 @@ impl Store {
         })
     }
 
-    fn layer(&self, py: Python<'_>, layer: i64) -> PyResult<u32> {
+    pub(super) fn layer(&self, py: Python<'_>, layer: i64) -> PyResult<u32> {
         layer_index(layer, &self.config.layers).map_err(|e| to_py(py, e))
     }
 
-    fn check_dim(
+    pub(super) fn check_dim(
         &self,
         py: Python<'_>,
         what: &str,
@@ -99,92 +91,6 @@ impl Store {
     }
 }
 
-fn key_view<'py>(
-    py: Python<'py>,
-    v: KeyView,
-    hd: usize,
-    dtype: Dtype,
-) -> PyResult<Bound<'py, PyAny>> {
-    use numpy::ndarray::ArrayView2;
-    use numpy::PyArray2;
-    let rows = v.rows;
-    let holder = Bound::new(py, MappedKeys { _view: v.clone() })?.into_any();
-    let bytes = v.bytes(hd * dtype.size());
-    let shape_err =
-        |e: numpy::ndarray::ShapeError| pyo3::exceptions::PyRuntimeError::new_err(e.to_string());
-    // SAFETY: the data lives in a mapping that `holder` (the array's base) keeps alive, and the
-    // committed rows it covers are never written again.
-    let array = unsafe {
-        match dtype {
-            Dtype::Float32 => {
-                let a = ArrayView2::from_shape((rows, hd), bytemuck::cast_slice::<u8, f32>(bytes))
-                    .map_err(shape_err)?;
-                PyArray2::borrow_from_array(&a, holder).into_any()
-            }
-            Dtype::Float16 => {
-                let a = ArrayView2::from_shape(
-                    (rows, hd),
-                    bytemuck::cast_slice::<u8, half::f16>(bytes),
-                )
-                .map_err(shape_err)?;
-                PyArray2::borrow_from_array(&a, holder).into_any()
-            }
-            Dtype::Bfloat16 => {
-                let a = ArrayView2::from_shape((rows, hd), bytemuck::cast_slice::<u8, u16>(bytes))
-                    .map_err(shape_err)?;
-                PyArray2::borrow_from_array(&a, holder).into_any()
-            }
-        }
-    };
-    // The mapping may be read-only: a write through the view must be refused, not fault.
-    array.getattr("flags")?.setattr("writeable", false)?;
-    Ok(array)
-}
-
-fn stats_dict<'py>(py: Python<'py>, st: &IndexStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("pending", st.pending)?;
-    d.set_item("built", st.built)?;
-    d.set_item("keys", st.keys)?;
-    d.set_item("seconds", st.seconds)?;
-    d.set_item("errors", st.errors.clone())?;
-    Ok(d)
-}
-
-/// The hnsw configuration from a Python dict: defaults, overridden by the keys given.
-fn hnsw_config(d: &Bound<'_, PyDict>, chunk_tokens: u32) -> Result<HnswConfig> {
-    let mut c = HnswConfig::new(chunk_tokens);
-    for (key, value) in d.iter() {
-        let key: String = key
-            .extract()
-            .map_err(|_| Error::Value("hnsw option names must be strings".into()))?;
-        let number = |name: &str| -> Result<u32> {
-            let v: i64 = value.extract().map_err(|_| {
-                Error::Value(format!("hnsw {name} must be an integer, got {value}"))
-            })?;
-            u32::try_from(v)
-                .map_err(|_| Error::Value(format!("hnsw {name} must be positive, got {v}")))
-        };
-        match key.as_str() {
-            "m" => c.m = number("m")?,
-            "ef_construction" => c.ef_construction = number("ef_construction")?,
-            "ef_search" => c.ef_search = number("ef_search")?,
-            "span_tokens" => c.span_tokens = number("span_tokens")?,
-            "linking" => {
-                c.linking = value
-                    .extract()
-                    .map_err(|_| Error::Value(format!("hnsw linking must be a string, got {value}")))?
-            }
-            other => {
-                return Err(Error::Value(format!(
-                    "unknown hnsw option {other:?}; expected m, ef_construction, ef_search, span_tokens, linking"
-                )))
-            }
-        }
-    }
-    Ok(c)
-}
-
 #[pymethods]
 impl Store {
     #[staticmethod]
@@ -204,7 +110,7 @@ impl Store {
         let dtype = dtype.to_owned();
         let hnsw = match hnsw {
             Some(d) => Some(
-                hnsw_config(d, count("chunk_tokens", chunk_tokens).unwrap_or(1))
+                hnsw::config(d, count("chunk_tokens", chunk_tokens).unwrap_or(1))
                     .map_err(|e| to_py(py, e))?,
             ),
             None => None,
@@ -286,15 +192,7 @@ impl Store {
         d.set_item("dtype", c.dtype.name())?;
         d.set_item("chunk_tokens", c.chunk_tokens)?;
         match &c.hnsw {
-            Some(h) => {
-                let hd = PyDict::new(py);
-                hd.set_item("m", h.m)?;
-                hd.set_item("ef_construction", h.ef_construction)?;
-                hd.set_item("ef_search", h.ef_search)?;
-                hd.set_item("span_tokens", h.span_tokens)?;
-                hd.set_item("linking", &h.linking)?;
-                d.set_item("hnsw", hd)?;
-            }
+            Some(h) => d.set_item("hnsw", hnsw::config_dict(py, h)?)?,
             None => d.set_item("hnsw", py.None())?,
         }
         Ok(d)
@@ -357,54 +255,7 @@ impl Store {
         backend: &str,
         ef: Option<i64>,
     ) -> PyResult<Scored<'py>> {
-        let layer = self.layer(py, layer)?;
-        let ef = match ef {
-            None => self
-                .config
-                .hnsw
-                .as_ref()
-                .map_or(128, |h| h.ef_search as usize),
-            Some(e) if (1..=65_536).contains(&e) => e as usize,
-            Some(e) => {
-                return Err(to_py(
-                    py,
-                    Error::Value(format!("ef must be between 1 and 65536, got {e}")),
-                ))
-            }
-        };
-        let backend = Backend::parse(backend, ef).map_err(|e| to_py(py, e))?;
-        let q = input(queries, "queries", 4)?;
-        let shape = q.shape.clone();
-        if shape[0] != docs.len() {
-            return Err(to_py(
-                py,
-                Error::Shape(format!(
-                    "queries have batch size {} (shape {shape:?}) but {} documents were given",
-                    shape[0],
-                    docs.len()
-                )),
-            ));
-        }
-        self.check_dim(py, "queries", &shape, 3, "head_dim", self.config.head_dim)?;
-        if k <= 0 {
-            return Err(to_py(
-                py,
-                Error::Value(format!("k must be positive, got {k}")),
-            ));
-        }
-        let k = k as usize;
-        let queries = q.into_f32();
-        let res = self.with(py, |s| {
-            let names: Vec<&str> = docs.iter().map(String::as_str).collect();
-            let queries = Queries {
-                data: &queries,
-                q: shape[1],
-                heads: shape[2],
-            };
-            s.search(&names, layer, queries, k, backend)
-        })?;
-        let out = [shape[0], shape[1], shape[2], k];
-        Ok((output(py, res.scores, &out)?, output(py, res.ids, &out)?))
+        search::search(self, py, docs, layer, queries, k, backend, ef)
     }
 
     fn gather<'py>(
@@ -465,7 +316,7 @@ impl Store {
         let (hd, dtype) = (self.config.head_dim as usize, self.config.dtype);
         views
             .into_iter()
-            .map(|v| Ok((v.first_id, key_view(py, v, hd, dtype)?)))
+            .map(|v| Ok((v.first_id, views::key_view(py, v, hd, dtype)?)))
             .collect()
     }
 
@@ -490,13 +341,13 @@ impl Store {
     /// Waits for queued index builds; returns the builder's statistics.
     fn wait_for_indexes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let st = self.with(py, |s| s.wait_for_indexes())?;
-        stats_dict(py, &st)
+        hnsw::stats_dict(py, &st)
     }
 
     /// The builder's statistics so far.
     fn index_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let st = self.with(py, |s| Ok(s.index_stats()))?;
-        stats_dict(py, &st)
+        hnsw::stats_dict(py, &st)
     }
 
     /// Tokens of a document-layer covered by hnsw graphs.
