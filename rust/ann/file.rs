@@ -21,8 +21,8 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::build::{BuildParams, Graph};
-use super::graph::{Codes, GraphRef, Upper};
+use super::graph::{Codes, Graph, GraphRef, Upper};
+use super::params::BuildParams;
 use crate::error::{Error, IoContext, Result};
 
 const MAGIC: [u32; 2] = [u32::from_le_bytes(*b"FOTM"), u32::from_le_bytes(*b"HNSW")];

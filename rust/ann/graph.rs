@@ -106,3 +106,52 @@ pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// A built graph, owning its words (the layout of [`GraphRef`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    pub n: u32,
+    pub m: u32,
+    pub m0: u32,
+    pub entry: u32,
+    pub level0: Vec<u32>,
+    /// Per upper level: sorted nodes and adjacency.
+    pub upper: Vec<(Vec<u32>, Vec<u32>)>,
+    /// Seed nodes spread over the span.
+    pub pivots: Vec<u32>,
+    /// Traversal codes (`n x stride` bytes; empty for none) and the scale of each dimension.
+    pub codes: Vec<u8>,
+    pub scales: Vec<f32>,
+}
+
+impl Graph {
+    pub fn as_ref(&self) -> GraphRef<'_> {
+        GraphRef {
+            n: self.n,
+            m: self.m,
+            m0: self.m0,
+            entry: self.entry,
+            level0: &self.level0,
+            upper: self
+                .upper
+                .iter()
+                .map(|(nodes, adj)| Upper { nodes, adj })
+                .collect(),
+            pivots: &self.pivots,
+            codes: (!self.scales.is_empty()).then(|| Codes {
+                stride: self.code_stride(),
+                bytes: &self.codes,
+                scales: &self.scales,
+            }),
+        }
+    }
+
+    /// Bytes per code row (0 without codes).
+    pub fn code_stride(&self) -> usize {
+        if self.n == 0 {
+            0
+        } else {
+            self.codes.len() / self.n as usize
+        }
+    }
+}

@@ -8,10 +8,12 @@ mod dot;
 mod file;
 mod graph;
 pub mod hnswlib;
+mod params;
 mod query;
 
 pub use beam::Scratch;
-pub use build::{build, build_until, BuildParams, BuildSet, Graph, Linking};
+pub use build::{build, build_until, BuildSet};
 pub use file::{write, SpanIndex};
-pub use graph::GraphRef;
+pub use graph::{Graph, GraphRef};
+pub use params::{BuildParams, Linking};
 pub use query::{search, SpanRows};
