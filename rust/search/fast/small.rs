@@ -1,12 +1,19 @@
 //! Few query rows (generation time, 1 to `SMALL_ROWS` rows per kv head): every key is scored
 //! straight from its mapped row in f32 (16-wide FMAs, the key widened on load), so there is no
 //! packing and no bf16 rounding, and the scores are exact f32. This path is bound by memory
-//! bandwidth, which bf16 storage halves.
+//! bandwidth, which bf16 storage halves. The same scan rescans the rows the screens could not
+//! certify (`rescan`).
 
 use std::arch::x86_64::*;
 
+use rayon::prelude::*;
+
+use super::plan::Item;
+use super::QueryRows;
 use crate::dtype::Elements;
+use crate::search::portable::exact_rows;
 use crate::search::topk::TopK;
+use crate::search::{KeySource, SearchResult, SearchShape};
 use crate::simd::{lane_mask, load_widened as load};
 
 /// The most query rows per (slot, kv head) that take this path.
@@ -101,4 +108,111 @@ unsafe fn scan<const M: usize, const T: u8>(
             }
         }
     }
+}
+
+/// The exact f32 top-k of `rows` (`[m, dim]`) over every key of `kv_head`: the small path's
+/// streaming scan (in parallel over blocks, `SMALL_ROWS` rows at a time) for a few rows, the
+/// portable kernel's blocked products for many.
+pub(super) fn rescan(
+    src: &dyn KeySource,
+    kv_head: usize,
+    rows: &[f32],
+    dim: usize,
+    k: usize,
+) -> Vec<TopK> {
+    let m = rows.len() / dim;
+    if m > 4 * SMALL_ROWS {
+        return exact_rows(src, kv_head, rows, dim, k);
+    }
+    let blocks = src.blocks(kv_head);
+    let shares: Vec<Vec<TopK>> = blocks
+        .par_iter()
+        .map(|block| {
+            let mut tops = vec![TopK::new(k); m];
+            let mut thresholds = vec![f32::NEG_INFINITY; m];
+            for r0 in (0..m).step_by(SMALL_ROWS) {
+                let r1 = (r0 + SMALL_ROWS).min(m);
+                // SAFETY: this module runs only on CPUs with AVX-512 F/BW/VL.
+                unsafe {
+                    score_block(
+                        block.keys,
+                        dim,
+                        block.first_id as i64,
+                        &rows[r0 * dim..r1 * dim],
+                        &mut tops[r0..r1],
+                        &mut thresholds[r0..r1],
+                    );
+                }
+            }
+            tops
+        })
+        .collect();
+    let mut out = vec![TopK::new(k); m];
+    for share in shares {
+        for (o, t) in out.iter_mut().zip(share) {
+            o.merge(t);
+        }
+    }
+    out
+}
+
+/// Few rows: exact f32 scores straight from the mapped keys, no packing, no rescoring.
+pub(super) fn search_small(
+    sources: &[Option<&dyn KeySource>],
+    qrows: &[QueryRows],
+    items: &[Item],
+    shape: SearchShape,
+) -> SearchResult {
+    let (dim, group, k) = (shape.dim, shape.group(), shape.k);
+    let m = shape.q * group;
+    let shares: Vec<Vec<TopK>> = items
+        .par_iter()
+        .map(|it| {
+            let mut tops = vec![TopK::new(k); m];
+            let mut thresholds = vec![f32::NEG_INFINITY; m];
+            let Some(src) = sources[it.slot] else {
+                return tops;
+            };
+            let q = &qrows[it.slot * shape.kv_heads + it.kv_head].rows;
+            for block in src.blocks(it.kv_head) {
+                let rows = (block.keys.len() / dim) as u64;
+                let lo = it.keys.0.max(block.first_id);
+                let hi = it.keys.1.min(block.first_id + rows);
+                if lo < hi {
+                    let (a, b) = (
+                        (lo - block.first_id) as usize,
+                        (hi - block.first_id) as usize,
+                    );
+                    // SAFETY: this module runs only on CPUs with AVX-512 F/BW/VL.
+                    unsafe {
+                        score_block(
+                            block.keys.slice(a * dim..b * dim),
+                            dim,
+                            lo as i64,
+                            q,
+                            &mut tops,
+                            &mut thresholds,
+                        );
+                    }
+                }
+            }
+            tops
+        })
+        .collect();
+    let mut merged: Vec<Vec<TopK>> = (0..shape.batch * shape.kv_heads)
+        .map(|_| vec![TopK::new(k); m])
+        .collect();
+    for (it, share) in items.iter().zip(shares) {
+        for (r, top) in share.into_iter().enumerate() {
+            merged[it.slot * shape.kv_heads + it.kv_head][r].merge(top);
+        }
+    }
+    let mut out = SearchResult::padding(&shape);
+    for (sg, tops) in merged.into_iter().enumerate() {
+        let (slot, g) = (sg / shape.kv_heads, sg % shape.kv_heads);
+        for (r, top) in tops.into_iter().enumerate() {
+            out.set_row(&shape, slot, g, r, top.into_sorted());
+        }
+    }
+    out
 }

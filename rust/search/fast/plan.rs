@@ -1,0 +1,67 @@
+//! How a search is cut into tasks: per (slot, kv head), shares of the keys times blocks of the
+//! query rows, about four tasks a thread.
+
+use super::super::{KeySource, SearchShape};
+
+/// The fewest keys worth a task of their own.
+const SEGMENT_MIN: usize = 8192;
+/// The most query rows for which tasks split keys before rows.
+const ROWS_MAX: usize = 512;
+/// The fewest query rows worth a task of their own (fewer would repack keys for little work).
+const ROWS_MIN: usize = 128;
+
+/// One task: a share of the keys of (slot, kv head) against a block of its query rows.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Item {
+    pub(super) slot: usize,
+    pub(super) kv_head: usize,
+    pub(super) keys: (u64, u64),
+    pub(super) rows: (usize, usize),
+}
+
+pub(super) fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
+    let want = rayon::current_num_threads() * 4;
+    let base = (shape.batch * shape.kv_heads).max(1);
+    let m = shape.q * shape.group();
+    let mut items = Vec::new();
+    for (slot, src) in sources.iter().enumerate() {
+        let n = src.map_or(0, |s| s.len());
+        // Up to ROWS_MAX rows, split keys: every key is then packed once (packing costs as much
+        // as scoring a few dozen rows), and a task's rows are read from L1/L2 while one group of
+        // keys stays in L1. Beyond, split rows first (each row's candidates then see every key
+        // once, so their threshold rises early, and the rows of a task stay in L2).
+        let (segments, row_blocks) = if m <= ROWS_MAX {
+            let segments = want
+                .div_ceil(base)
+                .clamp(1, (n as usize / SEGMENT_MIN).max(1));
+            let rows = want
+                .div_ceil(base * segments)
+                .clamp(1, m.div_ceil(ROWS_MIN).max(1));
+            (segments, rows)
+        } else {
+            let rows = want.div_ceil(base).clamp(1, m.div_ceil(ROWS_MIN).max(1));
+            let segments = if base * rows < want {
+                want.div_ceil(base * rows)
+                    .clamp(1, (n as usize / SEGMENT_MIN).max(1))
+            } else {
+                1
+            };
+            (segments, rows)
+        };
+        for kv_head in 0..shape.kv_heads {
+            for s in 0..segments as u64 {
+                let keys = (n * s / segments as u64, n * (s + 1) / segments as u64);
+                for b in 0..row_blocks {
+                    let rows = (m * b / row_blocks, m * (b + 1) / row_blocks);
+                    items.push(Item {
+                        slot,
+                        kv_head,
+                        keys,
+                        rows,
+                    });
+                }
+            }
+        }
+    }
+    items
+}

@@ -1,0 +1,201 @@
+//! Unit tests of the fast kernel: certification, fallback, and packing against scalar references.
+
+use super::*;
+use crate::dtype::Elements;
+use crate::search::fast::pack::{GROUP_KEYS, PANELS};
+use half::{bf16, f16};
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+struct Rows {
+    keys: Vec<f32>,
+    dim: usize,
+}
+
+impl KeySource for Rows {
+    fn len(&self) -> u64 {
+        (self.keys.len() / self.dim) as u64
+    }
+    fn blocks(&self, _: usize) -> Vec<crate::search::KeyBlock<'_>> {
+        self.keys
+            .chunks(1000 * self.dim)
+            .enumerate()
+            .map(|(i, c)| crate::search::KeyBlock {
+                first_id: (i * 1000) as u64,
+                keys: Elements::F32(c),
+            })
+            .collect()
+    }
+    fn row(&self, _: usize, id: u64) -> Elements<'_> {
+        Elements::F32(&self.keys[id as usize * self.dim..][..self.dim])
+    }
+}
+
+fn both(src: &Rows, queries: &[f32], k: usize) -> (SearchResult, SearchResult) {
+    let shape = SearchShape {
+        batch: 1,
+        q: queries.len() / src.dim,
+        heads: 1,
+        kv_heads: 1,
+        dim: src.dim,
+        k,
+    };
+    let s: [Option<&dyn KeySource>; 1] = [Some(src)];
+    (
+        search(&s, queries, shape, Screen::Bf16),
+        crate::search::portable::PortableSearch.search(&s, queries, shape),
+    )
+}
+
+#[test]
+fn near_ties_below_bf16_resolution_fall_back_and_stay_exact() {
+    if !crate::simd::has_avx512_bf16() {
+        return;
+    }
+    // 3000 keys equal to one vector up to 1e-5 relative noise: bf16 cannot tell them apart,
+    // more than the candidate cap crowd the window, so no row can be certified and every row
+    // must be rescanned in f32 (its own summation order: scores agree to f32 rounding, and
+    // keys closer than that may swap).
+    let (dim, n) = (24, 3000);
+    let mut seed = 11;
+    let base: Vec<f32> = (0..dim).map(|_| lcg(&mut seed)).collect();
+    let keys = (0..n)
+        .flat_map(|_| {
+            base.iter()
+                .map(|&b| b * (1.0 + 1e-5 * lcg(&mut seed)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let src = Rows { keys, dim };
+    // More rows than the small path takes, so the bf16 kernel runs.
+    let rows = small::SMALL_ROWS + 3;
+    let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
+    let before = crate::search::stats().fallback_rows;
+    let (fast, portable) = both(&src, &queries, 5);
+    let after = crate::search::stats().fallback_rows;
+    assert!(
+        after >= before + rows as u64,
+        "{before} -> {after}, {:?} vs {:?}",
+        fast.ids,
+        portable.ids
+    );
+    for (a, b) in fast.scores.iter().zip(&portable.scores) {
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-3), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn well_separated_scores_are_certified_without_fallback() {
+    if !crate::simd::has_avx512_bf16() {
+        return;
+    }
+    let (dim, n) = (64, 5000);
+    let mut seed = 5;
+    let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
+    let src = Rows { keys, dim };
+    // Both paths: the small one (few rows) and the packed bf16 one.
+    for rows in [1, 3, small::SMALL_ROWS, small::SMALL_ROWS + 1, 9, 40] {
+        let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
+        let (fast, portable) = both(&src, &queries, 8);
+        assert_eq!(fast.ids, portable.ids, "{rows} rows");
+        for (a, b) in fast.scores.iter().zip(&portable.scores) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn int8_packing_rounds_each_key_to_the_nearest_code() {
+    if !crate::simd::has_avx512_vnni() {
+        return;
+    }
+    let mut seed = 13;
+    for (n, dim) in [
+        (1, 1),
+        (5, 3),
+        (16, 32),
+        (47, 33),
+        (50, 64),
+        (97, 130),
+        (49, 7),
+    ] {
+        let f: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed) * 8.0).collect();
+        let h: Vec<f16> = f.iter().map(|&x| f16::from_f32(x)).collect();
+        let b: Vec<bf16> = f.iter().map(|&x| bf16::from_f32(x)).collect();
+        for keys in [Elements::F32(&f), Elements::F16(&h), Elements::Bf16(&b)] {
+            let mut tile = int8::Tile::default();
+            // SAFETY: checked the CPU above.
+            let norms = unsafe { int8::pack_tile(keys, dim, &mut tile) };
+            let d4 = dim.div_ceil(4);
+            let amax = (0..n * dim).map(|i| keys.get(i).abs()).fold(0f32, f32::max);
+            assert_eq!(norms.max_abs, amax, "n {n} dim {dim}");
+            assert_eq!(tile.scale, amax / 127.0);
+            let (mut max_sq, mut max_err) = (0f32, 0f32);
+            for key in 0..n {
+                let (panel, lane) = (key / 16, key % 16);
+                let base = (panel / PANELS) * d4 * GROUP_KEYS + (panel % PANELS) * 16 + lane;
+                let (mut sum, mut sq, mut err) = (0i32, 0f32, 0f32);
+                for i in 0..4 * d4 {
+                    let code = (tile.data[base + (i / 4) * GROUP_KEYS] >> (8 * (i % 4))) as i8;
+                    let x = if i < dim {
+                        keys.get(key * dim + i)
+                    } else {
+                        0.0
+                    };
+                    let back = code as f32 * tile.scale;
+                    assert!(
+                        (x - back).abs() <= 0.5001 * tile.scale,
+                        "n {n} dim {dim} key {key} element {i}: {x} as {code}"
+                    );
+                    assert!(i < dim || code == 0);
+                    sum += code as i32;
+                    sq += x * x;
+                    err += (x - back) * (x - back);
+                }
+                assert_eq!(tile.corr[key], -128 * sum, "n {n} dim {dim} key {key}");
+                max_sq = max_sq.max(sq);
+                max_err = max_err.max(err);
+            }
+            assert!((norms.max_sq - max_sq).abs() <= 1e-4 * max_sq.max(1.0));
+            assert!((norms.max_err_sq - max_err).abs() <= 1e-3 * max_err.max(1e-6));
+        }
+    }
+}
+
+#[test]
+fn packing_matches_the_scalar_reference() {
+    if !crate::simd::has_avx512_bf16() {
+        return;
+    }
+    let mut seed = 3;
+    for (n, dim) in [(1, 1), (5, 3), (16, 32), (47, 33), (50, 64), (97, 130)] {
+        let f: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed) * 8.0).collect();
+        let h: Vec<f16> = f.iter().map(|&x| f16::from_f32(x)).collect();
+        let b: Vec<bf16> = f.iter().map(|&x| bf16::from_f32(x)).collect();
+        for keys in [Elements::F32(&f), Elements::F16(&h), Elements::Bf16(&b)] {
+            let mut out = Vec::new();
+            // SAFETY: checked the CPU above.
+            let norms = unsafe { pack::pack_tile(keys, dim, &mut out) };
+            let max_sq = norms.max_sq;
+            let max_abs = (0..n * dim).map(|i| keys.get(i).abs()).fold(0f32, f32::max);
+            assert_eq!(norms.max_abs, max_abs);
+            assert_eq!(
+                out,
+                pack::pack_tile_reference(keys, dim),
+                "n {n} dim {dim} {keys:?}"
+            );
+            let want = (0..n)
+                .map(|i| (0..dim).map(|j| keys.get(i * dim + j).powi(2)).sum::<f32>())
+                .fold(0f32, f32::max);
+            assert!(
+                (max_sq - want).abs() <= 1e-4 * want.max(1.0),
+                "{max_sq} vs {want}"
+            );
+        }
+    }
+}
