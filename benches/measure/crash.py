@@ -1,6 +1,6 @@
-"""The kill -9 crash test as a benchmark: runs `tests/crash.rs` with `FOT_MEM_CRASH_RUNS` kill runs
-(200 by default; CI runs 21 and 16) for `kill_mid_append` and `kill_mid_first_append`, prints the
-CPU model and the tally lines, and writes the figures as JSON.
+"""The kill -9 crash test as a benchmark: runs `tests/store_crash.rs` with `FOT_MEM_CRASH_RUNS`
+kill runs (200 by default; CI runs 21 and 16) for `kill_mid_append` and `kill_mid_first_append`,
+prints the CPU model and the tally lines, and writes the figures as JSON.
 
     python benches/measure/crash.py [--runs 200] [--json bench-results/crash.json]
 """
@@ -52,7 +52,7 @@ def main() -> int:
     cpu = cpu_model()
     print(f"Model name: {cpu}", flush=True)
     env = dict(os.environ, FOT_MEM_CRASH_RUNS=str(args.runs))
-    cmd = ["cargo", "test", "--release", "--test", "crash", "--", "--nocapture"]
+    cmd = ["cargo", "test", "--release", "--test", "store_crash", "--", "--nocapture"]
     print(f"FOT_MEM_CRASH_RUNS={args.runs} {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)

@@ -189,7 +189,7 @@ fn each_kind_of_damage_is_found_where_it_is() {
             Severity::Error,
         ),
         // The one append of 18 tokens sealed chunks 0-3: a writer dying before their
-        // checksums leaves this (tests/damage.rs has earlier chunks, errors).
+        // checksums leaves this (tests/store_damage.rs has earlier chunks, errors).
         (
             "missing checksum of the last seal",
             |d| std::fs::remove_file(d.join("000002.crc")).unwrap(),

@@ -893,7 +893,7 @@ fn well_separated_scores_are_certified() {
 // underflow, measures key norms as f32 sums of squares (which underflow), and trusts "fewer
 // candidates than k'" to mean every key was seen. The fifth is the order of tied signed zeros.
 // They fail on AVX-512 BF16 CPUs until the kernel is fixed, so they are ignored for now:
-// `cargo test --release --test kernels -- --ignored`.
+// `cargo test --release --test search_kernels -- --ignored`.
 
 fn one_head(doc: Doc, queries: Vec<f32>, q: usize, k: usize) -> Problem {
     let dim = doc.dim;
