@@ -6,6 +6,7 @@ use half::{bf16, f16};
 use numpy::{PyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
+use super::errors::to_py;
 use crate::dtype::Elements;
 use crate::error::Error;
 
@@ -128,4 +129,25 @@ pub fn output<'py, T: numpy::Element>(
     shape: &[usize],
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
     PyArray::from_vec(py, data).reshape(shape)
+}
+
+/// Fails with a shape error unless `shape[axis]` (the `name` of the array `what`) is `want`.
+pub fn check_dim(
+    py: Python<'_>,
+    what: &str,
+    shape: &[usize],
+    axis: usize,
+    name: &str,
+    want: u32,
+) -> PyResult<()> {
+    if shape[axis] != want as usize {
+        return Err(to_py(
+            py,
+            Error::Shape(format!(
+                "{what} have {name} {} (shape {shape:?}), the store was created with {want}",
+                shape[axis]
+            )),
+        ));
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use numpy::PyArrayDyn;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::arrays::{input, input_i64, output};
+use super::arrays::{check_dim, input, input_i64, output};
 use super::errors::{run, to_py};
 use super::search::{self, Scored};
 use super::{hnsw, views};
@@ -23,7 +23,7 @@ pub struct Store {
     inner: Mutex<Option<MemoryStore>>,
     path: PathBuf,
     readonly: bool,
-    pub(super) config: StoreConfig,
+    config: StoreConfig,
 }
 
 fn count(name: &str, v: i64) -> Result<u32> {
@@ -51,7 +51,7 @@ impl Store {
     }
 
     /// Runs `f` on the open store with the GIL released.
-    pub(super) fn with<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    fn with<T, F>(&self, py: Python<'_>, f: F) -> PyResult<T>
     where
         T: Send,
         F: FnOnce(&mut MemoryStore) -> Result<T> + Send,
@@ -65,29 +65,8 @@ impl Store {
         })
     }
 
-    pub(super) fn layer(&self, py: Python<'_>, layer: i64) -> PyResult<u32> {
+    fn layer(&self, py: Python<'_>, layer: i64) -> PyResult<u32> {
         layer_index(layer, &self.config.layers).map_err(|e| to_py(py, e))
-    }
-
-    pub(super) fn check_dim(
-        &self,
-        py: Python<'_>,
-        what: &str,
-        shape: &[usize],
-        axis: usize,
-        name: &str,
-        want: u32,
-    ) -> PyResult<()> {
-        if shape[axis] != want as usize {
-            return Err(to_py(
-                py,
-                Error::Shape(format!(
-                    "{what} have {name} {} (shape {shape:?}), the store was created with {want}",
-                    shape[axis]
-                )),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -226,11 +205,11 @@ impl Store {
         let layer = self.layer(py, layer)?;
         let c = &self.config;
         let k = input(keys, "keys", 3)?;
-        self.check_dim(py, "keys", &k.shape, 1, "kv_heads", c.kv_heads)?;
-        self.check_dim(py, "keys", &k.shape, 2, "head_dim", c.head_dim)?;
+        check_dim(py, "keys", &k.shape, 1, "kv_heads", c.kv_heads)?;
+        check_dim(py, "keys", &k.shape, 2, "head_dim", c.head_dim)?;
         let v = input(values, "values", 3)?;
-        self.check_dim(py, "values", &v.shape, 1, "kv_heads", c.kv_heads)?;
-        self.check_dim(py, "values", &v.shape, 2, "value_dim", c.value_dim)?;
+        check_dim(py, "values", &v.shape, 1, "kv_heads", c.kv_heads)?;
+        check_dim(py, "values", &v.shape, 2, "value_dim", c.value_dim)?;
         if k.shape[0] != v.shape[0] {
             return Err(to_py(
                 py,
@@ -255,7 +234,10 @@ impl Store {
         backend: &str,
         ef: Option<i64>,
     ) -> PyResult<Scored<'py>> {
-        search::search(self, py, docs, layer, queries, k, backend, ef)
+        let layer = self.layer(py, layer)?;
+        let request = search::prepare(py, &self.config, docs, queries, k, backend, ef)?;
+        let res = self.with(py, |s| request.run(s, layer))?;
+        request.output(py, res)
     }
 
     fn gather<'py>(
