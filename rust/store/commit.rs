@@ -5,7 +5,7 @@
 //! tokens past its count do not exist, whatever the chunk files hold. The file is born whole (a
 //! temp file holding a zero commit, renamed into place), so an empty or unreadable one is
 //! corruption, never silently zero tokens; whether a missing one is damage or a layer never
-//! written is the layer's call (`layer.rs`).
+//! written is the layer's call (`layer`).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -61,7 +61,7 @@ impl MemoryStore {
     /// Creates a new store in `root`, which must not exist or be an empty directory (or one an
     /// interrupted create left: only an empty `LOCK`, an empty `docs/` and a temp manifest).
     /// Crash-safe: whenever the process dies inside, `root` afterwards is either not a store and
-    /// create succeeds on it, or a complete, empty store (see `create.rs`).
+    /// create succeeds on it, or a complete, empty store (see `create`).
     pub fn create(root: &Path, config: StoreConfig) -> Result<Self> {
         config.validate()?;
         let manifest = Manifest::new(config.clone());

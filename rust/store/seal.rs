@@ -9,7 +9,7 @@
 //! Only the chunks sealed by a layer's *last* commit can lack their sidecar legitimately (the
 //! writer died between that commit and the sidecar, or is writing it now): a writer writes every
 //! pending sidecar before its next commit, and the next writer to open the layer recomputes those
-//! from the committed data (`layer.rs`). `verify` reports them as warnings, and a missing or
+//! from the committed data (`layer`). `verify` reports them as warnings, and a missing or
 //! damaged sidecar of any earlier sealed chunk as an error. Which chunks the last commit sealed is
 //! read from the count file: its other slot holds the commit before (`commit::read_commits`).
 //! The open tail chunk has no checksum.
