@@ -6,7 +6,7 @@
 
 use super::candidates::Candidates;
 use super::pack::TileNorms;
-use super::QueryRows;
+use super::query::QueryRows;
 use crate::dtype::Elements;
 use crate::search::topk::TopK;
 use crate::search::KeySource;

@@ -17,6 +17,7 @@ mod int8;
 mod kernel;
 mod pack;
 mod plan;
+mod query;
 mod small;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,8 @@ use super::{KeySource, SearchResult, SearchShape};
 use candidates::Candidates;
 use certify::{certified_row, ErrorBound};
 use plan::{plan, Item};
+pub use query::Screen;
+use query::{query_rows, QueryRows};
 use small::{rescan, search_small};
 
 /// Keys packed and scored per tile (a multiple of the kernel's 48-key groups; ~120 KiB at d 128).
@@ -47,71 +50,6 @@ fn cap(k: usize, keys: u64, rows: usize) -> usize {
     let budget = (1usize << 23) / rows.max(1);
     let long = (keys / 256).min(budget as u64) as usize;
     (16 * k + 2048).max(long).min(budget).max(2 * k + 64)
-}
-
-/// How keys are screened before the f32 rescoring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Screen {
-    /// bf16 pairs, VDPBF16PS.
-    Bf16,
-    /// int8 quads with a scale per key and per query row, VPDPBUSD (AVX-512 VNNI).
-    Int8,
-}
-
-/// The query rows searched against one (slot, kv head): f32 rows, their rounded forms, and the
-/// norms that bound the rounding error.
-struct QueryRows {
-    rows: Vec<f32>,
-    pairs: Vec<u32>,
-    /// The int8 form (int8 screen only).
-    quant: Option<int8::Quantised>,
-    /// `|q - q^|` per row (q^ the rounded query as the screen reads it).
-    delta: Vec<f64>,
-    /// `|q^|` per row.
-    norm: Vec<f64>,
-}
-
-fn query_rows(
-    queries: &[f32],
-    shape: &SearchShape,
-    slot: usize,
-    kv_head: usize,
-    screen: Screen,
-) -> QueryRows {
-    let (dim, group) = (shape.dim, shape.group());
-    let m = shape.q * group;
-    let rows = shape.gather_rows(queries, slot, kv_head, 0..m);
-    if screen == Screen::Int8 {
-        let quant = int8::quantise_queries(&rows, dim);
-        return QueryRows {
-            rows,
-            pairs: Vec::new(),
-            delta: quant.delta.clone(),
-            norm: quant.norm.clone(),
-            quant: Some(quant),
-        };
-    }
-    let mut pairs = Vec::new();
-    pack::pack_queries(&rows, dim, &mut pairs);
-    let d2 = dim.div_ceil(2);
-    let (mut delta, mut norm) = (vec![0f64; m], vec![0f64; m]);
-    for r in 0..m {
-        let (mut dd, mut nn) = (0f64, 0f64);
-        for i in 0..dim {
-            let rounded = pack::pair_element(pairs[r * d2 + i / 2], i % 2) as f64;
-            dd += (rows[r * dim + i] as f64 - rounded).powi(2);
-            nn += rounded * rounded;
-        }
-        delta[r] = dd.sqrt();
-        norm[r] = nn.sqrt();
-    }
-    QueryRows {
-        rows,
-        pairs,
-        quant: None,
-        delta,
-        norm,
-    }
 }
 
 struct ItemResult {

@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::plan::Item;
-use super::QueryRows;
+use super::query::QueryRows;
 use crate::dtype::Elements;
 use crate::search::portable::exact_rows;
 use crate::search::topk::TopK;

@@ -18,6 +18,7 @@
 //! same path removes those whose lock is free (their creator is gone), that are older than a few
 //! seconds, and that hold only create's own files.
 
+mod own_files;
 mod temp_dir;
 #[cfg(test)]
 mod tests;
@@ -27,10 +28,11 @@ use std::path::{Path, PathBuf};
 
 use super::crash::crash_point;
 use super::lock::{WriterLock, LOCK_FILE};
-use super::manifest::{Manifest, MANIFEST_FILE, TEMP_MANIFEST_FILE};
+use super::manifest::{Manifest, MANIFEST_FILE};
 use super::DOCS_DIR;
 use crate::durable::sync_dir;
 use crate::error::{Error, IoContext, Result};
+use own_files::{only_create_files, remove_create_files};
 use temp_dir::{make_temp_dir, remove_abandoned, ABANDONED_AFTER};
 
 /// Creates the store files for `manifest` at `root` and returns the held writer lock.
@@ -76,28 +78,6 @@ fn exists(root: &Path) -> Error {
         "a fot_mem store already exists at {}; open it with MemoryStore.open",
         root.display()
     ))
-}
-
-/// True if `dir` holds nothing but what create writes before the store is complete: an empty
-/// `LOCK` file, an empty `docs/` directory, a temp manifest, and (`with_manifest`, for temporary
-/// directories that never got renamed) the manifest. Symbolic links never qualify.
-fn only_create_files(dir: &Path, with_manifest: bool) -> Result<bool> {
-    for entry in fs::read_dir(dir).at(dir)? {
-        let entry = entry.at(dir)?;
-        let path = entry.path();
-        let meta = entry.metadata().at(&path)?; // does not follow symlinks
-        let ok = match entry.file_name().to_str() {
-            Some(LOCK_FILE) => meta.is_file() && meta.len() == 0,
-            Some(DOCS_DIR) => meta.is_dir() && fs::read_dir(&path).at(&path)?.next().is_none(),
-            Some(TEMP_MANIFEST_FILE) => meta.is_file(),
-            Some(MANIFEST_FILE) => with_manifest && meta.is_file(),
-            _ => false,
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Fills an empty or unfinished directory in place, under its lock.
@@ -188,13 +168,4 @@ fn build_and_rename(
     crash_point("rename: renamed");
     sync_dir(parent)?;
     Ok(lock)
-}
-
-/// Removes create's own files from `dir` and then `dir` itself if it is empty; ignores errors.
-fn remove_create_files(dir: &Path) {
-    let _ = fs::remove_dir(dir.join(DOCS_DIR));
-    for f in [TEMP_MANIFEST_FILE, MANIFEST_FILE, LOCK_FILE] {
-        let _ = fs::remove_file(dir.join(f));
-    }
-    let _ = fs::remove_dir(dir);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use super::{only_create_files, remove_create_files};
+use super::own_files::{only_create_files, remove_create_files};
 use crate::error::{Error, Result};
 use crate::store::lock::WriterLock;
 
