@@ -5,12 +5,12 @@
 //! not get to write is written before its next commit, or by the next writer to open the layer,
 //! from the committed data (see `seal.rs`).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 mod checksums;
 mod indexes;
 mod read;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::chunk::{Chunk, ChunkFile, OpenMode};
 use super::commit::{read_commits, CommitFile, COUNT_FILE};

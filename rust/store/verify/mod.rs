@@ -24,14 +24,6 @@
 //! are never looked at. hnswlib's index files (`hnswlib-*.bin`, derived, rebuilt on demand) are
 //! checked against their seals (`hnswlib`).
 
-use std::fs::Metadata;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-
-use super::manifest::MANIFEST_FILE;
-use super::DOCS_DIR;
-use crate::error::{Error, Result};
-
 mod chunks;
 mod hnsw;
 mod hnswlib;
@@ -40,6 +32,14 @@ mod names;
 mod root;
 #[cfg(test)]
 mod tests;
+
+use std::fs::Metadata;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use super::manifest::MANIFEST_FILE;
+use super::DOCS_DIR;
+use crate::error::{Error, Result};
 
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
