@@ -4,6 +4,7 @@ between packages, argparse only under `cli/`, and no module over 400 lines."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "python" / "fot_mem"
@@ -132,3 +133,37 @@ def test_no_module_over_400_lines() -> None:
         str(f.relative_to(ROOT)): len(f.read_text().splitlines()) for f, _ in _modules().values()
     }
     assert sorted(name for name, n in sizes.items() if n > 400) == []
+
+
+RUST = ROOT.parent.parent / "rust"
+_RUST_PATH = re.compile(r"\b((?:crate|super|self)(?:::super)*)::([a-z_][a-z0-9_]*)")
+
+
+def _rust_top_edges() -> dict[str, set[str]]:
+    """Top-level Rust module (rust/<name>/ or rust/<name>.rs) -> the top-level modules its files
+    name through `crate::`, `super::` or `self::` paths (comments and `#[cfg(test)]` code
+    included: a test may not import a room that imports its own either)."""
+    tops = {p.stem if p.is_file() else p.name for p in RUST.iterdir() if p.name != "lib.rs"}
+    edges: dict[str, set[str]] = {t: set() for t in tops}
+    for f in RUST.rglob("*.rs"):
+        rel = f.relative_to(RUST).with_suffix("").parts
+        if rel == ("lib",):
+            continue
+        # the module path of this file, and of the module `super` names from it
+        module = list(rel[:-1]) if rel[-1] == "mod" else list(rel)
+        for head, name in _RUST_PATH.findall(f.read_text()):
+            if head == "crate":
+                path = [name]
+            else:
+                ups = head.count("super")
+                base = module[: len(module) - ups] if ups <= len(module) else []
+                path = [*base, name]
+            if path[0] in tops and path[0] != module[0]:
+                edges[module[0]].add(path[0])
+    return edges
+
+
+def test_no_rust_module_cycles() -> None:
+    edges = _rust_top_edges()
+    assert {"simd", "error"} <= edges["search"] and "store" in edges["bindings"]
+    assert _cycles(edges) == []

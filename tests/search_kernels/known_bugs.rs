@@ -9,8 +9,7 @@ use super::*;
 // and flush subnormal results to zero whatever MXCSR says, while the error bound assumes gradual
 // underflow, measures key norms as f32 sums of squares (which underflow), and trusts "fewer
 // candidates than k'" to mean every key was seen. The fifth is the order of tied signed zeros.
-// They fail on AVX-512 BF16 CPUs until the kernel is fixed, so they are ignored for now:
-// `cargo test --release --test search_kernels -- --ignored`.
+// The kernel is fixed; they stay as regression tests and run with the rest.
 
 #[test]
 fn subnormal_query_elements_stay_exact() {
