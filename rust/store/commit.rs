@@ -107,10 +107,7 @@ impl CommitFile {
             let tmp = path.with_extension("tmp");
             let mut bytes = [0u8; 2 * SLOT];
             bytes[..SLOT].copy_from_slice(&encode(Commit { seq: 0, count: 0 }));
-            std::fs::write(&tmp, bytes).at(&tmp)?;
-            File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
-            std::fs::rename(&tmp, path).at(path)?;
-            crate::durable::sync_dir(path.parent().unwrap_or(path))?;
+            crate::durable::replace(path, &tmp, &bytes)?;
         }
         let (last, prev) = read_commits(path)?;
         let file = OpenOptions::new()

@@ -19,7 +19,7 @@ from ..document import Document
 from ..exceptions import InvalidValueError
 from ..torch.reader import LongDocumentReader, create_store
 from . import models
-from .memory import META, MemoryFolder, committed
+from .folder import META, MemoryFolder
 
 DEFAULTS = {"window": 2048, "k": 128, "backend": "exact", "store_dtype": "bfloat16"}
 
@@ -285,12 +285,10 @@ def ingest(
     model: Any, document: Document, ids: np.ndarray, meta: dict[str, Any], progress: bool = True
 ) -> dict[str, float]:
     """Reads `ids` into `document` from its committed length on; returns figures."""
-    store = document.store
     window, k, backend = int(meta["window"]), int(meta["k"]), str(meta["backend"])
-    done = committed(document, store.layers)
-    first = min(done.values())
     start = time.perf_counter()
     reader = LongDocumentReader(model, document, window=window, k=k, backend=backend)
+    first = min(reader.committed().values())
     low = reader.finish_window(torch.from_numpy(ids))  # a window a stopped run left half-done
     _exit_hook(reader)
     bar = _bar(progress, len(ids), low, document.name)

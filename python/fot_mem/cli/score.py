@@ -14,9 +14,10 @@ import torch
 
 from ..exceptions import InvalidValueError
 from ..torch.reader import LongDocumentReader, window_losses
+from ..torch.retrieval import Bounded
 from . import models
+from .folder import MemoryFolder
 from .ingest import check_model
-from .memory import Bounded, MemoryFolder
 
 
 def _common(p: argparse.ArgumentParser) -> None:

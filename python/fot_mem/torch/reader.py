@@ -107,6 +107,14 @@ class LongDocumentReader:
         """Tokens in the document's memory (the same in every memory layer)."""
         return self.source.length(self.model.config.memory_layers[0])
 
+    def committed(self) -> dict[int, int]:
+        """Committed tokens of each memory layer (they differ only after a run stopped between
+        the layers' appends of one window: `finish_window`)."""
+        exists = self.document.exists
+        return {
+            n: self.document.length(n) if exists else 0 for n in self.model.config.memory_layers
+        }
+
     def provider(self, layer: int, queries: torch.Tensor) -> Memory | None:
         """What the model's memory layers call: `queries [1, H, T, D]` -> Memory or None."""
         self._sync()
@@ -173,8 +181,7 @@ class LongDocumentReader:
         hold it, those behind do not): reads it again against the memory before it, searches
         bounded there, and appends it to the layers behind. `tokens`: the whole document.
         Returns the committed length that reading goes on from."""
-        layers = self.model.config.memory_layers
-        done = {n: self.document.length(n) if self.document.exists else 0 for n in layers}
+        done = self.committed()
         low = min(done.values())
         if low == max(done.values()):
             return low

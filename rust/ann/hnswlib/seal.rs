@@ -4,7 +4,6 @@
 //! [`check`], and the writer removes the old seal before replacing an index file; so a seal that
 //! matches vouches for the file, and a missing or mismatched one means "rebuild".
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::format::{check, Params};
@@ -44,17 +43,7 @@ pub fn write_seal(bin: &Path, seal: &Path, p: &Params) -> Result<()> {
         .map_or("seal".into(), |n| n.to_string_lossy());
     // The `.<name>.<pid>.tmp` form that `verify` knows as a writer's temporary file.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, seal)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(seal, e));
-    }
-    crate::durable::sync_dir(dir)
+    crate::durable::replace(seal, &tmp, &json)
 }
 
 /// Reads the seal at `seal` and checks the index file `bin` against it: size always, checksum

@@ -11,7 +11,7 @@ from typing import Any
 from ...eval import distraction_run
 from ...eval.distraction import DEFAULT_DS
 from ...exceptions import InvalidValueError
-from .options import add_model_options, load_options
+from .options import add_model_options, in_process, load_options
 
 NAME = "distraction"
 HELP = "the positive attention mass r_d against d (paper section 3.3)"
@@ -62,6 +62,4 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The command in-process, errors raised (`fot_mem.cli.main` turns them into messages)."""
-    p = argparse.ArgumentParser(prog=f"fot-mem eval {NAME}", description=HELP)
-    add_arguments(p)
-    return command(p.parse_args(argv), p)
+    return in_process(NAME, HELP, add_arguments, command, argv)

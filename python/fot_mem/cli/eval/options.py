@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -73,3 +73,20 @@ def plot_only(
     results = load_results(args.plot)
     plot(results, args.png)
     return results
+
+
+R = TypeVar("R")
+
+
+def in_process(
+    name: str,
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Callable[[argparse.Namespace, argparse.ArgumentParser], R],
+    argv: Sequence[str] | None,
+) -> R:
+    """`fot-mem eval NAME ARGV` in this process, errors raised (`fot_mem.cli.main` turns them
+    into messages)."""
+    p = argparse.ArgumentParser(prog=f"fot-mem eval {name}", description=description)
+    add_arguments(p)
+    return command(p.parse_args(argv), p)

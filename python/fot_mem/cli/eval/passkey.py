@@ -8,7 +8,14 @@ from typing import Any
 
 from ... import backends
 from ...eval import passkey
-from .options import add_model_options, add_plot_options, comma_list, load_options, plot_only
+from .options import (
+    add_model_options,
+    add_plot_options,
+    comma_list,
+    in_process,
+    load_options,
+    plot_only,
+)
 
 NAME = "passkey"
 HELP = "Passkey retrieval: accuracy by prompt length and depth of the key."
@@ -74,6 +81,4 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The command in-process, errors raised (`fot_mem.cli.main` turns them into messages)."""
-    p = argparse.ArgumentParser(prog=f"fot-mem eval {NAME}", description=HELP)
-    add_arguments(p)
-    return command(p.parse_args(argv), p)
+    return in_process(NAME, HELP, add_arguments, command, argv)

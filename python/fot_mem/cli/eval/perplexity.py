@@ -9,7 +9,14 @@ from typing import Any
 
 from ... import backends
 from ...eval import perplexity, perplexity_run
-from .options import add_model_options, add_plot_options, comma_list, load_options, plot_only
+from .options import (
+    add_model_options,
+    add_plot_options,
+    comma_list,
+    in_process,
+    load_options,
+    plot_only,
+)
 
 NAME = "perplexity"
 HELP = "Perplexity against memory size on held-out long documents."
@@ -70,6 +77,4 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The command in-process, errors raised (`fot_mem.cli.main` turns them into messages)."""
-    p = argparse.ArgumentParser(prog=f"fot-mem eval {NAME}", description=HELP)
-    add_arguments(p)
-    return command(p.parse_args(argv), p)
+    return in_process(NAME, HELP, add_arguments, command, argv)

@@ -10,6 +10,7 @@ from typing import Any
 from ...eval import suite
 from ...eval.suite import done, json_path
 from . import distraction, passkey, perplexity
+from .options import in_process
 
 NAME = "suite"
 HELP = "evaluation steps in one process, each model loaded once"
@@ -42,6 +43,4 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command in-process: 1 when a step failed, else 0."""
-    p = argparse.ArgumentParser(prog=f"fot-mem eval {NAME}", description=suite.__doc__)
-    add_arguments(p)
-    return command(p.parse_args(argv), p)
+    return in_process(NAME, suite.__doc__, add_arguments, command, argv)
