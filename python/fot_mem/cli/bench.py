@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import exact_kernel_info
 from ..exceptions import InvalidValueError
 from ..store import MemoryStore
 
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> None:
     keys = clustered(rng, args.tokens * KV).reshape(args.tokens, KV, DIM)
     queries = clustered(rng, args.queries * HEADS).reshape(args.queries, HEADS, DIM)
     n_q = args.queries * HEADS
+    info = exact_kernel_info()  # a CPU figure names its CPU and the kernel that ran
+    print(f"CPU {info['cpu']}; exact kernel {info['kernel']} ({', '.join(info['features'])})")
     print(f"{args.tokens:,} keys x {KV} kv heads x {DIM}; {n_q:,} queries (9 heads); k {args.k}")
     rows: list[tuple[str, float, float | None]] = []
     with tempfile.TemporaryDirectory() as tmp:

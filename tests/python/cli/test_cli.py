@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fot_mem import MemoryStore  # noqa: E402
+from fot_mem import MemoryStore, exact_kernel_info  # noqa: E402
 from fot_mem.data.shards import write_shards  # noqa: E402
 from tiny import tiny_run  # noqa: E402
 
@@ -186,6 +186,8 @@ def test_errors_are_clear(setup: Path, whole: Path) -> None:
 def test_bench_prints_ratios() -> None:
     out = fot("bench", "--tokens", 4096, "--queries", 16, "--repeats", 1, "--no-ann").stdout
     assert "fot_mem exact" in out and "1.00x" in out
+    info = exact_kernel_info()
+    assert f"CPU {info['cpu']}; exact kernel {info['kernel']}" in out
 
 
 def test_verify_reports_damage_and_changes_nothing(setup: Path, whole: Path) -> None:
