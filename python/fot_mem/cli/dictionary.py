@@ -54,6 +54,17 @@ def add_parsers(sub: Any) -> None:
     )
     run.add_argument("--memory-layer", type=int, help="the memory layer's index (preset's)")
     run.add_argument("--lr", type=float, help="peak learning rate (preset's)")
+    run.add_argument(
+        "--near",
+        type=int,
+        help="FoT's and the control's training keys in families of this many near misses "
+        "(hard negatives; preset's, 0: the paper's uniform keys)",
+    )
+    run.add_argument(
+        "--also-k",
+        default="",
+        help="answer FoT's two largest memories again with these k (comma-separated)",
+    )
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     run.add_argument(
         "--schedule",

@@ -41,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 1,221); 2e-3 jumped from 0.06 to 0.94 between steps 400 and 500 (2026-12-07 sweep)
         "lr": 2e-3,
         "qk_temperature": 16.0,
+        "near": 0,
         "sizes": [512, 4096, 16384, 65536, 262144, 1 << 20, 1 << 22, 1 << 24, 1 << 26],
         "baseline_max": 1 << 18,
         "ds": [1, 2, 4, 8, 16, 32, 64, 128],
@@ -169,10 +170,18 @@ def _train_configs(
             **common,
         ),
         "fot": TrainConfig(
-            out=str(out / "fot"), d_schedule=f"0:{top}", eval_d=f"1,{top}", **common
+            out=str(out / "fot"),
+            d_schedule=f"0:{top}",
+            eval_d=f"1,{top}",
+            dict_near=preset.get("near", 0),
+            **common,
         ),
         "control_d1": TrainConfig(
-            out=str(out / "control_d1"), d_schedule="0:1", eval_d=f"1,{top}", **common
+            out=str(out / "control_d1"),
+            d_schedule="0:1",
+            eval_d=f"1,{top}",
+            dict_near=preset.get("near", 0),
+            **common,
         ),
         "baseline": TrainConfig(
             out=str(out / "baseline"),
@@ -239,6 +248,9 @@ def run(args: argparse.Namespace) -> None:
         preset = {**preset, "model": model}
     if args.lr is not None:
         preset = {**preset, "lr": args.lr}
+    if args.near is not None:
+        preset = {**preset, "near": args.near}
+    also_k = sizes_of(args.also_k) if args.also_k else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = device_of(args.device)
@@ -338,6 +350,17 @@ def run(args: argparse.Namespace) -> None:
             )  # fmt: skip
             entry["fill"] = json.loads((out / f"fill-{name}.json").read_text())
             entry["answers"] = json.loads((out / f"answer-{name}.json").read_text())
+            large = ",".join(str(n) for n in sorted(mine)[-2:])
+            for k in also_k if name == "fot" and large else []:
+                # retrieval or attention: does a wider top-k find the answers k = 32 misses?
+                found = out / f"answer-{name}-k{k}.json"
+                _subcommand(
+                    "answer", cfg.out, store, "--sizes", large, "--device", device,
+                    "--query-sets", str(preset["query_sets"]), "--k", str(k), "--json", str(found),
+                )  # fmt: skip
+                entry.setdefault("accuracy_k", {})[str(k)] = {
+                    n: a["accuracy"] for n, a in json.loads(found.read_text()).items()
+                }
             shutil.rmtree(stores, ignore_errors=True)
         entry["accuracy"] = {n: a["accuracy"] for n, a in entry["answers"].items()}
         results[name] = entry

@@ -106,14 +106,39 @@ class DictionaryTask:
 
     def distinct_keys(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         """Key numbers `shape`, distinct along the last axis."""
-        keys = rng.integers(0, self.keyspace, size=shape, dtype=np.int64)
-        rows = keys.reshape(-1, shape[-1])
-        while True:  # redraw rows with a repeat (rare: 25 of 16.7M keys)
+        return self._distinct(rng, rng.integers(0, self.keyspace, size=shape, dtype=np.int64))
+
+    def near_keys(self, rng: np.random.Generator, shape: tuple[int, ...], near: int) -> np.ndarray:
+        """Key numbers `shape`, distinct along the last axis, in families of `near` + 1: a
+        random key and `near` copies of it with one symbol changed, spread at random. Hard
+        negatives: a uniform draw almost never puts two keys this close in one batch (3,200
+        of 16.7M keys), while a dictionary of 64M tokens holds about 100 such neighbours of
+        every key."""
+        k, s = self.key_len, self.symbols
+        if isinstance(near, bool) or not isinstance(near, int) or not 0 <= near <= k * (s - 1):
+            raise InvalidValueError(f"near must be in 0..{k * (s - 1)} (keys one symbol apart)")
+        count = int(np.prod(shape))
+        families = -(-count // (near + 1))
+        base = self.digits(rng.integers(0, self.keyspace, size=families, dtype=np.int64), k)
+        # `near` distinct edits a family: (position, nonzero shift of the symbol there)
+        edits = rng.random((families, k * (s - 1))).argsort(axis=1)[:, :near]
+        place, shift = edits // (s - 1), edits % (s - 1) + 1
+        copies = np.repeat(base[:, None], near, axis=1)
+        f, c = np.indices((families, near))
+        copies[f, c, place] = (copies[f, c, place] + shift) % s
+        digits = np.concatenate((base[:, None], copies), axis=1).reshape(-1, k)
+        numbers = digits @ (s ** np.arange(k - 1, -1, -1, dtype=np.int64))
+        return self._distinct(rng, rng.permutation(numbers)[:count].reshape(shape))
+
+    def _distinct(self, rng: np.random.Generator, keys: np.ndarray) -> np.ndarray:
+        """`keys` with the rows (last axis) that repeat a key redrawn until none does."""
+        rows = keys.reshape(-1, keys.shape[-1])
+        while True:  # rare for uniform keys: 25 of 16.7M
             ordered = np.sort(rows, axis=1)
             bad = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
             if not bad.any():
-                return rows.reshape(shape)
-            rows[bad] = rng.integers(0, self.keyspace, size=(int(bad.sum()), shape[-1]))
+                return rows.reshape(keys.shape)
+            rows[bad] = rng.integers(0, self.keyspace, size=(int(bad.sum()), rows.shape[1]))
 
     def windows(self, mark: int, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Records of key and value numbers `[n, records]` -> windows `[n, W]` int64 whose
@@ -141,14 +166,19 @@ class DictionaryTask:
 
     # -- training documents ---------------------------------------------------------------
     def training_batch(
-        self, seed: int, step: int, batch: int, *, whole: bool = False
+        self, seed: int, step: int, batch: int, *, whole: bool = False, near: int = 0
     ) -> CrossbatchBatch:
         """Batch `step`: `batch` documents, each a window of definitions (`prev`) and a window
         of queries on all its keys in a random order (`curr`, one PAD more for the last
         target); `mask` marks the targets that count. `whole`: both windows in `curr` (for a
-        model without memory), `prev` empty."""
+        model without memory), `prev` empty. `near` > 0: the batch's keys come in families of
+        keys one symbol apart (`near_keys`), spread over its documents, so crossbatch's
+        negatives hold near misses of every key; 0: uniform keys (the paper)."""
         rng = np.random.default_rng((seed, step))
-        keys = self.distinct_keys(rng, (batch, self.records))
+        if near:
+            keys = self.near_keys(rng, (batch, self.records), near)
+        else:
+            keys = self.distinct_keys(rng, (batch, self.records))
         values = rng.integers(0, self.symbols**self.value_len, size=keys.shape, dtype=np.int64)
         order = rng.permuted(np.tile(np.arange(self.records), (batch, 1)), axis=1)
         rows = np.arange(batch)[:, None]

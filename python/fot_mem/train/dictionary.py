@@ -9,14 +9,19 @@ from ..exceptions import InvalidValueError
 
 class DictionaryBatches:
     """The batches of a training (or validation) run on the task: batch i is
-    `task.training_batch(seed, i, batch)`. Holds only its step, so a checkpoint resumes it."""
+    `task.training_batch(seed, i, batch, near=near)`. Holds only its step, so a checkpoint
+    resumes it."""
 
-    def __init__(self, task: DictionaryTask, *, batch: int, seed: int, whole: bool = False) -> None:
-        self.task, self.batch, self.seed, self.whole = task, batch, seed, whole
+    def __init__(
+        self, task: DictionaryTask, *, batch: int, seed: int, whole: bool = False, near: int = 0
+    ) -> None:
+        self.task, self.batch, self.seed, self.whole, self.near = task, batch, seed, whole, near
         self.step = 0
 
     def next(self) -> CrossbatchBatch:
-        out = self.task.training_batch(self.seed, self.step, self.batch, whole=self.whole)
+        out = self.task.training_batch(
+            self.seed, self.step, self.batch, whole=self.whole, near=self.near
+        )
         self.step += 1
         return out
 

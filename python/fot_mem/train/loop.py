@@ -96,6 +96,7 @@ class Trainer:
                 batch=cfg.batch,
                 seed=cfg.seed * 1000 + self.dist.rank,
                 whole=cfg.prev == 0,
+                near=cfg.dict_near,
             )
         else:
             self.batcher = CrossbatchBatcher(

@@ -176,3 +176,51 @@ def test_minutes_cap_stops_and_saves(tmp_path) -> None:
     log = Trainer(cfg).run(progress=False)
     assert log[-1]["step"] == 1 and "val_acc_d1" in log[-1]
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-0000001"
+
+
+def hamming(a: np.ndarray, b: np.ndarray, task: DictionaryTask = TASK) -> np.ndarray:
+    """Symbols that differ between key numbers `a [n]` and `b [m]`: `[n, m]`."""
+    return (task.digits(a, task.key_len)[:, None] != task.digits(b, task.key_len)[None]).sum(-1)
+
+
+def test_near_keys_come_in_families_of_near_misses() -> None:
+    rng = np.random.default_rng(1)
+    keys = TASK.near_keys(rng, (1, 3200), 15)[0]
+    assert keys.shape == (3200,) and len(np.unique(keys)) == 3200
+    assert (keys >= 0).all() and (keys < TASK.keyspace).all()
+    apart = hamming(keys, keys)
+    ones = (apart == 1).sum(1)
+    # every key has a near miss (its family's base or copy); the base has all 15 of its copies
+    assert ones.min() >= 1 and ones.max() >= 15
+    uniform = TASK.distinct_keys(rng, (1, 3200))[0]
+    assert (hamming(uniform, uniform) == 1).sum(1).mean() < 0.1 < ones.mean()
+
+
+def test_near_batches_spread_families_over_documents() -> None:
+    b = TASK.training_batch(seed=2, step=0, batch=64, near=7)
+    keys = b.prev[:, 0, : TASK.records * TASK.record].reshape(64, TASK.records, TASK.record)
+    numbers = (keys[..., 1:5].numpy() * 64 ** np.arange(3, -1, -1)).sum(-1)  # [docs, records]
+    assert all(len(np.unique(row)) == TASK.records for row in numbers)
+    apart = hamming(numbers.reshape(-1), numbers.reshape(-1))
+    doc = np.repeat(np.arange(64), TASK.records)
+    other = doc[:, None] != doc[None, :]
+    # most keys meet a near miss in another document: a negative crossbatch will show them
+    assert ((apart == 1) & other).any(1).mean() > 0.8
+    # queries and answers are still the document's own
+    queries = b.curr[:, : TASK.records * TASK.record].reshape(64, TASK.records, TASK.record)
+    for i in range(64):
+        defined = {tuple(r[1:5]) + tuple(r[6:]) for r in keys[i].tolist()}
+        assert {tuple(r[1:5]) + tuple(r[6:]) for r in queries[i].tolist()} == defined
+    # near = 0 is the paper's draw, unchanged
+    plain = TASK.training_batch(seed=2, step=0, batch=64)
+    assert torch.equal(plain.prev, TASK.training_batch(seed=2, step=0, batch=64, near=0).prev)
+
+
+def test_near_is_checked_and_reaches_the_batches(tmp_path) -> None:
+    with pytest.raises(InvalidValueError, match=r"near must be in 0\.\.252"):
+        TASK.near_keys(np.random.default_rng(0), (1, 10), 253)
+    with pytest.raises(InvalidValueError, match="dict_near"):
+        small(tmp_path, dict_near=-1).check()
+    trainer = Trainer(small(tmp_path / "near", dict_near=3, dict_symbols=16, dict_key=2))
+    assert isinstance(trainer.batcher, DictionaryBatches) and trainer.batcher.near == 3
+    assert trainer._val_batcher().near == 0  # validation stays the paper's task

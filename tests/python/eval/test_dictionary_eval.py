@@ -208,13 +208,19 @@ def test_cli_sweeps_the_d1_phase_then_continues_from_it(tmp_path: Path) -> None:
     step = phase["d1_phase"]["last"]["step"]
     assert json.loads((out / "d1_phase" / "config.json").read_text())["lr"] == 2e-3
     checkpoint = (out / "d1_phase" / "latest").read_text()
+    more = ["--near", "3", "--also-k", "2,16"]
     done = subprocess.run(
-        [*cmd, "--only", "fot", "--reuse-d1"], capture_output=True, text=True, timeout=600
+        [*cmd, "--only", "fot", "--reuse-d1", *more], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["d1_phase"]["reused"] and results["d1_phase"]["last"]["step"] == step
     assert results["fot"]["train"]["branch"] == step
+    # FoT trained on near misses, and answered its two largest memories again with k = 2, 16
+    assert json.loads((out / "fot" / "config.json").read_text())["dict_near"] == 3
+    assert results["fot"]["config"]["dict_near"] == 3
+    assert set(results["fot"]["accuracy_k"]) == {"2", "16"}
+    assert all(set(a) == {"64", "128"} for a in results["fot"]["accuracy_k"].values())
     assert (out / "d1_phase" / "latest").read_text() == checkpoint  # not trained again
     bad = subprocess.run([*cmd, "--only", "fott"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "fott" in bad.stderr and "Traceback" not in bad.stderr
