@@ -204,7 +204,8 @@ def focus(
 ) -> dict[str, Any]:
     """r_d on dictionary windows: query windows of `windows` documents, each with its own
     definitions (the positive) and those of d-1 other documents in memory. r is averaged over
-    the tokens that predict an answer ("r_d") and over every token ("r_d_all_tokens")."""
+    the tokens that predict an answer ("r_d"; per query head: "r_d_heads", memory layers
+    one after another) and over every token ("r_d_all_tokens")."""
     docs = max(max(ds), windows)
     b = task.training_batch(seed, 0, docs)
     defs = b.prev[:, 0]  # [docs, W]
@@ -227,6 +228,10 @@ def focus(
         "r_d": {str(d): float(answered[d][..., 0].mean()) for d in ds},
         "r_d_all_tokens": {str(d): float(found[d][..., 0].mean()) for d in ds},
         "memory_share": {str(d): float(answered[d][..., 3].mean()) for d in ds},
+        # attention on the positive over attention on all of memory, summed over heads
+        "r_d_weighted": {str(d): float(answered[d][..., 4].mean()) for d in ds},
+        # r_d of each query head of each memory layer: which heads focus
+        "r_d_heads": {str(d): answered[d][..., 5:].mean(dim=1).flatten().tolist() for d in ds},
     }
 
 

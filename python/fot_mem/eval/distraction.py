@@ -64,7 +64,7 @@ def attention_stats(
     progress: bool = False,
     positions: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
-    """{d: `mass_stats` `[memory layers, N, 5]`}: as `attention_mass`, with the other figures
+    """{d: `mass_stats` `[memory layers, N, 5 + H]`}: as `attention_mass`, with the other figures
     of `mass_stats` beside r. `positions [N, W]` (bool): average over these tokens only."""
     layers = model.config.memory_layers
     n = contexts.shape[1]
@@ -130,7 +130,7 @@ def _window_mass(
     rows: range,
     positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`mass_stats` `[memory layers, rows, 5]` of the query windows `rows`, d contexts in memory
+    """`mass_stats` `[memory layers, rows, 5 + H]` of the query windows `rows`, d contexts in memory
     (each memory layer's queries and memory from its provider call, its local keys from the
     attention's output, through a forward hook)."""
     rows = range(rows.start, min(rows.stop, current.shape[0]))
@@ -183,11 +183,11 @@ def mass_stats(
     local: torch.Tensor | None = None,
     positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`[B, 5]` per row, means over heads and tokens: the positive mass r; the share of all
+    """`[B, 5 + H]` per row, means over heads and tokens: the positive mass r; the share of all
     memory mass on the contexts' first keys; r with those first keys left out; and, given the
     rotated `local` keys `[B, Hkv, T, D]` the queries attend causally (else NaN), memory's share
     of the whole softmax and r weighted by it (attention on the positive over attention on all
-    of memory, summed over heads and tokens).
+    of memory, summed over heads and tokens); then r of each of the H query heads.
 
     A window's first token is an attention sink (it saw nothing before it), so every context
     brings one key that draws mass whatever the query: the share says how much of r's
@@ -229,8 +229,14 @@ def mass_stats(
         return (x * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2))
 
     stats = mean(torch.stack([r, share, r_rest], dim=-1))
+    # r of each query head (head kv * G + g reads kv head kv), over the same tokens
+    by_head = (r * weight).unflatten(-1, (h // hkv, t)).sum(-1) / weight.unflatten(
+        -1, (h // hkv, t)
+    ).sum(-1)
+    by_head = by_head.reshape(b, h)
     if local is None:
-        return torch.cat((stats, torch.full_like(stats[:, :2], float("nan"))), dim=1)
+        nan = torch.full_like(stats[:, :2], float("nan"))
+        return torch.cat((stats, nan, by_head), dim=1)
     # causal local log-sum-exp: query t (of each group's T) sees local keys 0..t
     n = local.shape[2]
     logits = torch.matmul(q, local.to(dtype).transpose(-1, -2))  # [B, Hkv, G * T, n]
@@ -243,7 +249,7 @@ def mass_stats(
     memory = (total - whole).exp()  # memory's share of each query's softmax
     positive = (per_context[..., 0] - whole).exp()
     weighted = (positive * weight).sum(dim=(1, 2)) / (memory * weight).sum(dim=(1, 2))
-    return torch.cat((stats, mean(memory)[:, None], weighted[:, None]), dim=1)
+    return torch.cat((stats, mean(memory)[:, None], weighted[:, None], by_head), dim=1)
 
 
 def distraction(

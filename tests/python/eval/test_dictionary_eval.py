@@ -167,6 +167,15 @@ def test_mass_stats_over_chosen_tokens() -> None:
     one[:, 4] = True
     alone = mass_stats(q[:, :, 4:5], k, 3)
     assert torch.allclose(mass_stats(q, k, 3, positions=one)[:, :3], alone[:, :3])
+    # r of each query head: head h reads kv head h // 2; their mean is r
+    assert every.shape == (2, 5 + 4)
+    assert torch.allclose(every[:, 5:].mean(dim=1), every[:, 0])
+    for b in range(2):
+        for head in range(4):
+            lse = (q[b, head] @ k[b, head // 2].T).unflatten(-1, (3, 5)).logsumexp(-1)
+            r = (lse[:, 0] - lse.logsumexp(-1)).exp().mean()
+            assert torch.allclose(every[b, 5 + head], r)
+    assert torch.allclose(mass_stats(q, k, 3, positions=one)[:, 5:], alone[:, 5:])
 
 
 def test_cli_runs_the_whole_experiment_and_learns(tmp_path: Path) -> None:
@@ -184,6 +193,8 @@ def test_cli_runs_the_whole_experiment_and_learns(tmp_path: Path) -> None:
         entry = results[name]
         assert set(entry["accuracy"]) == {"32", "64", "128"}
         assert set(entry["r_d"]) == {"1", "2", "4", "8"} and entry["r_d"]["1"] == 1.0
+        heads = entry["r_d_heads"]["4"]  # the tiny preset: one memory layer of 4 heads
+        assert len(heads) == 4 and sum(heads) / 4 == pytest.approx(entry["r_d"]["4"])
         assert all(f["tokens"] == int(n) for n, f in entry["fill"].items())
     assert set(results["baseline"]["accuracy"]) == {"32", "64", "128"}
     # chance is 1/32: 200 steps lift the d = 1 phase and the control clearly above it
