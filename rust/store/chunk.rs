@@ -154,3 +154,31 @@ impl KeyView {
         self.chunk.key_bytes(self.offset, self.rows * row_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_at_goes_to_the_mapping_and_is_an_error_on_read_only_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000.keys");
+        let w = ChunkFile::open(&path, 3 * 4096, OpenMode::Fresh).unwrap();
+        // Across a page boundary, into a fresh (never touched) page.
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        w.write_at(4000, &bytes).unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.range(4000, bytes.len()), &bytes[..]);
+        assert!(w.range(0, 4000).iter().all(|&b| b == 0));
+
+        let r = ChunkFile::open(&path, 3 * 4096, OpenMode::Committed { writable: false }).unwrap();
+        assert_eq!(r.range(4000, bytes.len()), &bytes[..]);
+        match r.write_at(0, &[1, 2, 3]) {
+            Err(Error::ReadOnly(msg)) => assert!(msg.contains("000000.keys"), "{msg}"),
+            other => panic!("expected a read-only error, got {other:?}"),
+        }
+        // Syncing a read-only chunk has nothing to do; the bytes are unchanged.
+        r.sync().unwrap();
+        assert_eq!(r.range(0, 3), &[0, 0, 0]);
+    }
+}
