@@ -3,7 +3,7 @@
 //!
 //! - `append/<dtype>/dim <d>/kv_heads <h>/<t> tokens[/chunk 4096]`: appends of `t` tokens of
 //!   clustered keys and values, given in the storage dtype (no conversion), each committed durably
-//!   (msync + fsync) before it returns; throughput is `Bytes` of keys + values. Covered: every
+//!   (fdatasync of the chunks, then of the count) before it returns; throughput is `Bytes` of keys + values. Covered: every
 //!   dtype at dim 128 with 8 kv heads (a 7B-class layer), bf16 at dim 64 with 3 kv heads
 //!   (SmolLM2-135M), and bf16 dim 128 in 4096-token chunks (a new chunk file every 2 appends, the
 //!   chunk overhead). The stores use 65,536-token chunks otherwise; every 32 appends (65,536

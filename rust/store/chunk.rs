@@ -6,9 +6,11 @@
 //!
 //! The mapping is raw (no Rust borrow of the whole file) so that it can be shared: searches and
 //! zero-copy numpy views read committed rows, which never change again, while the one writer
-//! writes rows past the committed count, which nobody reads.
+//! writes rows past the committed count, which nobody reads. The writer writes through the file
+//! (`write_at`), never the mapping, which is read-only for every handle.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +22,8 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug)]
 pub struct ChunkFile {
     map: MmapRaw,
-    writable: bool,
+    /// The open file of a writable chunk, which appends write through.
+    file: Option<File>,
     path: PathBuf,
 }
 
@@ -73,10 +76,10 @@ impl ChunkFile {
                 f
             }
         };
-        let map = map_file(&file, path, writable)?;
+        let map = MmapOptions::new().map_raw_read_only(&file).at(path)?;
         Ok(ChunkFile {
             map,
-            writable,
+            file: writable.then_some(file),
             path: path.to_owned(),
         })
     }
@@ -94,41 +97,29 @@ impl ChunkFile {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) }
     }
 
-    /// Bytes `start..start + len`, for the writer to fill.
-    ///
-    /// # Safety
-    /// The range must lie past the committed count (nobody reads it) and the caller must be the
-    /// store's one writer, holding no other borrow of the range.
-    #[allow(clippy::mut_from_ref)] // a raw shared mapping; exclusivity is the caller's contract
-    pub unsafe fn range_mut(&self, start: usize, len: usize) -> &mut [u8] {
+    /// Writes `bytes` at `offset` through the file (pwrite), not the mapping: a store to a fresh
+    /// page of the mapping faults it in (the kernel zero-fills it first), which cost appends more
+    /// than half their time. The page cache is shared, so the mapping sees the bytes. The range
+    /// must lie past the committed count (nobody reads it), written by the store's one writer
+    /// (several threads of it may write disjoint ranges). A read-only chunk is an error.
+    pub fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        let file = self.file.as_ref().ok_or_else(|| {
+            Error::ReadOnly(format!("chunk {} is open read-only", self.path.display()))
+        })?;
         assert!(
-            self.writable,
-            "chunk {} is mapped read-only",
-            self.path.display()
-        );
-        assert!(
-            start + len <= self.map.len(),
+            offset + bytes.len() <= self.map.len(),
             "range past the end of {}",
             self.path.display()
         );
-        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(start), len)
+        file.write_all_at(bytes, offset as u64).at(&self.path)
     }
 
-    /// Writes `len` bytes at `offset` back to disk (msync) before a commit.
-    pub fn flush_range(&self, offset: usize, len: usize) -> Result<()> {
-        if self.writable && len > 0 {
-            self.map.flush_range(offset, len).at(&self.path)
-        } else {
-            Ok(())
+    /// Makes what `write_at` wrote durable (fdatasync) before a commit.
+    pub fn sync(&self) -> Result<()> {
+        match &self.file {
+            Some(file) => file.sync_data().at(&self.path),
+            None => Ok(()),
         }
-    }
-}
-
-fn map_file(file: &File, path: &Path, writable: bool) -> Result<MmapRaw> {
-    if writable {
-        MmapOptions::new().map_raw(file).at(path)
-    } else {
-        MmapOptions::new().map_raw_read_only(file).at(path)
     }
 }
 
@@ -161,5 +152,33 @@ impl KeyView {
     /// The viewed bytes.
     pub fn bytes(&self, row_bytes: usize) -> &[u8] {
         self.chunk.key_bytes(self.offset, self.rows * row_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_at_goes_to_the_mapping_and_is_an_error_on_read_only_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000.keys");
+        let w = ChunkFile::open(&path, 3 * 4096, OpenMode::Fresh).unwrap();
+        // Across a page boundary, into a fresh (never touched) page.
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        w.write_at(4000, &bytes).unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.range(4000, bytes.len()), &bytes[..]);
+        assert!(w.range(0, 4000).iter().all(|&b| b == 0));
+
+        let r = ChunkFile::open(&path, 3 * 4096, OpenMode::Committed { writable: false }).unwrap();
+        assert_eq!(r.range(4000, bytes.len()), &bytes[..]);
+        match r.write_at(0, &[1, 2, 3]) {
+            Err(Error::ReadOnly(msg)) => assert!(msg.contains("000000.keys"), "{msg}"),
+            other => panic!("expected a read-only error, got {other:?}"),
+        }
+        // Syncing a read-only chunk has nothing to do; the bytes are unchanged.
+        r.sync().unwrap();
+        assert_eq!(r.range(0, 3), &[0, 0, 0]);
     }
 }

@@ -5,6 +5,7 @@
 //! not get to write is written before its next commit, or by the next writer to open the layer,
 //! from the committed data (see `seal.rs`).
 
+mod append;
 mod checksums;
 mod indexes;
 mod read;
@@ -199,6 +200,16 @@ impl LayerMemory {
     /// (flat, token-major), flushes them, then commits. Returns the new length. On error nothing
     /// is committed and the layer keeps its previous length.
     pub fn append(&mut self, keys: Elements, values: Elements) -> Result<u64> {
+        self.append_threads(keys, values, None)
+    }
+
+    /// `append` on `forced_threads` writer threads if given (tests), else as many as pays.
+    fn append_threads(
+        &mut self,
+        keys: Elements,
+        values: Elements,
+        forced_threads: Option<usize>,
+    ) -> Result<u64> {
         let cfg = Arc::clone(&self.config);
         let (kvh, hd, vd) = (
             cfg.kv_heads as usize,
@@ -226,40 +237,18 @@ impl LayerMemory {
             let c = self.open_chunk(self.chunks.len(), OpenMode::Fresh)?;
             self.chunks.push(Arc::new(c));
         }
-        let es = cfg.dtype.size();
-        for t in 0..tokens {
-            let (c, s) = ((start + t) / ct, (start + t) % ct);
-            let chunk = &self.chunks[c];
-            for h in 0..kvh {
-                let src = (t * kvh + h) * hd;
-                let dst = (h * ct + s) * hd * es;
-                // SAFETY: token start + t is past the committed count and `&mut self` makes this
-                // the only writer.
-                let out = unsafe { chunk.keys.range_mut(dst, hd * es) };
-                keys.slice(src..src + hd)
-                    .encode_into(cfg.dtype, out, "keys", src)?;
-                let src = (t * kvh + h) * vd;
-                let dst = (h * ct + s) * vd * es;
-                // SAFETY: as above.
-                let out = unsafe { chunk.values.range_mut(dst, vd * es) };
-                values
-                    .slice(src..src + vd)
-                    .encode_into(cfg.dtype, out, "values", src)?;
-            }
-        }
-        // Data first, then the count (the commit point), then the checksums of the chunks this
-        // append fills (see `seal.rs`).
-        for c in start / ct..end.div_ceil(ct) {
-            let first = start.max(c * ct) - c * ct;
-            let last = end.min((c + 1) * ct) - c * ct;
-            let chunk = &self.chunks[c];
-            for h in 0..kvh {
-                let row = h * ct + first;
-                let rows = last - first;
-                chunk.keys.flush_range(row * hd * es, rows * hd * es)?;
-                chunk.values.flush_range(row * vd * es, rows * vd * es)?;
-            }
-        }
+        // Data first (written and synced), then the count (the commit point), then the
+        // checksums of the chunks this append fills (see `seal.rs`).
+        append::write_rows(
+            &self.dir,
+            &cfg,
+            &self.chunks,
+            keys,
+            values,
+            start,
+            end,
+            forced_threads,
+        )?;
         self.commit
             .as_mut()
             .expect("checked writable above")
