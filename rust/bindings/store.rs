@@ -14,7 +14,7 @@ use super::search::{self, Scored};
 use super::{hnsw, views};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::store::{MemoryStore, StoreConfig, DEFAULT_CHUNK_TOKENS};
+use crate::store::{MemoryStore, Part, StoreConfig, DEFAULT_CHUNK_TOKENS};
 
 type Arrays<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
 
@@ -67,6 +67,27 @@ impl Store {
 
     fn layer(&self, py: Python<'_>, layer: i64) -> PyResult<u32> {
         layer_index(layer, &self.config.layers).map_err(|e| to_py(py, e))
+    }
+
+    /// `(first_token_id, view)` per chunk of one kv head's keys or values (see `key_views`).
+    fn views<'py>(
+        &self,
+        py: Python<'py>,
+        doc: &str,
+        layer: i64,
+        kv_head: usize,
+        part: Part,
+    ) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
+        let layer = self.layer(py, layer)?;
+        let views = self.with(py, |s| s.views(doc, layer, kv_head, part))?;
+        let dim = match part {
+            Part::Keys => self.config.head_dim,
+            Part::Values => self.config.value_dim,
+        } as usize;
+        views
+            .into_iter()
+            .map(|v| Ok((v.first_id, views::key_view(py, v, dim, self.config.dtype)?)))
+            .collect()
     }
 }
 
@@ -293,13 +314,18 @@ impl Store {
         layer: i64,
         kv_head: usize,
     ) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
-        let layer = self.layer(py, layer)?;
-        let views = self.with(py, |s| s.key_views(doc, layer, kv_head))?;
-        let (hd, dtype) = (self.config.head_dim as usize, self.config.dtype);
-        views
-            .into_iter()
-            .map(|v| Ok((v.first_id, views::key_view(py, v, hd, dtype)?)))
-            .collect()
+        self.views(py, doc, layer, kv_head, Part::Keys)
+    }
+
+    /// `key_views` of the values, `[rows, value_dim]`.
+    fn value_views<'py>(
+        &self,
+        py: Python<'py>,
+        doc: &str,
+        layer: i64,
+        kv_head: usize,
+    ) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
+        self.views(py, doc, layer, kv_head, Part::Values)
     }
 
     /// The directory holding a document-layer's files (unique per incarnation of the document),

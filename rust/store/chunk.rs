@@ -137,21 +137,33 @@ impl Chunk {
     }
 }
 
-/// A run of one kv head's committed keys inside a chunk, `[rows, head_dim]` of the store dtype,
-/// that keeps its chunk mapped for as long as it lives.
+/// Which file of a chunk a view reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Keys,
+    Values,
+}
+
+/// A run of one kv head's committed keys (or values) inside a chunk, `[rows, dim]` of the store
+/// dtype, that keeps its chunk mapped for as long as it lives.
 #[derive(Clone, Debug)]
 pub struct KeyView {
     pub first_id: u64,
     pub rows: usize,
     pub chunk: Arc<Chunk>,
-    /// Byte offset of the first row in the keys file.
+    /// Byte offset of the first row in the file `part` names.
     pub offset: usize,
+    pub part: Part,
 }
 
 impl KeyView {
     /// The viewed bytes.
     pub fn bytes(&self, row_bytes: usize) -> &[u8] {
-        self.chunk.key_bytes(self.offset, self.rows * row_bytes)
+        let file = match self.part {
+            Part::Keys => &self.chunk.keys,
+            Part::Values => &self.chunk.values,
+        };
+        file.range(self.offset, self.rows * row_bytes)
     }
 }
 

@@ -25,7 +25,7 @@ mod seal;
 mod verify;
 mod write;
 
-pub use chunk::KeyView;
+pub use chunk::{KeyView, Part};
 pub use config::{HnswConfig, StoreConfig, DEFAULT_CHUNK_TOKENS};
 pub use indexer::IndexStats;
 pub use layer::LayerMemory;

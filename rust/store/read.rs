@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{KeyView, LayerMemory, MemoryStore};
+use super::{KeyView, LayerMemory, MemoryStore, Part};
 use crate::error::{Error, Result};
 use crate::search::{Backend, KeySource, Queries, SearchResult, SearchShape};
 
@@ -116,9 +116,16 @@ impl MemoryStore {
         Ok((keys, values))
     }
 
-    /// Zero-copy views of the committed keys of one kv head of a document-layer, one per chunk,
-    /// each keeping its chunk mapped while it lives (empty for a document that does not exist).
-    pub fn key_views(&mut self, doc: &str, layer: u32, kv_head: usize) -> Result<Vec<KeyView>> {
+    /// Zero-copy views of the committed keys (or values, `part`) of one kv head of a
+    /// document-layer, one per chunk, each keeping its chunk mapped while it lives (empty for a
+    /// document that does not exist).
+    pub fn views(
+        &mut self,
+        doc: &str,
+        layer: u32,
+        kv_head: usize,
+        part: Part,
+    ) -> Result<Vec<KeyView>> {
         let kvh = self.config.kv_heads as usize;
         if kv_head >= kvh {
             return Err(Error::Index(format!(
@@ -127,7 +134,12 @@ impl MemoryStore {
         }
         Ok(self
             .layer(doc, layer)?
-            .map_or_else(Vec::new, |l| l.key_views(kv_head)))
+            .map_or_else(Vec::new, |l| l.views(kv_head, part)))
+    }
+
+    /// `views` of the keys.
+    pub fn key_views(&mut self, doc: &str, layer: u32, kv_head: usize) -> Result<Vec<KeyView>> {
+        self.views(doc, layer, kv_head, Part::Keys)
     }
 
     /// Keys and values of tokens `start..stop`, widened to f32: `[tokens, kv_heads, head_dim]`

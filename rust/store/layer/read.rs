@@ -7,7 +7,7 @@ use super::LayerMemory;
 use crate::ann::SpanRows;
 use crate::dtype::Elements;
 use crate::search::{IndexedSpan, KeyBlock, KeySource};
-use crate::store::chunk::{Chunk, ChunkFile, KeyView};
+use crate::store::chunk::{Chunk, ChunkFile, KeyView, Part};
 
 impl LayerMemory {
     /// Copies the key and value of token `pos` of kv head `head`, widened to f32, into the outputs.
@@ -51,15 +51,23 @@ impl LayerMemory {
         (head * cfg.chunk_tokens as usize * row, row)
     }
 
-    /// Zero-copy views of the committed keys of `kv_head`, one per chunk, in token order.
-    pub fn key_views(&self, kv_head: usize) -> Vec<KeyView> {
-        let (offset, _) = self.head_offset(kv_head);
+    /// Zero-copy views of the committed keys (or values, `part`) of `kv_head`, one per chunk,
+    /// in token order.
+    pub fn views(&self, kv_head: usize, part: Part) -> Vec<KeyView> {
+        let offset = match part {
+            Part::Keys => self.head_offset(kv_head).0,
+            Part::Values => {
+                let cfg = &self.config;
+                kv_head * cfg.chunk_tokens as usize * cfg.value_dim as usize * cfg.dtype.size()
+            }
+        };
         self.committed_runs()
             .map(|(c, first_id, rows)| KeyView {
                 first_id,
                 rows,
                 chunk: Arc::clone(&self.chunks[c]),
                 offset,
+                part,
             })
             .collect()
     }

@@ -80,3 +80,27 @@ def test_key_views_are_zero_copy_read_only_and_outlive_close(make_store, rng) ->
     np.testing.assert_array_equal(views[2][1], keys[14:, 1])  # still mapped
     with pytest.raises(fot_mem.TokenIndexError, match="kv_heads"):
         fot_mem.MemoryStore.open(store.path, readonly=True)._core.key_views("a", 6, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_value_views_hold_each_heads_values_in_the_store_dtype(make_store, rng, dtype) -> None:
+    """Values have their own width (value_dim 5 here, keys 8): the views read the values file."""
+    store = make_store(dtype=dtype, kv_heads=2, head_dim=8, value_dim=5, chunk_tokens=7)
+    keys = rng.standard_normal((20, 2, 8)).astype(np.float32)
+    values = rng.standard_normal((20, 2, 5)).astype(np.float32)
+    doc = store.document("a")
+    doc.append(6, keys, values)
+    _, stored = doc.read(6)  # float32, as stored
+    for head in range(2):
+        views = store._core.value_views("a", 6, head)
+        assert [first for first, _ in views] == [0, 7, 14]
+        assert [v.shape for _, v in views] == [(7, 5), (7, 5), (6, 5)]
+        got = np.concatenate([v for _, v in views])
+        assert not views[0][1].flags.writeable
+        if dtype == "bfloat16":  # bits in uint16: widen by shifting into float32's high half
+            assert got.dtype == np.uint16
+            got = (got.astype(np.uint32) << 16).view(np.float32)
+        np.testing.assert_array_equal(got.astype(np.float32), stored[:, head])
+    with pytest.raises(fot_mem.TokenIndexError, match="kv_heads"):
+        store._core.value_views("a", 6, 2)
+    assert store._core.value_views("absent", 6, 0) == []

@@ -314,6 +314,30 @@ def test_mirror_search_matches_the_store(stores, block) -> None:
             np.testing.assert_allclose(got_s.numpy(), want_s, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mirror_dtype", [None, torch.float32])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_mirror_loads_every_head_and_chunk_as_the_store_reads_them(
+    stores, dtype, mirror_dtype
+) -> None:
+    """Opening a mirror of a filled document copies the chunk files' rows straight in: the
+    mirror's keys and values equal `Document.read`, head by head, across chunk boundaries."""
+    doc = stores(dtype=dtype).document("d")
+    fill(doc, 5 * CHUNK + 3, seed=30)
+    mirror = DeviceMirror(doc, "cpu", dtype=mirror_dtype)
+    for layer in LAYERS:
+        keys, values = doc.read(layer)  # [T, Hkv, D] float32
+        n = keys.shape[0]
+        assert mirror.length(layer) == n == 5 * CHUNK + 3
+        want = mirror_dtype or {"float32": torch.float32, "float16": torch.float16}.get(
+            dtype, torch.bfloat16
+        )
+        assert mirror.keys[layer].dtype == want
+        got_k = mirror.keys[layer][:, :n].float().transpose(0, 1).numpy()
+        got_v = mirror.values[layer][:, :n].float().transpose(0, 1).numpy()
+        np.testing.assert_array_equal(got_k, keys)
+        np.testing.assert_array_equal(got_v, values)
+
+
 def test_mirror_retrieve_matches_gather_and_the_store_retriever(stores) -> None:
     doc = stores().document("d")
     fill(doc, 90, seed=20)
