@@ -11,6 +11,7 @@ fot-mem dictionary run --out DIR  the paper's dictionary lookup experiment, end 
 fot-mem eval EVALUATION           distraction, perplexity, passkey, or a suite of steps
 fot-mem train --data D --out R    a crossbatch training run (torchrun: -m fot_mem train)
 fot-mem data build|info           a token-shard data set from Debian packages
+fot-mem delta RUN OUT             a fine-tune as a small delta on its base model
 fot-mem demo                      the main job: a text into a memory, used by new processes
 fot-mem store-demo                the store alone (no model): write, reopen, search
 """
@@ -36,7 +37,7 @@ _MODEL_COMMANDS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import bench, data, demo, dictionary, info, train
+    from . import bench, data, delta, demo, dictionary, info, train
 
     p = argparse.ArgumentParser(
         prog="fot-mem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     dictionary.add_parsers(sub)
     train.add_parser(sub)
     data.add_parser(sub)
+    delta.add_parser(sub)
     demo.add_parsers(sub)
     return p
 

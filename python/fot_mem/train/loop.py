@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -41,6 +42,23 @@ def rows(batch: CrossbatchBatch) -> tuple[torch.Tensor, torch.Tensor]:
     if batch.mask is not None:
         targets = targets.masked_fill(~batch.mask, IGNORE)
     return inputs, targets
+
+
+def trainable(model: torch.nn.Module, pattern: str) -> list[torch.nn.Parameter]:
+    """The parameters whose names match `pattern` ("": all); the rest are frozen."""
+    if not pattern:
+        return list(model.parameters())
+    found = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(re.search(pattern, name)))
+        if p.requires_grad:
+            found.append(p)
+    if not found:
+        names = [n for n, _ in model.named_parameters()]
+        raise InvalidValueError(
+            f"trainable {pattern!r} matches no parameter (e.g. {', '.join(names[:4])})"
+        )
+    return found
 
 
 class Trainer:
@@ -78,8 +96,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = DistributedDataParallel(self.model, device_ids=ids)
         self.forward: Any = torch.compile(self.module) if cfg.compile else self.module
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        rest = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        trained = trainable(self.model, cfg.trainable)
+        decay = [p for p in trained if p.dim() >= 2]
+        rest = [p for p in trained if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": cfg.weight_decay},

@@ -1,5 +1,5 @@
-"""The model a training run trains: a scratch FoT model of the run's shape, or a GGUF (SmolLM2's)
-with memory layers."""
+"""The model a training run trains: a scratch FoT model of the run's shape, a GGUF (SmolLM2's)
+with memory layers, or an earlier run's checkpoint."""
 
 from __future__ import annotations
 
@@ -36,7 +36,12 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
         path = smollm2_gguf()
     else:
         path = Path(cfg.init)
-    model = load_gguf(path, memory_layers=layers, qk_norm=cfg.qk_norm, sink_token=sink)
+    if path.is_dir():  # a run or checkpoint folder: fine-tune it as it is (its own shape)
+        from ..torch.weights import _checkpoint_folder, _load_checkpoint
+
+        model = _load_checkpoint(_checkpoint_folder(path))
+    else:
+        model = load_gguf(path, memory_layers=layers, qk_norm=cfg.qk_norm, sink_token=sink)
     if model.config.vocab_size != vocab:
         raise InvalidValueError(
             f"the model's vocabulary has {model.config.vocab_size} tokens, the data's {vocab}"
