@@ -31,7 +31,7 @@ batches the uninterrupted run would have produced.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,8 +68,10 @@ class CrossbatchBatcher:
     order (per epoch). `rank` / `world`: this process uses documents i with i % world == rank.
     `shuffle`: permute the order per epoch (else ascending index). `loop`: start a new epoch when
     the order runs out (else stop). `pin_memory`: allocate batches in pinned host memory, for
-    `batch.to("cuda", non_blocking=True)`. Document lengths come from `documents.lengths` when
-    it has one per document (a `TokenDataset`), else from reading every document of this rank.
+    `batch.to("cuda", non_blocking=True)`. `sources`: a label per document (e.g. its package):
+    the order deals documents round-robin over them (`_interleave`). Document lengths come from
+    `documents.lengths` when it has one per document (a `TokenDataset`), else from reading every
+    document of this rank.
     Errors: `InvalidValueError` for bad numbers, or fewer long-enough documents than `batch`;
     `ShapeError` / `DtypeError` for a document that is not a 1-D integer array.
     """
@@ -87,6 +89,7 @@ class CrossbatchBatcher:
         shuffle: bool = True,
         loop: bool = True,
         pin_memory: bool = False,
+        sources: Sequence[str] | None = None,
     ) -> None:
         self.batch = _positive_int("batch", batch)
         self.window = _positive_int("window", window)
@@ -137,6 +140,9 @@ class CrossbatchBatcher:
                 f"only {len(self._eligible)} document(s) of rank {self.rank}/{self.world} have "
                 f"{self.min_tokens} tokens; batch={self.batch} needs at least as many"
             )
+        if sources is not None and len(sources) != n_docs:
+            raise InvalidValueError(f"{len(sources)} sources for {n_docs} documents")
+        self._sources = None if sources is None else [str(x) for x in sources]
         self._n_documents = n_docs
         self._skipped_short = len(mine) - len(lengths)
         # Windows each document yields: p = wW + kW while p + W + 1 <= len.
@@ -169,7 +175,25 @@ class CrossbatchBatcher:
         if not self.shuffle:
             return self._eligible
         # Seeded by (seed, epoch) alone, so any epoch's order can be rebuilt on resume.
-        return np.random.default_rng([self.seed, epoch]).permutation(self._eligible)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self._eligible)
+        return order if self._sources is None else self._interleave(order, rng)
+
+    def _interleave(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`order` dealt round-robin over its sources (in a random order of sources), so
+        documents next to each other, which the slots hold at the same time and whose windows
+        are each other's negatives, come from different sources while any are left."""
+        groups: dict[str, list[int]] = {}
+        for d in order.tolist():
+            groups.setdefault(self._sources[d], []).append(d)  # type: ignore[index]
+        names = [list(groups)[i] for i in rng.permutation(len(groups))]
+        queues = [groups[n] for n in names]
+        dealt: list[int] = []
+        depth = 0
+        while len(dealt) < len(order):
+            dealt.extend(q[depth] for q in queues if depth < len(q))
+            depth += 1
+        return np.asarray(dealt, dtype=np.int64)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -183,7 +207,11 @@ class CrossbatchBatcher:
             "documents": self._n_documents,
             "eligible": len(self._eligible),
             "fingerprint": self._fingerprint,
-        }
+        } | (
+            {}
+            if self._sources is None
+            else {"sources": zlib.crc32("\0".join(self._sources).encode())}
+        )
 
     def _finished(self, slot: tuple[int, int] | None) -> bool:
         return slot is None or slot[1] + self.window + 1 > self._lengths[slot[0]]

@@ -43,6 +43,9 @@ class TrainConfig:
     batch: int = 8  # document slots per process
     window: int = 512  # tokens of local context (C)
     prev: int = 1  # previous windows per slot (w); 0: no memory, plain causal training
+    # documents dealt round-robin over their sources (a document id up to its first "/": the
+    # Debian package), so a batch's slots, whose windows are each other's negatives, differ
+    mix_sources: bool = False
     d_schedule: str = "0:8"  # crossbatch contexts d per current window (1 = positive only)
     # > 0: d = 1 until the training accuracy (mean of the last 10 steps) reaches this, then
     # d_schedule, its steps counted from that point (the paper's dictionary schedule)

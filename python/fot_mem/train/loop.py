@@ -126,6 +126,7 @@ class Trainer:
                 seed=cfg.seed,
                 rank=self.dist.rank,
                 world=self.dist.world,
+                sources=[i.split("/")[0] for i in self.train_data.ids] if cfg.mix_sources else None,
             )
         self.switched: int | None = None  # the step d_until_accuracy was met
         self.recent: list[float] = []  # training accuracy of the last steps

@@ -444,3 +444,48 @@ def test_property_coverage(
         check_life(life, docs, window, prev, complete=True)
     for life in ls[n:]:
         check_life(life, docs, window, prev, complete=life.ended)
+
+
+def same_source_share(batches: list[CrossbatchBatch], sources: list[str]) -> float:
+    """Of the pairs of slots in a batch (each other's negatives), the share from one source."""
+    pairs = same = 0
+    for b in batches:
+        labels = [sources[int(d)] for d in b.doc]
+        for i in range(len(labels)):
+            for j in range(i + 1, len(labels)):
+                pairs += 1
+                same += labels[i] == labels[j]
+    return same / pairs
+
+
+def test_sources_are_dealt_round_robin(rng: np.random.Generator) -> None:
+    """Documents stored source by source (as a corpus of packages is) fill a batch from few
+    sources; dealt round-robin, each batch's slots come from different sources while they last,
+    every document still once per epoch, and a resumed run continues exactly."""
+    docs = [rng.integers(0, 50_000, size=int(k)) for k in rng.integers(12, 40, size=48)]
+    sources = [f"pkg{i // 12}" for i in range(48)]  # 4 sources of 12 documents each
+    kw: dict = dict(batch=4, window=3, prev=1, seed=5)
+    plain = CrossbatchBatcher(docs, **kw)  # shuffled alone: same-source pairs by chance
+    mixed = CrossbatchBatcher(docs, **kw, sources=sources)
+    first = next(mixed)
+    assert sorted(sources[int(d)] for d in first.doc) == ["pkg0", "pkg1", "pkg2", "pkg3"]
+    ran = [first] + [next(mixed) for _ in range(59)]
+    assert same_source_share(ran, sources) < 0.6 * same_source_share(
+        [next(plain) for _ in range(60)], sources
+    )
+    epoch = CrossbatchBatcher(docs, **kw, sources=sources)
+    began: list[int] = []
+    while epoch.stats["epoch"] == 0:
+        began += starts([next(epoch)])
+    assert sorted(began[:48]) == list(range(48))
+    # resume: the order is rebuilt from (seed, epoch) and the sources
+    a = CrossbatchBatcher(docs, **kw, sources=sources)
+    for _ in range(25):
+        next(a)
+    b = CrossbatchBatcher(docs, **kw, sources=sources)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert all(same(next(a), next(b)) for _ in range(40))
+    with pytest.raises(fot_mem.InvalidValueError, match="sources"):
+        CrossbatchBatcher(docs, **kw).load_state_dict(a.state_dict())
+    with pytest.raises(fot_mem.InvalidValueError, match="3 sources for 48 documents"):
+        CrossbatchBatcher(docs, **kw, sources=sources[:3])

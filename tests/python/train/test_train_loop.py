@@ -215,3 +215,12 @@ def test_keeps_the_newest_checkpoints(data: str, tmp_path: Path) -> None:
     assert resumed.step == 9
     with pytest.raises(InvalidValueError, match="keep_checkpoints"):
         Trainer(config(data, tmp_path / "x", keep_checkpoints=-1))
+
+
+def test_mix_sources_deals_the_training_documents_by_source(data: str, tmp_path: Path) -> None:
+    """`mix_sources`: the training batcher gets each document's source, its id up to the first
+    "/" (a whole id here; the dealing itself: test_train_batcher)."""
+    trainer = Trainer(config(data, tmp_path / "a", mix_sources=True))
+    ids = trainer.train_data.ids
+    assert trainer.batcher._sources == [i.split("/")[0] for i in ids]
+    assert Trainer(config(data, tmp_path / "b")).batcher._sources is None
