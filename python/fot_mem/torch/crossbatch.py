@@ -24,7 +24,9 @@ class Crossbatch:
     others (d = 1: the positive only). `prev`: previous windows per slot (w). `gather`: for
     several processes, a function that all-gathers a `[slots * prev, ...]` tensor over ranks
     (keeping gradients, e.g. `torch.distributed.nn.functional.all_gather` concatenated), so the
-    negatives come from the global batch; `rank` places this process's slots in it.
+    negatives come from the global batch; `rank` places this process's slots in it. `blind`:
+    bool `[slots]`, True where a current window reads no memory at all (LongLLaMA trains a share
+    of rows so, as a model meets an empty memory at inference).
     """
 
     slots: int
@@ -32,6 +34,7 @@ class Crossbatch:
     prev: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
     rank: int = 0
+    blind: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for name in ("slots", "d", "prev"):
@@ -42,6 +45,10 @@ class Crossbatch:
                 )
         if self.gather is None and self.d > self.slots:
             raise InvalidValueError(f"d {self.d} exceeds the {self.slots} slots of the batch")
+        if self.blind is not None and tuple(self.blind.shape) != (self.slots,):
+            raise ShapeError(
+                f"Crossbatch.blind must be [slots] = [{self.slots}], got {tuple(self.blind.shape)}"
+            )
 
     @property
     def rows(self) -> int:
@@ -88,6 +95,11 @@ def crossbatch_attention(
         )
     n = spec.slots * spec.prev
     before = memory_attention(q[:n], k[:n], v[:n])
-    memory = Memory(keys=spec.contexts(keys0[:n]), values=spec.contexts(values0[:n]))
+    keys = spec.contexts(keys0[:n])
+    mask = None
+    if spec.blind is not None:  # a blind slot's window sees none of its contexts
+        seen = ~spec.blind.to(device=keys.device, dtype=torch.bool)
+        mask = seen[:, None].expand(spec.slots, keys.shape[2])
+    memory = Memory(keys=keys, values=spec.contexts(values0[:n]), mask=mask)
     now = memory_attention(q[n:], k[n:], v[n:], memory)
     return torch.cat((before, now))

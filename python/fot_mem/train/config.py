@@ -47,6 +47,7 @@ class TrainConfig:
     # Debian package), so a batch's slots, whose windows are each other's negatives, differ
     mix_sources: bool = False
     d_schedule: str = "0:8"  # crossbatch contexts d per current window (1 = positive only)
+    no_memory: float = 0.0  # share of current windows, drawn per step, that read no memory
     # > 0: d = 1 until the training accuracy (mean of the last 10 steps) reaches this, then
     # d_schedule, its steps counted from that point (the paper's dictionary schedule)
     d_until_accuracy: float = 0.0
@@ -106,6 +107,8 @@ class TrainConfig:
             re.compile(self.trainable)
         except re.error as e:
             raise InvalidValueError(f"trainable {self.trainable!r} is not a regex: {e}") from None
+        if not 0 <= self.no_memory <= 1:
+            raise InvalidValueError(f"no_memory must be in 0..1, got {self.no_memory}")
         if self.dict_near < 0:
             raise InvalidValueError(f"dict_near must be >= 0, got {self.dict_near}")
         if self.eval_batch < 0:

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -155,6 +156,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=use)
 
     def _spec(self, slots: int, d: int, local: bool = False) -> Crossbatch:
+        blind = None
+        if self.cfg.no_memory > 0 and not local:  # drawn per (seed, step, rank): resumable
+            draw = np.random.default_rng((self.cfg.seed, self.step, self.dist.rank, 17))
+            blind = torch.from_numpy(draw.random(slots) < self.cfg.no_memory)
         if self.cfg.gather_negatives and self.dist.world > 1 and not local:
             return Crossbatch(
                 slots=slots,
@@ -162,8 +167,9 @@ class Trainer:
                 prev=self.cfg.prev,
                 gather=self.dist.gather,
                 rank=self.dist.rank,
+                blind=blind,
             )
-        return Crossbatch(slots=slots, d=d, prev=self.cfg.prev)
+        return Crossbatch(slots=slots, d=d, prev=self.cfg.prev, blind=blind)
 
     def loss(
         self, batch: CrossbatchBatch, d: int, evaluating: bool = False

@@ -89,6 +89,27 @@ def test_d_1_sees_only_its_own_previous_window() -> None:
     assert not torch.allclose(after[4], before[4])  # slot 1's: its own context changed
 
 
+def test_blind_slots_read_no_memory_and_the_others_are_unchanged() -> None:
+    q, k, v, k0, v0 = inputs(3, 1)
+    seeing = crossbatch_attention(q, k, v, k0, v0, Crossbatch(slots=3, d=2))
+    blind = torch.tensor([False, True, False])
+    k0.requires_grad_(True)
+    got = crossbatch_attention(q, k, v, k0, v0, Crossbatch(slots=3, d=2, blind=blind))
+    # slot 1's current window (row 4): causal attention to its own window alone
+    local = torch.nn.functional.scaled_dot_product_attention(
+        q[4:5], k[4:5].repeat_interleave(2, 1), v[4:5].repeat_interleave(2, 1),
+        is_causal=True, scale=1.0,
+    )  # fmt: skip
+    torch.testing.assert_close(got[4:5], local)
+    torch.testing.assert_close(got[[0, 1, 2, 3, 5]], seeing[[0, 1, 2, 3, 5]])
+    assert torch.isfinite(got).all()
+    # its contexts (slots 1 and 2) get no gradient through it
+    got[4].sum().backward()
+    assert k0.grad is not None and k0.grad.abs().sum() == 0
+    with pytest.raises(ShapeError, match="blind"):
+        Crossbatch(slots=3, d=2, blind=torch.tensor([True]))
+
+
 def test_previous_windows_attend_causally_to_themselves() -> None:
     q, k, v, k0, v0 = inputs(3, 2)
     out = crossbatch_attention(q, k, v, k0, v0, Crossbatch(slots=3, d=3, prev=2))

@@ -4,6 +4,7 @@ the same result, and runs under torchrun (two processes, gloo) with negatives fr
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -224,3 +225,29 @@ def test_mix_sources_deals_the_training_documents_by_source(data: str, tmp_path:
     ids = trainer.train_data.ids
     assert trainer.batcher._sources == [i.split("/")[0] for i in ids]
     assert Trainer(config(data, tmp_path / "b")).batcher._sources is None
+
+
+def test_no_memory_blinds_a_share_of_the_training_windows(data: str, tmp_path: Path) -> None:
+    """`no_memory`: the share of current windows drawn per step to read no memory (the same
+    draw on resume); evaluation always reads memory; 0..1 is checked."""
+    never = Trainer(config(data, tmp_path / "a"))
+    assert never._spec(3, 2).blind is None
+    always = Trainer(config(data, tmp_path / "b", no_memory=1.0))
+    spec = always._spec(3, 2)
+    assert spec.blind is not None and bool(spec.blind.all())
+    assert always._spec(3, 2, local=True).blind is None
+    some = Trainer(config(data, tmp_path / "c", batch=3, no_memory=0.5))
+    draws = []
+    for step in range(40):
+        some.step = step
+        draws.append(some._spec(3, 2).blind)
+    share = torch.stack(draws).float().mean()
+    assert 0.3 < share < 0.7
+    some.step = 7
+    assert torch.equal(some._spec(3, 2).blind, draws[7])
+    # a run with every window blind trains, and its loss is finite
+    log = Trainer(config(data, tmp_path / "d", no_memory=1.0, steps=2)).run(progress=False)
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert losses and all(math.isfinite(x) for x in losses)
+    with pytest.raises(InvalidValueError, match="no_memory"):
+        Trainer(config(data, tmp_path / "e", no_memory=1.5))
