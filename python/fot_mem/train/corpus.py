@@ -290,6 +290,25 @@ class CorpusSet:
                 )
 
 
+@dataclass(frozen=True)
+class MixSet:
+    """Several sets in one build: each package is read as the set it belongs to says. Document
+    ids start with the package name, which `--mix-sources` deals slots by."""
+
+    name: str
+    parts: tuple[CorpusSet, ...]
+    description: str
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(p for part in self.parts for p in part.packages)
+
+    def documents(self, packages: Sequence[Package], **options: int) -> Iterator[tuple[str, str]]:
+        owner = {name: part for part in self.parts for name in part.packages}
+        for package in packages:
+            yield from owner[package.name].documents([package], **options)
+
+
 def _directory_hash(doc_id: str, salt: str = "") -> int:
     directory = _PART.sub("", doc_id)
     return int.from_bytes(hashlib.sha256((salt + directory).encode("utf-8")).digest()[:8], "big")
@@ -311,9 +330,29 @@ def split_of(doc_id: str, val_fraction: float) -> str:
     return "val" if _directory_hash(doc_id) < val_fraction * 2**64 else "train"
 
 
-SETS: dict[str, CorpusSet] = {
+# Code in many languages, each package its own source (issue 18: crossbatch negatives from
+# one source tree share headers and identifiers with the positive, and teach little).
+MANY_CODE = CorpusSet(
+    "code-many",
+    (
+        "libpython3.11-stdlib",
+        "perl-modules-5.36",
+        "libruby3.1",
+        "tcl8.6",
+        "guile-3.0-libs",
+        "erlang-src",
+        "golang-1.19-src",
+        "rust-src",
+    ),
+    None,
+    "the standard libraries of Python 3.11, Perl 5.36, Ruby 3.1, Tcl 8.6, Guile 3.0, Erlang 25, "
+    "Go 1.19 and Rust 1.63, each package a source",
+)
+
+SETS: dict[str, CorpusSet | MixSet] = {
     s.name: s
     for s in (
+        MANY_CODE,
         CorpusSet(
             "code",
             ("linux-source-6.1", "golang-1.19-src", "rust-src"),
@@ -369,3 +408,9 @@ SETS: dict[str, CorpusSet] = {
         ),
     )
 }
+SETS["mix"] = MixSet(
+    "mix",
+    (MANY_CODE, SETS["books"], SETS["latex"], SETS["proofs"]),  # type: ignore[arg-type]
+    "code in eight languages, books, LaTeX and proofs: unrelated sources for crossbatch's "
+    "negatives (build it with --sample to balance the larger packages)",
+)

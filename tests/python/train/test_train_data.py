@@ -373,6 +373,33 @@ def test_registered_sets():
     )
 
 
+def test_the_mix_set_reads_each_package_as_its_own_set(monkeypatch):
+    mix = corpus.SETS["mix"]
+    assert isinstance(mix, corpus.MixSet)
+    parts = {part.name for part in mix.parts}
+    assert parts == {"code-many", "books", "latex", "proofs"}
+    assert len(set(mix.packages)) == len(mix.packages) > 30  # every package once
+    assert "libpython3.11-stdlib" in mix.packages and "r-cran-janeaustenr" in mix.packages
+    read: list[tuple[str, str]] = []
+
+    def documents(self, packages, **options):
+        read.append((self.name, packages[0].name))
+        yield f"{packages[0].name}/doc", f"{self.name} {options}"
+
+    monkeypatch.setattr(corpus.CorpusSet, "documents", documents)
+
+    class Pkg:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    got = list(mix.documents([Pkg("sword-text-kjv"), Pkg("rust-src")], min_bytes=5))
+    assert read == [("books", "sword-text-kjv"), ("code-many", "rust-src")]
+    assert got == [
+        ("sword-text-kjv/doc", "books {'min_bytes': 5}"),
+        ("rust-src/doc", "code-many {'min_bytes': 5}"),
+    ]
+
+
 # --- shards -------------------------------------------------------------------------------------
 
 
