@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..train import corpus
+from ..train import corpus, sets
 from ..train.data import DEFAULT_CACHE, build, info
 
 
 def add_subcommands(sub: Any) -> None:
     b = sub.add_parser("build", help="fetch a set's packages, cut documents, tokenize into shards")
-    sets = "; ".join(f"{s.name}: {s.description}" for s in corpus.SETS.values())
-    b.add_argument("--set", required=True, choices=sorted(corpus.SETS), dest="set_name", help=sets)
+    named = "; ".join(f"{s.name}: {s.description}" for s in sets.SETS.values())
+    b.add_argument("--set", required=True, choices=sorted(sets.SETS), dest="set_name", help=named)
     b.add_argument("--out", required=True, type=Path, help="output directory")
     b.add_argument("--tokenizer", default="bytes", choices=["bytes", "smollm2"])
     b.add_argument(

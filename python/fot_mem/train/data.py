@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import shards
-from . import corpus, debian
+from . import corpus, debian, sets
 
 DEFAULT_CACHE = "~/.cache/fot_mem/debian"
 
@@ -49,9 +49,9 @@ def build(
     max_bytes: int = corpus.MAX_DOC_BYTES,
     overwrite: bool = False,
 ) -> int:
-    """Builds set `set_name` (`corpus.SETS`) into `out`; 1 when none of its packages exists."""
+    """Builds set `set_name` (`sets.SETS`) into `out`; 1 when none of its packages exists."""
     started = time.time()
-    cset = corpus.SETS[set_name]
+    cset = sets.SETS[set_name]
     names = []
     for name in cset.packages:
         if debian.available(name):

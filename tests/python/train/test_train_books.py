@@ -16,7 +16,7 @@ import fot_mem
 import pytest
 from fot_mem.cli import data
 from fot_mem.data import shards
-from fot_mem.train import books, corpus, debian, rdata
+from fot_mem.train import books, corpus, debian, rdata, sets
 
 pytest.importorskip("rdata")
 
@@ -85,7 +85,7 @@ def test_r_package_works_and_documents(tmp_path, monkeypatch):
     got = works(root)
     assert list(got) == NOVELS
     assert got["persuasion"].startswith("Persuasion\n") and got["persuasion"].endswith("\n")
-    cset = corpus.SETS["books"]
+    cset = sets.SETS["books"]
     pkg = package("r-cran-janeaustenr", root)
     docs = list(cset.documents([pkg], min_bytes=8 * 1024))
     ids = [d for d, _ in docs]
@@ -258,7 +258,7 @@ def test_works_gather_until_min_bytes_and_split_above_max_bytes():
 
 
 def test_books_set_is_registered():
-    cset = corpus.SETS["books"]
+    cset = sets.SETS["books"]
     assert cset.packages == (
         "r-cran-janeaustenr",
         "r-cran-tokenizers",
@@ -275,13 +275,13 @@ def test_books_set_is_registered():
 def test_real_books_build(tmp_path):
     """Fetches the four packages through apt (into the default cache, so once) and builds."""
     if shutil.which("apt-get") is None or not all(
-        debian.available(p) for p in corpus.SETS["books"].packages
+        debian.available(p) for p in sets.SETS["books"].packages
     ):
         pytest.skip("needs apt with the books set's packages")
     out = tmp_path / "out"
     assert data.main(["build", "--set", "books", "--out", str(out), "--tokenizer", "bytes"]) == 0
     index = shards.read_index(out)
-    assert set(index["metadata"]["packages"]) == set(corpus.SETS["books"].packages)
+    assert set(index["metadata"]["packages"]) == set(sets.SETS["books"].packages)
     ids = [d["id"] for s in index["splits"].values() for d in s["documents"]]
     assert {f"r-cran-janeaustenr/{n}" for n in NOVELS} | {"r-cran-tokenizers/mobydick"} <= set(ids)
     assert "sword-text-kjv/Genesis" in ids and "sword-text-web/Psalms" in ids

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from fot_mem.cli import data
 from fot_mem.data import shards
-from fot_mem.train import corpus, debian
+from fot_mem.train import corpus, debian, sets
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "debian" / "tree"
 FIXTURE_ROOT = FIXTURE / "usr" / "share" / "go-1.19" / "src"  # where its contents branch
@@ -365,17 +365,15 @@ def test_split_is_stable_and_keeps_directories_together():
 
 
 def test_registered_sets():
-    assert {"code", "latex", "proofs"} <= set(corpus.SETS)
-    assert corpus.SETS["code"].packages[0] == "linux-source-6.1"
-    assert len(corpus.SETS["latex"].packages) == 10
-    assert all(
-        p.startswith("texlive-") and p.endswith("-doc") for p in corpus.SETS["latex"].packages
-    )
+    assert {"code", "latex", "proofs"} <= set(sets.SETS)
+    assert sets.SETS["code"].packages[0] == "linux-source-6.1"
+    assert len(sets.SETS["latex"].packages) == 10
+    assert all(p.startswith("texlive-") and p.endswith("-doc") for p in sets.SETS["latex"].packages)
 
 
 def test_the_mix_set_reads_each_package_as_its_own_set(monkeypatch):
-    mix = corpus.SETS["mix"]
-    assert isinstance(mix, corpus.MixSet)
+    mix = sets.SETS["mix"]
+    assert isinstance(mix, sets.MixSet)
     parts = {part.name for part in mix.parts}
     assert parts == {"code-many", "books", "latex", "proofs"}
     assert len(set(mix.packages)) == len(mix.packages) > 30  # every package once
@@ -516,7 +514,7 @@ def test_cli_build_and_info(tmp_path, fake_apt, monkeypatch, capsys):
     fake_apt("exit 1")
     build_deb(tmp_path, tmp_path / "cache")
     fixture_set = corpus.CorpusSet("fixture", (NAME, "missing-pkg"), None, "test")
-    monkeypatch.setitem(corpus.SETS, "fixture", fixture_set)
+    monkeypatch.setitem(sets.SETS, "fixture", fixture_set)
     monkeypatch.setattr(debian, "available", lambda name: name == NAME)
     out = tmp_path / "out"
     argv = ["build", "--set", "fixture", "--out", str(out), "--cache", str(tmp_path / "cache")]
