@@ -123,6 +123,7 @@ class FotForCausalLM(nn.Module):
         memory: MemoryArg = None,
         cache: LocalCache | None = None,
         logits_rows: slice | None = None,
+        head: bool = True,
     ) -> FotOutput:
         """`input_ids [B, T]` (int64). `memory`: a `Memory` per memory layer (a mapping), or a
         callable `(layer, queries [B, H, T, D]) -> Memory | None` asked by each memory layer (how
@@ -131,7 +132,9 @@ class FotForCausalLM(nn.Module):
         `memory` may also be a `Crossbatch` (training). `logits_rows`: compute logits for these
         batch rows only. With `config.sink_token`, a window that starts afresh (no cache, or an
         empty one) gets the sink token in front; logits and `memory_kv` leave it out, and a
-        cache keeps it (so a window holds one token fewer).
+        cache keeps it (so a window holds one token fewer). `head=False`: `logits` holds the
+        final normalised hidden states `[B, T, hidden]` instead, for a loss that applies
+        `lm_head` in chunks (`fot_mem.train.loss`).
         """
         past = 0 if cache is None else cache.length
         x, cos, sin, sunk = self._embed(input_ids, past)
@@ -156,7 +159,8 @@ class FotForCausalLM(nn.Module):
                 x = x[trim:]
         if logits_rows is not None:  # crossbatch needs no logits of the previous windows
             x = x[logits_rows]
-        return FotOutput(self.lm_head(self.model.norm(x[:, sunk:])), memory_kv)
+        hidden = self.model.norm(x[:, sunk:])
+        return FotOutput(self.lm_head(hidden) if head else hidden, memory_kv)
 
     def _embed(
         self, input_ids: torch.Tensor, past: int

@@ -70,6 +70,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # the newest N checkpoints are kept (0: all)
     dtype: str = "bfloat16"  # autocast dtype on the GPU ("float32": none)
     checkpointing: bool = False  # activation checkpointing
+    loss_chunk: int = 0  # > 0: the LM head and loss this many tokens at a time (train/loss.py)
     compile: bool = False  # torch.compile the training forward (evaluation runs eager)
     gather_negatives: bool = False  # DDP: negatives from every rank's slots
     seed: int = 0
@@ -107,6 +108,8 @@ class TrainConfig:
             re.compile(self.trainable)
         except re.error as e:
             raise InvalidValueError(f"trainable {self.trainable!r} is not a regex: {e}") from None
+        if self.loss_chunk < 0:
+            raise InvalidValueError(f"loss_chunk must be >= 0, got {self.loss_chunk}")
         if not 0 <= self.no_memory <= 1:
             raise InvalidValueError(f"no_memory must be in 0..1, got {self.no_memory}")
         if self.dict_near < 0:

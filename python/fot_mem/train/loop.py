@@ -28,6 +28,7 @@ from .batcher import CrossbatchBatch, CrossbatchBatcher
 from .config import TrainConfig, learning_rate, schedule_points
 from .dictionary import DictionaryBatches
 from .distributed import Distributed
+from .loss import chunked_cross_entropy
 from .model import build_model
 
 VAL_SEED = 987_654_321  # the task's validation batches
@@ -181,9 +182,15 @@ class Trainer:
         slots = batch.curr.shape[0]
         n = slots * self.cfg.prev
         forward = self.model if evaluating else self.forward
+        chunk = self.cfg.loss_chunk
         with self._autocast():
             memory = self._spec(slots, d, evaluating) if self.cfg.prev else None
-            out = forward(inputs, memory=memory, logits_rows=slice(n, None))
+            out = forward(inputs, memory=memory, logits_rows=slice(n, None), head=not chunk)
+            if chunk:  # the LM head a chunk of rows at a time (train/loss.py)
+                weight = self.model.lm_head.weight
+                return chunked_cross_entropy(
+                    out.logits.flatten(0, 1), weight, targets.flatten(), IGNORE, chunk
+                )
         logits, targets = out.logits.float().flatten(0, 1), targets.flatten()
         counted = targets != IGNORE
         right = (logits.detach().argmax(-1) == targets) & counted
