@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,17 +31,6 @@ from typing import Any
 
 import fot_mem
 import numpy as np
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def batch_arrays(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -120,7 +107,8 @@ def main() -> int:
     token_bytes = 2 * args.kv_heads * args.head_dim * item
     total = tokens * token_bytes
     threads = os.environ.get("FOT_MEM_APPEND_THREADS", "auto")
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)")
+    cpu = fot_mem.exact_kernel_info()["cpu"]
+    print(f"cpu: {cpu} ({os.cpu_count()} logical cores)")
     print(f"fot_mem: {Path(fot_mem.__file__).parent} (append threads: {threads})")
     print(
         f"{tokens} tokens x {token_bytes} B ({total / 1e6:.0f} MB) per round, appends of "
@@ -155,7 +143,7 @@ def main() -> int:
     print(f"append time / raw time: {a / w:.2f}")
     if args.json:
         out = {
-            "cpu": cpu_model(),
+            "cpu": cpu,
             "fot_mem": str(Path(fot_mem.__file__).parent),
             "threads": threads,
             "tokens": tokens,

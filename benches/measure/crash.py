@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import fot_mem
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,17 +32,6 @@ FIRST = re.compile(
 CREATE = re.compile(r"kill-mid-create: .*")
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=200, help="kill runs per test (default 200)")
@@ -49,7 +39,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be a positive integer")
-    cpu = cpu_model()
+    cpu = fot_mem.exact_kernel_info()["cpu"]
     print(f"Model name: {cpu}", flush=True)
     env = dict(os.environ, FOT_MEM_CRASH_RUNS=str(args.runs))
     cmd = ["cargo", "test", "--release", "--test", "store_crash", "--", "--nocapture"]

@@ -14,7 +14,6 @@ import time
 import fot_mem
 import torch
 import torch.nn.functional as F
-from append import cpu_model  # benches/measure/append.py
 from fot_mem.train.loss import chunked_cross_entropy
 
 
@@ -59,8 +58,9 @@ def main() -> None:
             if r:
                 times[name].append(time.perf_counter() - started)
             weight.grad = None
-    kernel = fot_mem.exact_kernel_info()["kernel"]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    info = fot_mem.exact_kernel_info()
+    kernel = info["kernel"]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else info["cpu"]
     print(f"{where} (exact kernel {kernel}); {dtype}, {torch.get_num_threads()} threads")
     print(f"{args.tokens} tokens x vocab {args.vocab} x hidden {args.hidden}, chunk {args.chunk}")
     med = {n: statistics.median(t) for n, t in times.items()}

@@ -20,7 +20,6 @@ from pathlib import Path
 import fot_mem
 import numpy as np
 import torch
-from append import cpu_model  # benches/measure/append.py
 from fot_mem.torch.retrieval import DeviceMirror
 
 
@@ -83,15 +82,21 @@ def main() -> None:
                     new_load(doc, device)
                 times[name].append(time.perf_counter() - started)
         store.close()
-    kernel = fot_mem.exact_kernel_info()["kernel"]
-    print(f"cpu: {cpu_model()} (exact kernel {kernel}); device {device}")
+    info = fot_mem.exact_kernel_info()
+    cpu, kernel = info["cpu"], info["kernel"]
+    print(f"cpu: {cpu} (exact kernel {kernel}); device {device}")
     print(f"{args.tokens:,} tokens, {gb:.2f} GB of bf16 keys and values, {args.rounds} rounds")
     med = {name: statistics.median(t) for name, t in times.items()}
     for name, t in med.items():
         print(f"{name} load: median {t:.3f} s, {gb / t:.2f} GB/s  (all: {times[name]})")
     print(f"old / new: {med['old'] / med['new']:.2f}x")
     if args.json:
-        found = {"cpu": cpu_model(), "device": str(device), "tokens": args.tokens, "times": times}
+        found = {
+            "cpu": cpu,
+            "device": str(device),
+            "tokens": args.tokens,
+            "times": times,
+        }
         Path(args.json).write_text(json.dumps(found, indent=1))
 
 

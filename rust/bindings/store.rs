@@ -80,10 +80,7 @@ impl Store {
     ) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
         let layer = self.layer(py, layer)?;
         let views = self.with(py, |s| s.views(doc, layer, kv_head, part))?;
-        let dim = match part {
-            Part::Keys => self.config.head_dim,
-            Part::Values => self.config.value_dim,
-        } as usize;
+        let dim = part.dim(&self.config);
         views
             .into_iter()
             .map(|v| Ok((v.first_id, views::key_view(py, v, dim, self.config.dtype)?)))

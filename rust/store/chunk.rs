@@ -17,6 +17,7 @@ use std::sync::Arc;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::StoreConfig;
 
 /// One mapped chunk file with its path.
 #[derive(Debug)]
@@ -142,6 +143,16 @@ impl Chunk {
 pub enum Part {
     Keys,
     Values,
+}
+
+impl Part {
+    /// Elements of one row of this part: the store's head_dim or value_dim.
+    pub fn dim(self, config: &StoreConfig) -> usize {
+        match self {
+            Part::Keys => config.head_dim as usize,
+            Part::Values => config.value_dim as usize,
+        }
+    }
 }
 
 /// A run of one kv head's committed keys (or values) inside a chunk, `[rows, dim]` of the store

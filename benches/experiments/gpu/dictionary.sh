@@ -4,8 +4,6 @@
 #   start    install, then run `fot-mem dictionary run` detached (setsid)
 #   poll     the log's tail, GPU and disk use; results and metrics so far into $OUT
 #   collect  results.json, plots, logs and training metrics into $OUT
-#   newfill  FoT's fill again with the core of another build (.whl/new/*.whl), SIZES tokens:
-#            an A/B of the append path on this machine's disk (the pipeline's fill is the A)
 #   weights  FoT's weights as bfloat16 safetensors into $OUT, in parts of PART MB (PART_INDEX)
 # Here: `maturin build --release -o .whl` first; each device call carries .whl.
 set -uo pipefail
@@ -33,14 +31,6 @@ poll)
   # what is done so far comes back with every poll: the lease may end before collect
   cp "$W/log" "$OUT/pipeline.log"
   tar czf "$OUT/partial.tgz" -C "$W/out" --exclude='checkpoint-*' --exclude='stores' . 2>/dev/null
-  ;;
-newfill)
-  rm -rf /tmp/newsite /tmp/newpy "$W/newstore"
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/newsite .whl/new/*.whl || exit 1
-  cp -r python /tmp/newpy && cp /tmp/newsite/fot_mem/_core*.so /tmp/newpy/fot_mem/
-  PYTHONPATH=/tmp/newpy python3 -m fot_mem dictionary fill "$W/out/fot" "$W/newstore" \
-    --sizes "${SIZES:-67108864}" --device cuda --fill-batch 1024 --json "$OUT/fill-new.json"
-  rm -rf "$W/newstore"
   ;;
 weights)
   [ -f "$W/fot-bf16.tgz" ] || PYTHONPATH=python python3 - "$W" <<"PY"

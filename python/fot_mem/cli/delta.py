@@ -50,11 +50,11 @@ def run(args: argparse.Namespace) -> None:
         base, memory_layers=layers, sink_token=model.config.sink_token, device="cpu",
         dtype=torch.float32,
     )  # fmt: skip
-    kept = set(manifest["tensors"])
+    kept, base_state = set(manifest["tensors"]), reference.state_dict()
     drift = {
-        name: float((t.float() - reference.state_dict()[name].float()).abs().max())
+        name: float((t.float() - base_state[name].float()).abs().max())
         for name, t in model.state_dict().items()
-        if name not in kept and name in reference.state_dict()
+        if name not in kept and name in base_state
     }
     lost = {name: d for name, d in drift.items() if d > 0}
     print(

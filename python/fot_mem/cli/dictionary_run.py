@@ -383,18 +383,8 @@ def _describe(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:  # the CPU's name, as figures measured on it need
-        with open("/proc/cpuinfo") as info:
-            names = [
-                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
-            ]
-        model = names[0] if names else model
-    except OSError:
-        pass
     from .. import exact_kernel_info
 
-    kernel = exact_kernel_info()["kernel"]
+    info = exact_kernel_info()  # the CPU's name and kernel, as figures measured on it need
+    model, kernel = info["cpu"], info["kernel"]
     return f"cpu ({model}, {torch.get_num_threads()} threads, exact kernel {kernel})"

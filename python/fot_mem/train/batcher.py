@@ -186,8 +186,8 @@ class CrossbatchBatcher:
         groups: dict[str, list[int]] = {}
         for d in order.tolist():
             groups.setdefault(self._sources[d], []).append(d)  # type: ignore[index]
-        names = [list(groups)[i] for i in rng.permutation(len(groups))]
-        queues = [groups[n] for n in names]
+        lists = list(groups.values())
+        queues = [lists[i] for i in rng.permutation(len(lists))]
         dealt: list[int] = []
         depth = 0
         while len(dealt) < len(order):

@@ -44,23 +44,18 @@ impl LayerMemory {
         (0..count.div_ceil(ct)).map(move |c| (c, (c * ct) as u64, (count - c * ct).min(ct)))
     }
 
-    /// Byte offset of kv head `head`'s keys in a keys file, and the bytes of one key row.
-    pub(super) fn head_offset(&self, head: usize) -> (usize, usize) {
+    /// Byte offset of kv head `head`'s rows in a keys (or values, `part`) file, and the bytes of
+    /// one row.
+    pub(super) fn head_offset(&self, head: usize, part: Part) -> (usize, usize) {
         let cfg = &self.config;
-        let row = cfg.head_dim as usize * cfg.dtype.size();
+        let row = part.dim(cfg) * cfg.dtype.size();
         (head * cfg.chunk_tokens as usize * row, row)
     }
 
     /// Zero-copy views of the committed keys (or values, `part`) of `kv_head`, one per chunk,
     /// in token order.
     pub fn views(&self, kv_head: usize, part: Part) -> Vec<KeyView> {
-        let offset = match part {
-            Part::Keys => self.head_offset(kv_head).0,
-            Part::Values => {
-                let cfg = &self.config;
-                kv_head * cfg.chunk_tokens as usize * cfg.value_dim as usize * cfg.dtype.size()
-            }
-        };
+        let (offset, _) = self.head_offset(kv_head, part);
         self.committed_runs()
             .map(|(c, first_id, rows)| KeyView {
                 first_id,
@@ -108,7 +103,7 @@ impl KeySource for LayerMemory {
     }
 
     fn blocks(&self, kv_head: usize) -> Vec<KeyBlock<'_>> {
-        let (offset, row) = self.head_offset(kv_head);
+        let (offset, row) = self.head_offset(kv_head, Part::Keys);
         self.committed_runs()
             .map(|(c, first_id, rows)| KeyBlock {
                 first_id,
