@@ -224,8 +224,19 @@ def focus(
         batch=batch,
         positions=mask[:windows].to(device),
     )
+    # r_d at each answer slot (the token predicting value token j): one slot reading memory
+    # evenly shows as r_d flat in d at (slots - 1) / slots, not as falling toward 1/d
+    rank = mask[:windows].long().cumsum(1) - 1
+    slots = {}
+    for j in range(task.value_len):
+        at = mask[:windows] & (rank % task.value_len == j)
+        st = attention_stats(
+            model, current.to(device), contexts.to(device), ds, batch=batch, positions=at.to(device)
+        )
+        slots[str(j + 1)] = {str(d): float(st[d][..., 0].mean()) for d in ds}
     return {
         "r_d": {str(d): float(answered[d][..., 0].mean()) for d in ds},
+        "r_d_slots": slots,
         "r_d_all_tokens": {str(d): float(found[d][..., 0].mean()) for d in ds},
         "memory_share": {str(d): float(answered[d][..., 3].mean()) for d in ds},
         # attention on the positive over attention on all of memory, summed over heads

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fot_mem.data.dictionary import DictionaryTask
-from fot_mem.eval.dictionary import answer, fill, score_window
+from fot_mem.eval.dictionary import answer, fill, focus, score_window
 from fot_mem.eval.distraction import mass_stats
 from fot_mem.exceptions import InvalidValueError
 from fot_mem.torch import FotConfig, FotForCausalLM, Memory
@@ -278,3 +278,17 @@ def test_memory_layers_may_have_fewer_kv_heads(tmp_path: Path) -> None:
     assert out.logits.shape == (4, 16, 40)
     with pytest.raises(InvalidValueError, match="memory_kv_heads"):
         FotConfig(num_heads=4, num_kv_heads=2, memory_kv_heads=3)
+
+
+def test_focus_splits_r_d_by_answer_slot() -> None:
+    """r_d_slots: r_d over the tokens predicting value token j alone; every query window holds
+    whole records, so the slots' mean is r_d, and at d = 1 every slot reads only its own."""
+    task = DictionaryTask(symbols=16, key_len=2, value_len=3, window=40)
+    net = model(vocab_size=task.vocab_size, max_position_embeddings=64)
+    found = focus(net, task, (1, 2, 4), windows=4, batch=2)
+    slots = found["r_d_slots"]
+    assert set(slots) == {"1", "2", "3"}
+    for d in ("1", "2", "4"):
+        assert sum(s[d] for s in slots.values()) / 3 == pytest.approx(found["r_d"][d], rel=1e-5)
+    assert all(s["1"] == pytest.approx(1.0) for s in slots.values())
+    assert len({round(s["4"], 6) for s in slots.values()}) > 1  # the slots differ

