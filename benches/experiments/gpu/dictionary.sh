@@ -3,8 +3,12 @@
 #   install  the carried wheel's extension into python/fot_mem
 #   start    install, then run `fot-mem dictionary run` detached (setsid)
 #   poll     the log's tail, GPU and disk use; results and metrics so far into $OUT
-#   collect  results.json, plots, logs and training metrics into $OUT
-#   weights  FoT's weights as bfloat16 safetensors into $OUT, in parts of PART MB (PART_INDEX)
+#   collect  results.json, the log, the plots and train.tgz (every run's metrics and config, the
+#            fill and answer JSONs): 5 files, within a call's 8
+#   weights  FoT's weights as bfloat16 safetensors (a tgz in 15 MB parts) into $OUT, parts
+#            PARTS (sed's range, default 1,4); about 5 parts, so two calls: PARTS=1,4 then 5,8.
+#            Do it before the lease ends: the 2026-12-07 run's r_d could not be split by answer
+#            slot afterwards because its weights were gone.
 # Here: `maturin build --release -o .whl` first; each device call carries .whl.
 set -uo pipefail
 W=/tmp/dictionary
@@ -52,7 +56,7 @@ PY
   ;;
 collect)
   cp "$W/log" "$OUT/pipeline.log"
-  cp "$W"/out/*.json "$W"/out/*.png "$OUT/" 2>/dev/null
+  cp "$W"/out/results.json "$W"/out/*.png "$OUT/" 2>/dev/null
   tar czf "$OUT/train.tgz" -C "$W/out" --exclude='checkpoint-*' --exclude='stores' . 2>/dev/null
   ls -la "$OUT"
   ;;
