@@ -18,7 +18,12 @@ HELP = "the positive attention mass r_d against d (paper section 3.3)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True, help="run/checkpoint/.gguf/smollm2")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="run/checkpoint/delta folder, .gguf, fot-smollm2 or base",
+    )
     p.add_argument("--name", action="append", help="a name per --model (default: the spec)")
     p.add_argument("--data", required=True, help="token shards (fot-mem data build)")
     p.add_argument("--split", default="val")

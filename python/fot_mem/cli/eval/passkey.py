@@ -22,7 +22,9 @@ HELP = "Passkey retrieval: accuracy by prompt length and depth of the key."
 
 
 def add_arguments(a: argparse.ArgumentParser) -> None:
-    a.add_argument("--model", help="run folder, checkpoint folder, .gguf or 'smollm2'")
+    a.add_argument(
+        "--model", help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'"
+    )
     a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
     a.add_argument("--lengths", type=comma_list(int), default=[4096, 16384, 65536, 131072, 262144])
     a.add_argument("--depths", type=comma_list(float), default=[0.1, 0.5, 0.9])

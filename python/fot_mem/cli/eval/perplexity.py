@@ -23,7 +23,9 @@ HELP = "Perplexity against memory size on held-out long documents."
 
 
 def add_arguments(a: argparse.ArgumentParser) -> None:
-    a.add_argument("--model", help="run folder, checkpoint folder, .gguf or 'smollm2'")
+    a.add_argument(
+        "--model", help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'"
+    )
     a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
     a.add_argument("--data", help="token shards (fot-mem data build ...)")
     a.add_argument("--split", default="val")
