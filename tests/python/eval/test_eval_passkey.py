@@ -300,3 +300,17 @@ def test_cli_writes_json_and_png(checkpoint: Path, tmp_path: Path) -> None:
     assert set(merged) == {"tiny", "other"} and both.stat().st_size > 0
     with pytest.raises(SystemExit):
         pk_cli.main(["--model", str(checkpoint), "--filler", "data"])  # no --filler-data
+
+
+@pytest.mark.parametrize("option", ["--model", "--name"])
+def test_one_model_commands_refuse_a_second_model(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--model a --model b` once evaluated b alone, silently."""
+    from fot_mem.cli.eval import passkey, perplexity
+
+    for main in (passkey.main, perplexity.main):
+        with pytest.raises(SystemExit) as e:
+            main([option, "a", option, "b", "--json", "x.json"])
+        assert e.value.code == 2
+        assert f"{option} given twice" in capsys.readouterr().err

@@ -15,6 +15,25 @@ from ...torch.dtypes import DTYPES
 from ...torch.weights import LoadOptions
 
 
+class Once(argparse.Action):
+    """An option that may be given once: a second value is an error, not a silent overwrite
+    (`--model a --model b` on a one-model command once evaluated b alone)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(
+                f"{option_string} given twice: this command evaluates one model "
+                "(run it once per model, or list the runs in `fot-mem eval suite`)"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def comma_list(kind: type) -> Callable[[str], list[Any]]:
     """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)]."""
 

@@ -10,6 +10,7 @@ from typing import Any
 from ... import backends
 from ...eval import perplexity, perplexity_run
 from .options import (
+    Once,
     add_model_options,
     add_plot_options,
     comma_list,
@@ -24,9 +25,13 @@ HELP = "Perplexity against memory size on held-out long documents."
 
 def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument(
-        "--model", help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'"
+        "--model",
+        action=Once,
+        help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'",
     )
-    a.add_argument("--name", help="label in the plot and JSON (default: the model spec)")
+    a.add_argument(
+        "--name", action=Once, help="label in the plot and JSON (default: the model spec)"
+    )
     a.add_argument("--data", help="token shards (fot-mem data build ...)")
     a.add_argument("--split", default="val")
     a.add_argument("--memory", type=comma_list(int), default=[0, 2048, 8192, 32768, 131072])
