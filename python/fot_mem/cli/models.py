@@ -26,10 +26,11 @@ import torch
 from ..exceptions import InvalidValueError
 from ..tokenizers import BytesTokenizer, HFTokenizer
 from ..torch import FotConfig, FotForCausalLM
+from ..torch.weights import DEFAULT_FOT, NAMED_MODELS
 
-DEFAULT_MODEL = "fot-smollm2"
+DEFAULT_MODEL = DEFAULT_FOT
 DEFAULT_LAYERS = (8, 16, 24)
-NAMED = ("fot-smollm2", "base", "smollm2")
+NAMED = tuple(NAMED_MODELS)
 
 
 def cache_dir() -> Path:
@@ -38,9 +39,10 @@ def cache_dir() -> Path:
 
 def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausalLM:
     """float32, on the CPU, in eval mode."""
-    if spec in ("base", "smollm2"):
+    kind = NAMED_MODELS.get(spec)
+    if kind == "smollm2":
         return _cached_smollm2(layers).eval()
-    if spec == "fot-smollm2":
+    if kind == "shipped":
         return _shipped(spec, layers).eval()
     from ..torch.weights import load_model
 
@@ -82,11 +84,11 @@ def tokenizer(spec: str, vocab_size: int) -> BytesTokenizer | HFTokenizer:
 def _shipped(name: str, layers: tuple[int, ...]) -> FotForCausalLM:
     """A shipped delta on the cached base. Its memory layers are part of it: others are refused
     rather than silently replaced."""
-    from ..torch.delta import load_delta
+    from ..torch.delta import load_delta, read_manifest
     from ..torch.weights import shipped_delta
 
     folder = shipped_delta(name)
-    own = tuple(json.loads((folder / "delta.json").read_text())["model_config"]["memory_layers"])
+    own = tuple(read_manifest(folder)["model_config"]["memory_layers"])
     if tuple(layers) != own:
         raise InvalidValueError(
             f"{name} was trained with memory layers {','.join(map(str, own))}; for other "

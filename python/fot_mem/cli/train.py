@@ -23,16 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         required = field.default is dataclasses.MISSING
         name = "--" + field.name.replace("_", "-")
-        shown = "" if required else f" (default {field.default!r})"
+        shown = None if required else f"default {field.default!r}"
         if field.type in ("bool", bool):
             parser.add_argument(
-                name, action=argparse.BooleanOptionalAction, default=None, help=shown.strip()
+                name, action=argparse.BooleanOptionalAction, default=None, help=shown
             )
         else:
             kind = _TYPES.get(str(field.type), str)
-            parser.add_argument(
-                name, type=kind, required=required, default=None, help=shown.strip() or None
-            )
+            parser.add_argument(name, type=kind, required=required, default=None, help=shown)
     parser.add_argument(
         "--recipe", choices=tuple(RECIPES), help="start from a named recipe's values"
     )

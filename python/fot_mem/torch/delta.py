@@ -83,6 +83,21 @@ def save_delta(
     return manifest
 
 
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A delta folder's `delta.json`, its format checked."""
+    folder = Path(path)
+    try:
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidValueError(f"{folder} holds no readable {MANIFEST}: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise InvalidValueError(
+            f"{folder / MANIFEST} has format {manifest.get('format')!r}; "
+            f"this fot_mem reads {FORMAT}"
+        )
+    return manifest
+
+
 def load_delta(
     path: str | Path, base_loader: Callable[[str, tuple[int, ...], int | None], FotForCausalLM]
 ) -> FotForCausalLM:
@@ -93,15 +108,7 @@ def load_delta(
     from safetensors.torch import load_file
 
     folder = Path(path)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InvalidValueError(f"{folder} holds no readable {MANIFEST}: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise InvalidValueError(
-            f"{folder / MANIFEST} has format {manifest.get('format')!r}; "
-            f"this fot_mem reads {FORMAT}"
-        )
+    manifest = read_manifest(folder)
     tensors_path = folder / TENSORS
     if not tensors_path.is_file():
         raise InvalidValueError(f"{tensors_path} is missing")

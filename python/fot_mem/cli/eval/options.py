@@ -34,6 +34,18 @@ class Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def add_one_model(parser: argparse.ArgumentParser) -> None:
+    """`--model` and `--name` of a command that evaluates one model."""
+    parser.add_argument(
+        "--model",
+        action=Once,
+        help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'",
+    )
+    parser.add_argument(
+        "--name", action=Once, help="label in the plot and JSON (default: the model spec)"
+    )
+
+
 def comma_list(kind: type) -> Callable[[str], list[Any]]:
     """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)]."""
 

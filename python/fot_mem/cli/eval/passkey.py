@@ -9,8 +9,8 @@ from typing import Any
 from ... import backends
 from ...eval import passkey
 from .options import (
-    Once,
     add_model_options,
+    add_one_model,
     add_plot_options,
     comma_list,
     in_process,
@@ -23,14 +23,7 @@ HELP = "Passkey retrieval: accuracy by prompt length and depth of the key."
 
 
 def add_arguments(a: argparse.ArgumentParser) -> None:
-    a.add_argument(
-        "--model",
-        action=Once,
-        help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'",
-    )
-    a.add_argument(
-        "--name", action=Once, help="label in the plot and JSON (default: the model spec)"
-    )
+    add_one_model(a)
     a.add_argument("--lengths", type=comma_list(int), default=[4096, 16384, 65536, 131072, 262144])
     a.add_argument("--depths", type=comma_list(float), default=[0.1, 0.5, 0.9])
     a.add_argument("--trials", type=int, default=5)

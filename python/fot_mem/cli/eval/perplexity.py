@@ -10,8 +10,8 @@ from typing import Any
 from ... import backends
 from ...eval import perplexity, perplexity_run
 from .options import (
-    Once,
     add_model_options,
+    add_one_model,
     add_plot_options,
     comma_list,
     in_process,
@@ -24,14 +24,7 @@ HELP = "Perplexity against memory size on held-out long documents."
 
 
 def add_arguments(a: argparse.ArgumentParser) -> None:
-    a.add_argument(
-        "--model",
-        action=Once,
-        help="run, checkpoint or delta folder, .gguf, 'fot-smollm2' or 'base'",
-    )
-    a.add_argument(
-        "--name", action=Once, help="label in the plot and JSON (default: the model spec)"
-    )
+    add_one_model(a)
     a.add_argument("--data", help="token shards (fot-mem data build ...)")
     a.add_argument("--split", default="val")
     a.add_argument("--memory", type=comma_list(int), default=[0, 2048, 8192, 32768, 131072])
