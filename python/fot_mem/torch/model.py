@@ -15,7 +15,7 @@ from ..exceptions import DtypeError, InvalidValueError, ShapeError
 from .config import FotConfig
 from .crossbatch import Crossbatch
 from .layer import FotAttention
-from .memory import MemoryArg
+from .memory import Memory, MemoryArg
 from .rope import RotaryEmbedding
 
 
@@ -138,6 +138,8 @@ class FotForCausalLM(nn.Module):
         """
         past = 0 if cache is None else cache.length
         x, cos, sin, sunk = self._embed(input_ids, past)
+        if isinstance(memory, Crossbatch) and not memory.context_grad and cache is None:
+            x, memory, logits_rows = self._contexts_apart(x, cos, sin, sunk, memory, logits_rows)
         memory_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         trim, logits_rows = self._trim(x.shape[0], memory, cache, logits_rows)
         last_memory = max(self.config.memory_layers, default=-1)
@@ -203,6 +205,48 @@ class FotForCausalLM(nn.Module):
         layer = self.model.layers[top]
         assert isinstance(layer, DecoderLayer)
         return layer.self_attn.memory_kv(layer.input_layernorm(x), sunk)
+
+    def _contexts_apart(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        sunk: int,
+        spec: Crossbatch,
+        logits_rows: slice | None,
+    ) -> tuple[torch.Tensor, dict[int, Memory], slice]:
+        """Crossbatch with `context_grad=False`: the previous windows (rows of `x`, embedded) run
+        without gradients up to the last memory layer; each memory layer's key and value
+        projections of them (with gradients) become the current windows' `Memory`. Returns the
+        current windows' rows, that memory per layer and `logits_rows` counted among them."""
+        if x.shape[0] != spec.rows:
+            raise ShapeError(
+                f"the batch has {x.shape[0]} rows; Crossbatch(slots={spec.slots}, "
+                f"prev={spec.prev}) needs {spec.rows} (previous windows, then current ones)"
+            )
+        n = spec.slots * spec.prev
+        wanted = range(x.shape[0])[logits_rows or slice(None)]
+        if len(wanted) == 0 or wanted.step != 1 or wanted.start < n:
+            raise InvalidValueError(
+                "Crossbatch(context_grad=False) gives logits of the current windows only: "
+                f"logits_rows must lie in rows {n}.. of {x.shape[0]}"
+            )
+        layers = self.config.memory_layers
+        contexts, inputs = x[:n], {}
+        with torch.no_grad():  # up to the last memory layer's input; no layer above needs them
+            for i, layer in enumerate(self.model.layers[: max(layers, default=-1)]):
+                if i in layers:
+                    inputs[i] = contexts
+                contexts = layer(contexts, cos, sin, None, None, sunk)[0]
+        if layers:
+            inputs[max(layers)] = contexts
+        memory = {}
+        for i, hidden in inputs.items():
+            layer = self.model.layers[i]
+            assert isinstance(layer, DecoderLayer)
+            keys, values = layer.self_attn.memory_kv(layer.input_layernorm(hidden), sunk)
+            memory[i] = spec.memory(keys, values)
+        return x[n:], memory, slice(wanted.start - n, wanted.stop - n)
 
     def _trim(
         self, rows: int, memory: MemoryArg, cache: LocalCache | None, logits_rows: slice | None

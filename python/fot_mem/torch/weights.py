@@ -29,6 +29,9 @@ SHIPPED = Path(__file__).resolve().parent.parent / "shipped"
 DEFAULT_FOT = "fot-smollm2"
 # what a model name means: "smollm2" and "base" are SmolLM2-135M-Instruct untuned (memory layers
 # added, no FoT training); "fot-smollm2" is the FoT fine-tune shipped with the package
+# SmolLM2's memory layers when none are given: those of the shipped fine-tune, so that "base"
+# is compared at the same layers.
+SMOLLM2_MEMORY_LAYERS = (8, 16, 24)
 NAMED_MODELS = {"smollm2": "smollm2", "base": "smollm2", DEFAULT_FOT: "shipped"}
 
 
@@ -175,7 +178,7 @@ def keep_models(on: bool = True) -> None:
 def load_model(
     spec: str | os.PathLike[str],
     *,
-    memory_layers: tuple[int, ...] = (8, 16, 24),
+    memory_layers: tuple[int, ...] = SMOLLM2_MEMORY_LAYERS,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     sink_token: int | None = None,
@@ -258,7 +261,7 @@ def _load_checkpoint(path: Path) -> FotForCausalLM:
 class LoadOptions:
     """How an evaluation loads its models (`load_model`'s options; `dtype` by name, `DTYPES`)."""
 
-    memory_layers: tuple[int, ...] = (8, 16, 24)
+    memory_layers: tuple[int, ...] = SMOLLM2_MEMORY_LAYERS
     sink_token: int | None = None
     device: str = "cpu"
     dtype: str = "float32"

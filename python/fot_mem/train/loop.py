@@ -161,16 +161,16 @@ class Trainer:
         if self.cfg.no_memory > 0 and not local:  # drawn per (seed, step, rank): resumable
             draw = np.random.default_rng((self.cfg.seed, self.step, self.dist.rank, 17))
             blind = torch.from_numpy(draw.random(slots) < self.cfg.no_memory)
-        if self.cfg.gather_negatives and self.dist.world > 1 and not local:
-            return Crossbatch(
-                slots=slots,
-                d=d,
-                prev=self.cfg.prev,
-                gather=self.dist.gather,
-                rank=self.dist.rank,
-                blind=blind,
-            )
-        return Crossbatch(slots=slots, d=d, prev=self.cfg.prev, blind=blind)
+        gather = self.cfg.gather_negatives and self.dist.world > 1 and not local
+        return Crossbatch(
+            slots=slots,
+            d=d,
+            prev=self.cfg.prev,
+            gather=self.dist.gather if gather else None,
+            rank=self.dist.rank if gather else 0,
+            blind=blind,
+            context_grad=self.cfg.context_grad,
+        )
 
     def loss(
         self, batch: CrossbatchBatch, d: int, evaluating: bool = False

@@ -313,6 +313,12 @@ def test_cli_on_a_trained_checkpoint(data: str, tmp_path: Path) -> None:
     assert result["settings"]["distractors"] == ["short"]  # the first document not evaluated
     assert all(r["tokens"] == 2 * 15 and r["perplexity"] > 1 for r in result["by_memory"])
     assert (out / "r.png").read_bytes()[:4] == b"\x89PNG"
+    # --only: the documents by id prefix; distractors still come from the whole split
+    only = ppl_cli.main([*argv[:-4], "--only", "b,zz"])
+    assert [d["id"] for d in only["documents"]] == ["b"] and only["settings"]["only"] == ["b", "zz"]
+    assert only["settings"]["distractors"] == ["a"]
+    with pytest.raises(InvalidValueError, match="no document id of the split starts with 'zz'"):
+        ppl_cli.main([*argv[:-4], "--only", "zz"])
     # the module's entry point: saved results plotted together
     done = subprocess.run(
         [sys.executable, "-m", "fot_mem", "eval", "perplexity", "--plot", str(out / "r.json"),

@@ -26,9 +26,10 @@ def test_a_recipe_gives_its_values_and_options_override_them() -> None:
     cfg = parse("--recipe", "fot-smollm2")
     for key, value in RECIPES["fot-smollm2"].items():
         assert getattr(cfg, key) == value, key
-    assert cfg.trainable == r"layers\.(8|16|24)\.self_attn\." and cfg.qk_norm is False
+    layers = cfg.memory_layers.replace(",", "|")
+    assert cfg.trainable == rf"layers\.({layers})\.self_attn\." and cfg.qk_norm is False
     cfg = parse("--recipe", "fot-smollm2", "--steps", "7", "--qk-norm", "--sink-token", "-1")
-    assert (cfg.steps, cfg.qk_norm, cfg.sink_token, cfg.batch) == (7, True, None, 32)
+    assert (cfg.steps, cfg.qk_norm, cfg.sink_token, cfg.batch) == (7, True, None, 64)
 
 
 def test_an_unknown_recipe_is_refused() -> None:

@@ -12,7 +12,7 @@ import torch
 
 from ...eval.common import load_results
 from ...torch.dtypes import DTYPES
-from ...torch.weights import LoadOptions
+from ...torch.weights import SMOLLM2_MEMORY_LAYERS, LoadOptions
 
 
 class Once(argparse.Action):
@@ -63,7 +63,10 @@ def comma_list(kind: type) -> Callable[[str], list[Any]]:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The options every evaluation loads its model with (`load_options`)."""
     parser.add_argument(
-        "--memory-layers", type=comma_list(int), default=[8, 16, 24], help="GGUF models only"
+        "--memory-layers",
+        type=comma_list(int),
+        default=list(SMOLLM2_MEMORY_LAYERS),
+        help="GGUF models only (default: the shipped model's)",
     )
     parser.add_argument(
         "--sink-token", type=int, help="GGUF only: a sink token before every window (FotConfig)"

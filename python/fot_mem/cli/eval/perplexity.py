@@ -35,6 +35,11 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--ef", type=int)
     a.add_argument("--mirror", help="device for exact search, e.g. cuda")
     a.add_argument("--docs", type=int, default=0, help="documents evaluated (0: all that fit)")
+    a.add_argument(
+        "--only",
+        type=comma_list(str),
+        help="evaluate the documents whose id starts with one of these, e.g. rust-src,golang",
+    )
     a.add_argument("--multi-doc", type=int, default=0, help="distractor documents in memory")
     a.add_argument("--distractor-tokens", type=int, default=8192)
     a.add_argument("--limit-memory", action="store_true", help="drop sizes no document fits")
@@ -63,6 +68,7 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
         ef=args.ef,
         mirror=args.mirror,
         docs=args.docs,
+        only=args.only,
         multi_doc=args.multi_doc,
         distractor_tokens=args.distractor_tokens,
         limit_memory=args.limit_memory,
