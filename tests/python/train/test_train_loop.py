@@ -3,6 +3,7 @@ the same result, and runs under torchrun (two processes, gloo) with negatives fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -68,6 +69,15 @@ def test_schedules() -> None:
     assert learning_rate(cfg, 10) == pytest.approx(1.0)
     assert learning_rate(cfg, 60) == pytest.approx(0.55)
     assert learning_rate(cfg, 110) == pytest.approx(0.1)
+    # annealing by the clock: the cosine follows the minutes where they run ahead of the steps
+    assert learning_rate(cfg, 60, clock=1.0) == pytest.approx(0.55)  # not asked for
+    timed = dataclasses.replace(cfg, minutes=2.0, anneal_by_minutes=True)
+    assert learning_rate(timed, 60, clock=0.0) == pytest.approx(0.55)
+    assert learning_rate(timed, 60, clock=1.0) == pytest.approx(0.1)
+    assert learning_rate(timed, 110, clock=0.2) == pytest.approx(0.1)
+    assert learning_rate(timed, 5, clock=1.0) == pytest.approx(0.6)  # warmup stays by steps
+    with pytest.raises(InvalidValueError, match="anneal_by_minutes needs minutes"):
+        dataclasses.replace(cfg, anneal_by_minutes=True).check()
 
 
 def test_trains_logs_and_checkpoints(data: str, tmp_path: Path) -> None:
@@ -251,3 +261,18 @@ def test_no_memory_blinds_a_share_of_the_training_windows(data: str, tmp_path: P
     assert losses and all(math.isfinite(x) for x in losses)
     with pytest.raises(InvalidValueError, match="no_memory"):
         Trainer(config(data, tmp_path / "e", no_memory=1.5))
+
+
+def test_contexts_without_gradients_train_the_memory_layer(data: str, tmp_path: Path) -> None:
+    """`context_grad=False` reaches the model's crossbatch, and a run with it trains: the memory
+    layer's key projection moves, and its first step's loss equals the paper's crossbatch's."""
+    runs = {}
+    for grad in (True, False):
+        trainer = Trainer(config(data, tmp_path / str(grad), prev=2, context_grad=grad, steps=3))
+        assert trainer._spec(3, 2).context_grad is grad
+        before = trainer.model.model.layers[1].self_attn.k_proj.weight.detach().clone()
+        runs[grad] = trainer.run(progress=False)
+        after = trainer.model.model.layers[1].self_attn.k_proj.weight.detach()
+        assert not torch.equal(before, after)
+    assert runs[False][1]["loss"] == pytest.approx(runs[True][1]["loss"], rel=1e-5)
+    assert all(math.isfinite(row["loss"]) for row in runs[False][1:])
