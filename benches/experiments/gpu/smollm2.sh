@@ -90,7 +90,7 @@ evals)  # distraction, perplexity (code and books, one and several documents), p
   mem=0,2048,8192,32768,65536,131072
   code="--data $W/mix --only golang-1.19-src/go-1.19/src/cmd/compile,golang-1.19-src/go-1.19/src/strconv,rust-src"
   books="--data $W/books --only r-cran-janeaustenr"
-  ppl="--memory $mem --span 8192 --window 512 --k 128 --limit-memory $dev"
+  ppl="--memory $mem --span 4096 --window 512 --k 128 --limit-memory $dev"
   pk="--lengths 4096,16384,65536,131072 --depths 0.1,0.5,0.9 --trials ${TRIALS:-2} --window 512 --filler data --filler-data $W/books --filler-split train $dev"
   {
     echo "distraction --model $W/delta --name fot $base --data $W/mix --d 1,2,4,8,16,32,64 --windows 16 --window 512 --device cuda --dtype bfloat16 --json $E/distraction.json --png $E/distraction.png"
