@@ -82,7 +82,8 @@ finish)  # the delta and the run's record, brought back
   tar czf "$OUT/delta.tgz" -C "$W" delta
   ls -la "$OUT"
   ;;
-evals)  # distraction, perplexity (code and books, one and several documents), passkey: fot, base
+evals)  # distraction (fot and base), perplexity (code and books, one and several documents) and
+  # passkey of EVAL_MODELS (default "fot base"; "fot" where the base's run on another machine)
   E=$W/eval; mkdir -p "$E"
   layers=$(python3 -c "import json; print(','.join(map(str, json.load(open('$W/fot/config.json'))['memory_layers'].split(','))))")
   base="--model smollm2 --name base --memory-layers $layers --sink-token 0"
@@ -94,16 +95,16 @@ evals)  # distraction, perplexity (code and books, one and several documents), p
   pk="--lengths 4096,16384,65536,131072 --depths 0.1,0.5,0.9 --trials ${TRIALS:-2} --window 512 --filler data --filler-data $W/books --filler-split train $dev"
   {
     echo "distraction --model $W/delta --name fot $base --data $W/mix --d 1,2,4,8,16,32,64 --windows 16 --window 512 --device cuda --dtype bfloat16 --json $E/distraction.json --png $E/distraction.png"
-    for m in fot base; do
+    for m in ${EVAL_MODELS:-fot base}; do
       spec="--model $W/delta --name fot"; [ $m = base ] && spec=$base
       echo "perplexity $spec $code $ppl --json $E/ppl-code-$m.json"
       echo "perplexity $spec $books $ppl --json $E/ppl-books-$m.json"
     done
-    for m in fot base; do
+    for m in ${EVAL_MODELS:-fot base}; do
       spec="--model $W/delta --name fot"; [ $m = base ] && spec=$base
       echo "passkey $spec $pk --json $E/passkey-$m.json"
     done
-    for m in fot base; do
+    for m in ${EVAL_MODELS:-fot base}; do
       spec="--model $W/delta --name fot"; [ $m = base ] && spec=$base
       echo "perplexity $spec $code $ppl --multi-doc 4 --json $E/ppl-code-multi-$m.json"
     done
