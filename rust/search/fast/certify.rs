@@ -1,17 +1,20 @@
-//! Certifying the bf16 kernel's candidates: rescore them in f32, and accept the result only if no
-//! key left out can reach the k-th rescored score. Every key left out scored at most the row's
-//! rejection threshold t in bf16, so its f32 score is at most t + E, with E the bound below; the
-//! candidates are every key within a window (> 2E) of the k-th best bf16 score (see
-//! `candidates`), which makes the test pass whatever the ties among them.
+//! Certifying a screen's candidates: rescore them in f32, and accept the result only if no key left
+//! out can beat the k-th rescored score. Every key left out had an upper bound (screen score plus
+//! the error bound below) at most the row's threshold T, and k candidates have lower bounds of at
+//! least T (see `candidates`), so the test passes whatever the ties among them; only a row whose
+//! bound is infinite (scores that may overflow) or whose screen scores were not finite fails.
 
-use super::candidates::Candidates;
+use super::candidates::{f32_at_least, Candidates};
+use super::kernel::RowBound;
 use super::pack::TileNorms;
 use super::query::QueryRows;
 use crate::dtype::Elements;
 use crate::search::topk::TopK;
 use crate::search::KeySource;
 
-fn dot(q: &[f32], key: Elements, buf: &mut [f32]) -> f32 {
+/// The f32 score of `key` for query `q` (`buf`: `dim` scratch), as every rescoring computes it (so
+/// copies of one key get equal scores).
+pub fn dot(q: &[f32], key: Elements, buf: &mut [f32]) -> f32 {
     key.to_f32(buf);
     // Eight partial sums (so the compiler can vectorise), added from +0.0 (`sum()` starts at
     // -0.0) as the other kernels do.
@@ -64,6 +67,26 @@ impl ErrorBound {
         }
     }
 
+    /// Row `r`'s bound for the keys of one tile of the bf16 kernel, per key of norm `K` (as
+    /// `pack::key_norm` gives it): `a K + c`, with `ratio` the tile's largest ratio of a key's
+    /// rounding error to its norm. The terms of [`ErrorBound::for_row`] with the key's own norm in
+    /// place of the largest, and `a` widened by 4 ulps of `|bf16(q)| K` for the f32 arithmetic of
+    /// the kernel's `s +- a K`.
+    pub fn row(&self, q: &QueryRows, r: usize, ratio: f32) -> RowBound {
+        let (delta, norm) = (q.delta[r], q.norm[r]);
+        let eps = f32::EPSILON as f64;
+        let a = 1.001 * (delta + norm * (1.001 * ratio as f64 + self.sum_err)) + 4.0 * eps * norm;
+        let c = norm * self.flushed_keys + self.flushed_sums;
+        RowBound {
+            a: if a.is_nan() {
+                f32::INFINITY
+            } else {
+                f32_at_least(a)
+            },
+            c,
+        }
+    }
+
     /// |q.k - bf16(q).bf16(k)| <= |q - bf16(q)| |k| + |bf16(q)| |k - bf16(k)| + rounding;
     /// infinite when any term is (the row then falls back).
     pub fn for_row(&self, q: &QueryRows, r: usize) -> f64 {
@@ -80,7 +103,9 @@ impl ErrorBound {
     }
 }
 
-/// Rescores row `r`'s candidates in f32; `None` when the result cannot be certified exact.
+/// Rescores row `r`'s candidates in f32; `None` when the result cannot be certified exact (up to
+/// ties at the k-th score). `bound` is the row's largest error bound ([`ErrorBound::for_row`]):
+/// where it is infinite the per-key bounds may be too.
 pub fn certified_row(
     src: &dyn KeySource,
     kv_head: usize,
@@ -95,14 +120,19 @@ pub fn certified_row(
     let mut buf = vec![0f32; dim];
     let mut exact = TopK::new(k);
     let (list, threshold) = candidates.finish();
-    for &(_, id) in &list {
-        exact.push(dot(query, src.row(kv_head, id as u64), &mut buf), id);
+    for e in &list {
+        let s = if e.rescored() {
+            e.lower
+        } else {
+            dot(query, src.row(kv_head, e.id as u64), &mut buf)
+        };
+        exact.push(s, e.id);
     }
     let best = exact.into_sorted();
-    // Every key was a candidate (a key whose bf16 score is NaN or -inf never becomes one), or
-    // every key left out scores below the k-th (strictly: keys tied with it are all candidates,
-    // so ties go to the lower id as in the f32 kernel).
+    // Every key was a candidate (a key whose screen score is NaN or -inf never becomes one), or
+    // every key left out scores at most the k-th (keys whose bounds overlap the k-th's are all
+    // candidates, unless a crowd of them was rescored, when ties at the k-th may have gone).
     let certain = list.len() as u64 == src.len()
-        || (best.len() == k && best[k - 1].0 as f64 > threshold as f64 + bound);
+        || (bound.is_finite() && best.len() == k && best[k - 1].0 >= threshold);
     certain.then_some(best)
 }

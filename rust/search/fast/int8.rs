@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::candidates::Candidates;
+use super::candidates::{f32_at_least, f32_at_most, Candidates};
 use super::pack::{transpose16, TileNorms, GROUP_KEYS, PANELS};
 use crate::dtype::Elements;
 
@@ -130,6 +130,7 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
                 max_sq: _mm512_reduce_add_ps(sq),
                 max_err_sq: _mm512_reduce_add_ps(err),
                 max_abs: top,
+                ..TileNorms::default()
             });
             out.corr[key] = -128 * _mm512_reduce_add_epi32(sum);
         }
@@ -306,11 +307,12 @@ pub fn quantise_queries(rows: &[f32], dim: usize) -> Quantised {
     out
 }
 
-/// The kernel's threshold for a row: `q8 . k8` is rejected when at most this, which means
-/// `s_q s_t (q8 . k8) <= threshold` (in exact arithmetic; `threshold` is -inf at first).
+/// The kernel's threshold for a row whose candidates reject upper bounds at or below `threshold`,
+/// with error bound `err`: `q8 . k8` is rejected when at most this, which means
+/// `s_q s_t (q8 . k8) + err <= threshold` (in exact arithmetic; `threshold` is -inf at first).
 #[inline]
-fn int_threshold(threshold: f32, scale: f64) -> i32 {
-    let x = (threshold as f64 / scale).floor();
+fn int_threshold(threshold: f32, err: f64, scale: f64) -> i32 {
+    let x = ((threshold as f64 - err) / scale).floor();
     if x >= i32::MAX as f64 {
         i32::MAX
     } else if x <= i32::MIN as f64 {
@@ -320,9 +322,10 @@ fn int_threshold(threshold: f32, scale: f64) -> i32 {
     }
 }
 
-/// Scores query rows `quads` (`[rows][d4]`) with scales `qscale` against a packed tile of `n_keys`
-/// keys, offering every score above a row's threshold to its candidates. `thresholds[r]` is the
-/// row's candidate threshold; the integer ones are derived here per tile.
+/// Scores query rows `quads` (`[rows][d4]`) with scales `qscale` and error bounds `errs` against a
+/// packed tile of `n_keys` keys, offering every key whose upper bound (score plus the row's error
+/// bound) exceeds a row's threshold to its candidates. `thresholds[r]` is set to the row's candidate
+/// threshold; the integer ones are derived here per tile.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VNNI; `tile` must be a packed tile of `n_keys` keys.
@@ -332,6 +335,7 @@ pub unsafe fn score_tile(
     quads: &[u32],
     d4: usize,
     qscale: &[f32],
+    errs: &[f64],
     tile: &Tile,
     n_keys: usize,
     first_id: i64,
@@ -340,6 +344,7 @@ pub unsafe fn score_tile(
 ) {
     let rows = tops.len();
     assert!(quads.len() >= rows * d4 && thresholds.len() == rows && qscale.len() == rows);
+    assert!(errs.len() == rows);
     let groups = n_keys.div_ceil(GROUP_KEYS);
     assert!(tile.data.len() >= groups * d4 * GROUP_KEYS);
     assert!(tile.corr.len() >= groups * GROUP_KEYS);
@@ -348,7 +353,7 @@ pub unsafe fn score_tile(
         .map(|&s| s as f64 * tile.scale as f64)
         .collect();
     let mut ithr: Vec<i32> = (0..rows)
-        .map(|r| int_threshold(thresholds[r], scales[r]))
+        .map(|r| int_threshold(tops[r].threshold(), errs[r], scales[r]))
         .collect();
     for g in 0..groups {
         let keys = tile.data.as_ptr().add(g * d4 * GROUP_KEYS);
@@ -368,7 +373,8 @@ pub unsafe fn score_tile(
         let mut r0 = 0;
         while r0 < rows {
             let q = quads.as_ptr().add(r0 * d4);
-            let (t, th, s) = (&mut tops[r0..], &mut ithr[r0..], &scales[r0..]);
+            let (t, th) = (&mut tops[r0..], &mut ithr[r0..]);
+            let s = (&scales[r0..], &errs[r0..]);
             r0 += match rows - r0 {
                 1 => block::<1>(q, &panel, s, t, th),
                 2 => block::<2>(q, &panel, s, t, th),
@@ -400,7 +406,7 @@ struct Panel {
 unsafe fn block<const R: usize>(
     q: *const u32,
     p: &Panel,
-    scales: &[f64],
+    (scales, errs): (&[f64], &[f64]),
     tops: &mut [Candidates],
     thresholds: &mut [i32],
 ) -> usize {
@@ -437,10 +443,14 @@ unsafe fn block<const R: usize>(
                 while m != 0 {
                     let lane = m.trailing_zeros() as usize;
                     m &= m - 1;
-                    let score = (buf[lane] as f64 * scales[r]) as f32;
-                    tops[r].push(score, p.id0 + (16 * c + lane) as i64);
+                    let score = buf[lane] as f64 * scales[r];
+                    tops[r].push(
+                        f32_at_least(score + errs[r]),
+                        f32_at_most(score - errs[r]),
+                        p.id0 + (16 * c + lane) as i64,
+                    );
                 }
-                t = int_threshold(tops[r].threshold(), scales[r]);
+                t = int_threshold(tops[r].threshold(), errs[r], scales[r]);
             }
         }
         thresholds[r] = t;

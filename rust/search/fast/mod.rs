@@ -1,15 +1,18 @@
 //! The AVX-512 BF16 exact kernel. Queries and keys are rounded to bfloat16 and scored with
-//! VDPBF16PS (twice the f32 FMA rate, half the bytes of f32 keys), fused with a per-row top-k'
-//! of candidates: every key whose bf16 score is within a window `WINDOW * E` of the row's k-th best
-//! bf16 score, where E bounds the bf16 rounding error of a score (`certify::ErrorBound`, from the
-//! query's rounding and the key norms measured while packing). The candidates are rescored in f32;
-//! every key left out scored at most t (the rejection threshold) in bf16, so at most t + E in f32,
-//! and since t <= (k-th bf16) - WINDOW * E, the k-th rescored score beats that whenever the window
-//! held no more than the cap of candidates. Exact ties and near-ties (repeated keys) stay candidates
-//! and are resolved in f32. Rows that cannot be certified (a crowd of more than the cap within the
-//! window) are rescanned in f32, so the results are always those of an exact f32 search (f32
-//! summation order aside). The int8 screen (`int8`, AVX-512 VNNI, opt-in) replaces the bf16 scores
-//! with int8 ones and its own error bound; everything after the screen is shared.
+//! VDPBF16PS (twice the f32 FMA rate, half the bytes of f32 keys), fused with a per-row set of
+//! candidates: every key whose f32 score may still reach the row's k-th best. Each bf16 score s
+//! comes with a bound on its error, `a K + c` for a key of norm K (`certify::ErrorBound::row`, from
+//! the query's rounding and the key's norm and rounding measured while packing), so the f32 score
+//! lies in `[s - aK - c, s + aK + c]`; a key enters the candidates when its upper bound exceeds
+//! the row's threshold, the k-th best lower bound so far (`candidates`). The bound is per key: an
+//! attention sink of a hundred times the usual norm widens its own interval, not every key's.
+//! Exact ties and near-ties (repeated keys) have overlapping intervals and stay candidates; a crowd
+//! of them past the cap is rescored in f32 on the spot (`Candidates::rescore`), which raises the
+//! threshold to the exact k-th score. The candidates are rescored in f32 at the end, so the results
+//! are those of an exact f32 search (f32 summation order aside) up to ties at the k-th score; only
+//! rows whose bound is infinite (scores that may overflow f32) are rescanned in f32. The int8
+//! screen (`int8`, AVX-512 VNNI, opt-in) replaces the bf16 scores with int8 ones and one bound per
+//! row (the largest over the keys so far); everything after the screen is shared.
 
 mod candidates;
 mod certify;
@@ -29,7 +32,8 @@ use rayon::prelude::*;
 use super::stats::{FALLBACK_ROWS, ROWS};
 use super::{KeySource, SearchResult, SearchShape};
 use candidates::Candidates;
-use certify::{certified_row, ErrorBound};
+use certify::{certified_row, dot, ErrorBound};
+use kernel::{kernel_threshold, RowBound};
 use plan::{plan, Item};
 pub use query::Screen;
 use query::{query_rows, QueryRows};
@@ -37,15 +41,12 @@ use small::{rescan, search_small};
 
 /// Keys packed and scored per tile (a multiple of the kernel's 48-key groups; ~120 KiB at d 128).
 const TILE_KEYS: usize = 480;
-/// The candidate window, in units of the error bound E (more than 2 certifies every row whose
-/// window holds at most the cap).
-const WINDOW: f64 = 2.25;
 
-/// The most candidates a row keeps for a top-k (repeated keys crowd the window: hundreds or
-/// thousands of copies of one key all score alike): `16 k + 2048`, more for long documents
-/// (rescoring even 1/256 of the keys beats rescanning them all), as far as 256 MiB of crowded
-/// candidate buffers over all `rows` allow, and never fewer than `2 k + 64` (whose buffers are
-/// about the size of the output the search's budget check admitted).
+/// The most candidates a row keeps for a top-k before it rescores them in f32 (repeated keys crowd
+/// the candidates: hundreds or thousands of copies of one key all score alike): `16 k + 2048`,
+/// more for long documents, as far as 256 MiB of crowded candidate buffers over all `rows` allow,
+/// and never fewer than `2 k + 64` (whose buffers are about the size of the output the search's
+/// budget check admitted).
 fn cap(k: usize, keys: u64, rows: usize) -> usize {
     let budget = (1usize << 23) / rows.max(1);
     let long = (keys / 256).min(budget as u64) as usize;
@@ -71,8 +72,13 @@ fn run_item(
     let mut thresholds = vec![f32::NEG_INFINITY; m];
     let qpairs = &q.pairs[(it.rows.0 * d2).min(q.pairs.len())..(it.rows.1 * d2).min(q.pairs.len())];
     let mut packed = Vec::new();
+    let mut knorm = Vec::new();
     let mut tile8 = int8::Tile::default();
     let mut norms = pack::TileNorms::default();
+    // The bf16 screen's bounds per row for the current tile, the int8 screen's per row so far.
+    let mut bounds = vec![RowBound { a: 0.0, c: 0.0 }; m];
+    let mut errs = vec![0f64; m];
+    let mut keybuf = vec![0f32; dim];
     for block in src.blocks(it.kv_head) {
         let rows = (block.keys.len() / dim) as u64;
         let lo = it.keys.0.max(block.first_id);
@@ -89,38 +95,62 @@ fn run_item(
             // (`simd::has_avx512_bf16`), the int8 screen only where it also has VNNI
             // (`simd::has_avx512_vnni`); `packed` / `tile8` is the packed tile of `b - a` keys.
             unsafe {
-                let before = norms;
                 match &q.quant {
-                    None => norms.merge(pack::pack_tile(tile, dim, &mut packed)),
-                    Some(_) => norms.merge(int8::pack_tile(tile, dim, &mut tile8)),
-                }
-                if norms != before {
-                    // Larger keys, a wider error bound: widen every row's window.
-                    let bound = ErrorBound::new(norms, dim);
-                    for (i, top) in tops.iter_mut().enumerate() {
-                        top.widen(WINDOW * bound.for_row(q, it.rows.0 + i));
+                    None => {
+                        let here = pack::pack_tile(tile, dim, &mut packed, &mut knorm);
+                        norms.merge(here);
+                        let bound = ErrorBound::new(norms, dim);
+                        for (i, (b, t)) in bounds.iter_mut().zip(&mut thresholds).enumerate() {
+                            *b = bound.row(q, it.rows.0 + i, here.max_ratio);
+                            *t = kernel_threshold(tops[i].threshold(), b.c);
+                        }
+                        kernel::score_tile(
+                            qpairs,
+                            d2,
+                            &packed,
+                            &knorm,
+                            b - a,
+                            start as i64,
+                            &bounds,
+                            &mut tops,
+                            &mut thresholds,
+                        );
+                    }
+                    Some(qq) => {
+                        let before = norms;
+                        norms.merge(int8::pack_tile(tile, dim, &mut tile8));
+                        if norms != before {
+                            // Larger keys, a wider error bound for the keys from here on.
+                            let bound = ErrorBound::new(norms, dim);
+                            for (i, e) in errs.iter_mut().enumerate() {
+                                *e = bound.for_row(q, it.rows.0 + i);
+                            }
+                        }
+                        int8::score_tile(
+                            &qq.quads[it.rows.0 * d4..it.rows.1 * d4],
+                            d4,
+                            &qq.scale[it.rows.0..it.rows.1],
+                            &errs,
+                            &tile8,
+                            b - a,
+                            start as i64,
+                            &mut tops,
+                            &mut thresholds,
+                        );
                     }
                 }
-                match &q.quant {
-                    None => kernel::score_tile(
-                        qpairs,
-                        d2,
-                        &packed,
-                        b - a,
-                        start as i64,
-                        &mut tops,
-                        &mut thresholds,
-                    ),
-                    Some(qq) => int8::score_tile(
-                        &qq.quads[it.rows.0 * d4..it.rows.1 * d4],
-                        d4,
-                        &qq.scale[it.rows.0..it.rows.1],
-                        &tile8,
-                        b - a,
-                        start as i64,
-                        &mut tops,
-                        &mut thresholds,
-                    ),
+            }
+            // A crowd of candidates (repeated keys): rescore it in f32 now, unless the row's bound
+            // is infinite (then nothing thins the crowd out: the row will be rescanned).
+            for (i, top) in tops.iter_mut().enumerate() {
+                if top.crowded() {
+                    let r = it.rows.0 + i;
+                    if ErrorBound::new(norms, dim).for_row(q, r).is_infinite() {
+                        top.abandon();
+                        continue;
+                    }
+                    let query = &q.rows[r * dim..(r + 1) * dim];
+                    top.rescore(|id| dot(query, src.row(it.kv_head, id as u64), &mut keybuf));
                 }
             }
             start = end;

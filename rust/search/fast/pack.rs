@@ -29,6 +29,8 @@ pub struct TileNorms {
     pub max_err_sq: f32,
     /// The largest |element|: squares of tiny keys underflow, and this says when they may have.
     pub max_abs: f32,
+    /// The largest `|k - bf16(k)| / |k|` over keys (with the norms of [`pack_tile`]'s `knorm`).
+    pub max_ratio: f32,
 }
 
 impl TileNorms {
@@ -37,22 +39,47 @@ impl TileNorms {
         self.max_sq = self.max_sq.max(other.max_sq);
         self.max_err_sq = self.max_err_sq.max(other.max_err_sq);
         self.max_abs = self.max_abs.max(other.max_abs);
+        self.max_ratio = self.max_ratio.max(other.max_ratio);
     }
 }
 
-/// Packs `keys` (`n` rows of `dim`) into `out` (resized) and measures the tile's norms (in f32,
-/// from the keys as given).
+/// Below this largest |element| a key's f32 squares may underflow: its norm is then bounded by
+/// `sqrt(d) max|k_i|` and its rounding error by twice that (bf16 rounding keeps `|k^_i| <= |k_i|`).
+pub const TINY_KEY: f32 = 1e-18;
+
+/// A key's norm as the error bound uses it (from its f32 sums of squares `sq` and squared rounding
+/// errors `err`, and its largest |element|), and its ratio of rounding error to that norm.
+#[inline]
+pub fn key_norm(sq: f32, err: f32, amax: f32, dim: usize) -> (f32, f32) {
+    if amax < TINY_KEY {
+        let n = (dim as f32).sqrt() * amax;
+        (n, if n > 0.0 { 2.0 } else { 0.0 })
+    } else {
+        let n = sq.sqrt();
+        (n, (err.sqrt() / n) * 1.001)
+    }
+}
+
+/// Packs `keys` (`n` rows of `dim`) into `out` (resized), writes each key's norm to `knorm` (resized
+/// to whole groups, zero-padded) and measures the tile's norms (in f32, from the keys as given).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
-pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileNorms {
+pub unsafe fn pack_tile(
+    keys: Elements,
+    dim: usize,
+    out: &mut Vec<u32>,
+    knorm: &mut Vec<f32>,
+) -> TileNorms {
     // The masked loads below trust whole rows.
     assert!(dim > 0 && keys.len().is_multiple_of(dim));
     let n = keys.len() / dim;
     let d2 = dim.div_ceil(2);
     out.clear();
     out.resize(packed_len(n, d2), 0);
+    knorm.clear();
+    knorm.resize(n.div_ceil(GROUP_KEYS) * GROUP_KEYS, 0.0);
     let mut norms = TileNorms::default();
     let blocks = d2.div_ceil(16);
     // One panel's keys, converted row by row (sequential reads of the mapped keys), then
@@ -80,10 +107,18 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Vec<u32>) -> TileN
                 let count = (dim - first).min(32);
                 *slot = load_pairs(keys, key * dim + first, count, &mut sq, &mut err, &mut amax);
             }
+            let (sq, err, amax) = (
+                _mm512_reduce_add_ps(sq),
+                _mm512_reduce_add_ps(err),
+                _mm512_reduce_max_ps(amax),
+            );
+            let (norm, ratio) = key_norm(sq, err, amax, dim);
+            knorm[key] = norm;
             norms.merge(TileNorms {
-                max_sq: _mm512_reduce_add_ps(sq),
-                max_err_sq: _mm512_reduce_add_ps(err),
-                max_abs: _mm512_reduce_max_ps(amax),
+                max_sq: sq,
+                max_err_sq: err,
+                max_abs: amax,
+                max_ratio: ratio,
             });
         }
         for b in 0..blocks {
