@@ -116,4 +116,27 @@ evals)  # distraction (fot and base), perplexity (code and books, one and severa
   cd "$E" && tar czf "$OUT/eval.tgz" ./*.json ./*.png ./steps.txt 2>/dev/null
   ls -la "$OUT"
   ;;
+probe)  # the step time of the recipe's shapes, contexts with and without gradients, on weights of
+  # SmolLM2's shape drawn at random (no GGUF to carry): carry .whl and data/probe (mix's val
+  # shard as both splits)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  cp /tmp/site/fot_mem/_core*.so python/fot_mem/
+  shape="--init scratch --hidden-size 576 --intermediate-size 1536 --num-layers 30 --num-heads 9 --num-kv-heads 3"
+  for grad in context-grad no-context-grad; do
+    for d in ${PROBE_D:-1 32 64}; do
+      python3 -m fot_mem train --recipe fot-smollm2 $shape --data data/probe --out "$W/probe-$grad-$d" \
+        --$grad --d-schedule "0:$d" --steps "${STEPS:-20}" --eval-every 1000 --eval-batches 1 \
+        --no-progress >/dev/null 2>"$W/probe-$grad-$d.err" || tail -n 5 "$W/probe-$grad-$d.err"
+      python3 - "$W/probe-$grad-$d/metrics.jsonl" "$grad" "$d" <<'PY'
+import json, statistics, sys
+rows = [json.loads(x) for x in open(sys.argv[1]) if '"step_s"' in x][5:]
+step = statistics.median(r["step_s"] for r in rows)
+tokens = statistics.median(r["tokens_per_s"] for r in rows)
+print(f"{sys.argv[2]:16s} d={sys.argv[3]:>3s}: median step {step:.3f} s over {len(rows)} steps, "
+      f"{tokens:,.0f} tok/s (all rows)")
+PY
+    done
+  done
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  ;;
 esac
