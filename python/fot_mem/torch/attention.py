@@ -68,8 +68,11 @@ def _check_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 def _shared(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem: Memory, past: int
 ) -> torch.Tensor:
-    """Shared memory goes in front of the local keys; one masked SDPA call (fused kernels)."""
+    """Shared memory goes in front of the local keys; one masked SDPA call (fused kernels).
+    Blind rows run apart, as plain causal attention."""
     assert mem.keys is not None
+    if mem.blind is not None and bool(mem.blind.any()):
+        return _apart(q, k, v, mem, past)
     b, t, m = q.shape[0], q.shape[2], mem.values.shape[2]
     keys = torch.cat((mem.keys.to(k.dtype), k), dim=2)
     values = torch.cat((mem.values.to(v.dtype), v), dim=2)
@@ -92,6 +95,28 @@ def _shared(
     return F.scaled_dot_product_attention(
         q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=gqa
     )
+
+
+def _apart(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem: Memory, past: int
+) -> torch.Tensor:
+    """`_shared` for memory with blind rows: the rows that see it attend without a mask (the
+    flash kernel where there is one), the blind ones to their local keys alone, and the outputs
+    return to the batch's order."""
+    assert mem.keys is not None and mem.blind is not None
+    blind = mem.blind.to(torch.bool)
+    seen = (~blind).nonzero().flatten()
+    dark = blind.nonzero().flatten()
+    parts = []
+    if len(seen):
+        rows = seen.to(q.device)
+        mask = None if mem.mask is None else mem.mask[rows]
+        part = Memory(keys=mem.keys[rows], values=mem.values[rows], mask=mask)
+        parts.append(_shared(q[rows], k[rows], v[rows], part, past))
+    rows = dark.to(q.device)
+    parts.append(memory_attention(q[rows], k[rows], v[rows]))
+    order = torch.argsort(torch.cat((seen, dark))).to(q.device)
+    return torch.cat(parts)[order]
 
 
 def _per_query(

@@ -23,13 +23,16 @@ class Memory:
 
     Per query: `values [B, H, T, K, Dv]`, `keys [B, H, T, K, D]` or `scores [B, H, T, K]` (the
     logits q.k with q as the layer scales it), `mask [B, H, T, K]`.
-    Shared: `values [B, Hkv, M, Dv]`, `keys [B, Hkv, M, D]`, `mask [B, M]` or `[B, T, M]`.
+    Shared: `values [B, Hkv, M, Dv]`, `keys [B, Hkv, M, D]`, `mask [B, M]` or `[B, T, M]`;
+    `blind` (bool `[B]`, on the CPU): rows that read none of it, which attention runs apart
+    instead of masking every key (a mask keeps SDPA off its flash kernel).
     """
 
     values: torch.Tensor
     keys: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    blind: torch.Tensor | None = None
 
     @property
     def per_query(self) -> bool:
@@ -47,6 +50,8 @@ class Memory:
         if any(x is not None and x.device != like.device for x in parts):
             raise InvalidValueError(f"memory tensors must be on the layer's device {like.device}")
         if self.per_query:
+            if self.blind is not None:
+                raise ShapeError("blind rows are for shared memory; mask per-query slots instead")
             if self.keys is None and self.scores is None:
                 raise ShapeError("per-query memory needs keys or scores")
             lead = (batch, heads, tokens)
@@ -69,6 +74,13 @@ class Memory:
                 got = None if self.keys is None else tuple(self.keys.shape)
                 raise ShapeError(f"shared memory keys {got}, expected {(*v.shape[:3], dim)}")
             m = v.shape[2]
+            if self.blind is not None and (
+                tuple(self.blind.shape) != (batch,) or self.blind.device.type != "cpu"
+            ):
+                raise ShapeError(
+                    f"shared memory blind {tuple(self.blind.shape)} on {self.blind.device}, "
+                    f"expected [B] {(batch,)} on the CPU"
+                )
             if self.mask is not None and tuple(self.mask.shape) not in (
                 (batch, m),
                 (batch, tokens, m),

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,8 @@ from .config import TrainConfig, learning_rate, schedule_points
 from .dictionary import DictionaryBatches
 from .distributed import Distributed
 from .loss import chunked_cross_entropy
-from .model import build_model
+from .model import build_model, trainable
+from .progress import progress_bar
 
 VAL_SEED = 987_654_321  # the task's validation batches
 IGNORE = -100  # cross_entropy's ignore_index: a target that loss and accuracy skip
@@ -44,23 +43,6 @@ def rows(batch: CrossbatchBatch) -> tuple[torch.Tensor, torch.Tensor]:
     if batch.mask is not None:
         targets = targets.masked_fill(~batch.mask, IGNORE)
     return inputs, targets
-
-
-def trainable(model: torch.nn.Module, pattern: str) -> list[torch.nn.Parameter]:
-    """The parameters whose names match `pattern` ("": all); the rest are frozen."""
-    if not pattern:
-        return list(model.parameters())
-    found = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(bool(re.search(pattern, name)))
-        if p.requires_grad:
-            found.append(p)
-    if not found:
-        names = [n for n, _ in model.named_parameters()]
-        raise InvalidValueError(
-            f"trainable {pattern!r} matches no parameter (e.g. {', '.join(names[:4])})"
-        )
-    return found
 
 
 class Trainer:
@@ -358,7 +340,7 @@ class Trainer:
         cfg = self.cfg
         log: list[dict[str, Any]] = []
         metrics = (self.out / "metrics.jsonl").open("a") if self.dist.rank == 0 else None
-        bar = _progress(progress and self.dist.rank == 0, self.step, cfg.steps)
+        bar = progress_bar(progress and self.dist.rank == 0, self.step, cfg.steps)
         try:
             if self.step == 0:  # the starting point: the base model's validation losses
                 row = {"step": 0, **self.evaluate()}
@@ -388,18 +370,3 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         return log
-
-
-def _progress(enabled: bool, start: int, total: int) -> Iterator[None]:
-    """A tqdm bar when tqdm is there and wanted; otherwise nothing."""
-    try:
-        from tqdm import tqdm  # type: ignore[import-untyped]
-    except ImportError:
-        enabled = False
-    if not enabled:
-        while True:
-            yield None
-    with tqdm(total=total, initial=start, unit="step") as bar:
-        while True:
-            bar.update(1)
-            yield None

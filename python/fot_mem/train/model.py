@@ -3,7 +3,10 @@ with memory layers, or an earlier run's checkpoint."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import torch
 
 from ..exceptions import InvalidValueError
 from ..torch import FotConfig, FotForCausalLM, load_gguf
@@ -47,3 +50,20 @@ def build_model(cfg: TrainConfig, vocab: int) -> FotForCausalLM:
             f"the model's vocabulary has {model.config.vocab_size} tokens, the data's {vocab}"
         )
     return model
+
+
+def trainable(model: torch.nn.Module, pattern: str) -> list[torch.nn.Parameter]:
+    """The parameters whose names match `pattern` ("": all); the rest are frozen."""
+    if not pattern:
+        return list(model.parameters())
+    found = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(re.search(pattern, name)))
+        if p.requires_grad:
+            found.append(p)
+    if not found:
+        names = [n for n, _ in model.named_parameters()]
+        raise InvalidValueError(
+            f"trainable {pattern!r} matches no parameter (e.g. {', '.join(names[:4])})"
+        )
+    return found

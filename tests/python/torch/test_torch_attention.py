@@ -20,6 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import fot_mem  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from fot_mem.torch import FotAttention, FotConfig, FotForCausalLM, Memory  # noqa: E402
 from fot_mem.torch.attention import memory_attention  # noqa: E402
@@ -321,6 +322,39 @@ def test_shared_mask_per_batch_slot(group: int) -> None:
             per_query(mv[b : b + 1, :, keep], heads, T),
         )
         torch.testing.assert_close(out[b : b + 1].double(), want, atol=1e-5, rtol=1e-5)
+
+
+@GROUPS
+@pytest.mark.parametrize("blind", [(True, False, True), (True, True, True), (False, False, False)])
+def test_blind_rows_equal_a_mask_of_every_slot(group: int, blind: tuple[bool, ...]) -> None:
+    """`Memory.blind` (rows that read none of the memory, run apart) gives what masking all of
+    those rows' slots gives, gradients included; blind rows equal plain causal attention."""
+    heads, m, rows = 2 * group, 6, len(blind)
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(rows, heads, T, D, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(rows, 2, T, D, generator=g, dtype=torch.float64)
+    v = torch.randn(rows, 2, T, D, generator=g, dtype=torch.float64)
+    mk = torch.randn(rows, 2, m, D, generator=g, dtype=torch.float64, requires_grad=True)
+    mv = torch.randn(rows, 2, m, D, generator=g, dtype=torch.float64)
+    dark = torch.tensor(blind)
+    got = memory_attention(q, k, v, Memory(keys=mk, values=mv, blind=dark))
+    (dq, dk) = torch.autograd.grad(
+        got.square().sum(), (q, mk), allow_unused=True, materialize_grads=True
+    )
+    mask = (~dark)[:, None].expand(rows, m)
+    want = memory_attention(q, k, v, Memory(keys=mk, values=mv, mask=mask))
+    (wq, wk) = torch.autograd.grad(want.square().sum(), (q, mk))
+    for r in range(rows):  # a row with every slot masked: SDPA's masked softmax, local keys only
+        if blind[r]:
+            plain = memory_attention(q[r : r + 1], k[r : r + 1], v[r : r + 1])
+            torch.testing.assert_close(got[r : r + 1], plain)
+        else:
+            torch.testing.assert_close(got[r], want[r])
+    torch.testing.assert_close(dq, wq)
+    torch.testing.assert_close(dk, wk)
+    assert not dark.all() or bool((dk == 0).all())  # memory nobody reads gets no gradient
+    with pytest.raises(fot_mem.ShapeError, match="blind"):
+        memory_attention(q, k, v, Memory(keys=mk, values=mv, blind=dark[:2]))
 
 
 @GROUPS
