@@ -61,6 +61,13 @@ class Crossbatch:
         """Rows of the batch: previous windows, then current ones."""
         return self.slots * (self.prev + 1)
 
+    def check_rows(self, rows: int) -> None:
+        if rows != self.rows:
+            raise ShapeError(
+                f"the batch has {rows} rows; Crossbatch(slots={self.slots}, prev={self.prev}) "
+                f"needs {self.rows} (previous windows, then current ones)"
+            )
+
     def contexts(self, keys: torch.Tensor) -> torch.Tensor:
         """`[slots * prev, Hkv, W, D]` (this rank's previous windows) -> `[slots, Hkv,
         d * prev * W, D]`: for each current window, its own previous windows first, then those
@@ -100,11 +107,7 @@ def crossbatch_attention(
     `keys0`, `values0`: its keys before rotation (position 0) and values, `[rows, Hkv, W, D]`.
     Previous windows attend causally to themselves; current windows also see `spec.contexts`.
     """
-    if q.shape[0] != spec.rows:
-        raise ShapeError(
-            f"the batch has {q.shape[0]} rows; Crossbatch(slots={spec.slots}, prev={spec.prev}) "
-            f"needs {spec.rows} (previous windows, then current ones)"
-        )
+    spec.check_rows(q.shape[0])
     n = spec.slots * spec.prev
     before = memory_attention(q[:n], k[:n], v[:n])
     now = memory_attention(q[n:], k[n:], v[n:], spec.memory(keys0[:n], values0[:n]))

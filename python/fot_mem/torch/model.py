@@ -219,11 +219,7 @@ class FotForCausalLM(nn.Module):
         without gradients up to the last memory layer; each memory layer's key and value
         projections of them (with gradients) become the current windows' `Memory`. Returns the
         current windows' rows, that memory per layer and `logits_rows` counted among them."""
-        if x.shape[0] != spec.rows:
-            raise ShapeError(
-                f"the batch has {x.shape[0]} rows; Crossbatch(slots={spec.slots}, "
-                f"prev={spec.prev}) needs {spec.rows} (previous windows, then current ones)"
-            )
+        spec.check_rows(x.shape[0])
         n = spec.slots * spec.prev
         wanted = range(x.shape[0])[logits_rows or slice(None)]
         if len(wanted) == 0 or wanted.step != 1 or wanted.start < n:

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fot_mem import InvalidValueError  # noqa: E402
+from fot_mem import InvalidValueError, ShapeError  # noqa: E402
 from fot_mem.torch import Crossbatch, FotForCausalLM  # noqa: E402
 from torch_models import SMALL, random_model, tokens  # noqa: E402
 
@@ -84,3 +84,5 @@ def test_contexts_need_current_rows_for_logits() -> None:
         model(batch(), memory=spec(False), logits_rows=slice(0, None))
     with pytest.raises(InvalidValueError, match="current windows only"):
         model(batch(), memory=spec(False))
+    with pytest.raises(ShapeError, match="needs 9"):
+        logits(model, spec(False), batch()[:-1])
