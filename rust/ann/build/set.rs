@@ -178,7 +178,13 @@ impl BuildSet {
     /// pivots are about directions, which the reduction's pole would hide for small keys.
     #[inline]
     pub(super) fn cos(&self, a: u32, b: u32) -> f32 {
-        let ip = self.sim(a, b) - self.extra[a as usize] * self.extra[b as usize];
+        self.cos_of(a, b, self.sim(a, b))
+    }
+
+    /// [`BuildSet::cos`] given `sim = self.sim(a, b)`.
+    #[inline]
+    pub(super) fn cos_of(&self, a: u32, b: u32, sim: f32) -> f32 {
+        let ip = sim - self.extra[a as usize] * self.extra[b as usize];
         ip / (self.norm[a as usize] * self.norm[b as usize]).max(f32::MIN_POSITIVE)
     }
 
