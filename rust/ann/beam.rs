@@ -1,7 +1,8 @@
 //! Best-first search on one level of a graph, shared by insertion (build) and queries (HNSW's
 //! search-layer): a max-heap of candidates to expand and a min-heap of the `ef` best seen; the
 //! search stops when the best candidate left is worse than the worst of the `ef`. Visited marks
-//! are epoch stamps, so clearing them is O(1).
+//! are one-byte epoch stamps, cleared once every 255 searches: a quarter of the cache footprint
+//! of word stamps (128 KiB for a span of 131,072 keys, which stays in L2 beside the codes).
 
 use super::graph::GraphRef;
 
@@ -114,8 +115,8 @@ impl Pool {
 /// Per-thread scratch: visited stamps over the graph's nodes, a pool and a candidate buffer.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    stamps: Vec<u32>,
-    epoch: u32,
+    stamps: Vec<u8>,
+    epoch: u8,
     pub pool: Pool,
     fresh: Vec<u32>,
     scores: Vec<f32>,
@@ -140,7 +141,7 @@ impl Scratch {
     #[inline]
     pub fn prefetch_stamp(&self, id: u32) {
         if let Some(s) = self.stamps.get(id as usize) {
-            crate::simd::prefetch((s as *const u32).cast(), 4);
+            crate::simd::prefetch(s as *const u8, 1);
         }
     }
 

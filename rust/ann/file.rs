@@ -13,6 +13,9 @@
 //!            for walking the graph)
 //! ```
 //!
+//! Sections need not be contiguous: the writer pads with zero words before a section so that its
+//! codes start on a 64-byte boundary of the file (and so of the mapping).
+//!
 //! Version 1 files (no codes) are still read: their graphs are walked on the stored keys.
 
 use std::fs::File;
@@ -30,6 +33,8 @@ const MAGIC: [u32; 2] = [u32::from_le_bytes(*b"FOTM"), u32::from_le_bytes(*b"HNS
 const VERSION: u32 = 2;
 const HEADER: usize = 16;
 const DIR: usize = 8;
+/// Code rows start on a multiple of this many words (64 bytes, a cache line).
+const CODE_ALIGN_WORDS: usize = 16;
 
 /// Writes the graphs (one per kv head) of the span starting at token `first` to `path`.
 pub fn write(
@@ -57,6 +62,23 @@ pub fn write(
         params.linking.code(),
     ]);
     for (h, g) in graphs.iter().enumerate() {
+        // Zero words before the section (readers find sections by the directory) put the code
+        // rows on 64-byte boundaries in the mapping, so a 64-dimension code is one cache line
+        // instead of two.
+        if g.code_stride() > 0 {
+            let before_codes = g.level0.len()
+                + g.upper
+                    .iter()
+                    .map(|(n, a)| 1 + n.len() + a.len())
+                    .sum::<usize>()
+                + 1
+                + g.pivots.len()
+                + 1
+                + g.scales.len();
+            let pad = (CODE_ALIGN_WORDS - (words.len() + before_codes) % CODE_ALIGN_WORDS)
+                % CODE_ALIGN_WORDS;
+            words.resize(words.len() + pad, 0);
+        }
         let start = words.len();
         words.extend_from_slice(&g.level0);
         for (nodes, adj) in &g.upper {

@@ -77,7 +77,7 @@ impl GraphRef<'_> {
     pub fn prefetch_row(&self, node: u32) {
         let w = self.m0 as usize + 1;
         if let Some(r) = self.level0.get(node as usize * w..) {
-            crate::simd::prefetch(r.as_ptr().cast(), (w * 4).min(128));
+            crate::simd::prefetch(r.as_ptr().cast(), w * 4);
         }
     }
 }

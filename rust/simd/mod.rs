@@ -14,12 +14,16 @@ pub(crate) use lanes::{lane_mask, load_widened};
 pub(crate) fn prefetch(ptr: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let mut line = 0;
-        while line < len {
+        // Every cache line the bytes touch: a row that starts mid-line spans one line more
+        // than `len / 64`.
+        let first = (ptr as usize) & !63;
+        let end = (ptr as usize).wrapping_add(len.max(1));
+        let mut line = first;
+        while line < end {
             // SAFETY: prefetching never faults, whatever the address.
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    ptr.wrapping_add(line).cast(),
+                    ptr.wrapping_add(line.wrapping_sub(ptr as usize)).cast(),
                 )
             };
             line += 64;

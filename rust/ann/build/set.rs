@@ -20,9 +20,11 @@ pub struct BuildSet {
     pub(super) walk_codes: bool,
     pub(super) code_dot: CodeDot,
     pub(super) code_dots: CodeDots,
-    /// Int8 traversal codes of the centred keys (`stride` bytes a row) and the scale of each
-    /// dimension.
-    pub(super) codes: Vec<u8>,
+    /// Int8 traversal codes of the centred keys (`stride` bytes a row, from `code_at`, a 64-byte
+    /// boundary, so a 64-dimension row is one cache line) and the scale of each dimension.
+    code_buf: Vec<u8>,
+    code_at: usize,
+    code_len: usize,
     pub(super) scales: Vec<f32>,
 }
 
@@ -92,6 +94,10 @@ impl BuildSet {
         } else {
             quantise(&keys, dim, code_stride(dim))
         };
+        // Over-allocate, then start the rows at the first 64-byte boundary.
+        let mut code_buf = vec![0u8; codes.len() + 63];
+        let code_at = code_buf.as_ptr().align_offset(64).min(63);
+        code_buf[code_at..code_at + codes.len()].copy_from_slice(&codes);
         let mut rows = Vec::with_capacity(keys.len());
         let mut sq = Vec::with_capacity(n);
         for row in keys.chunks_exact(dim.max(1)) {
@@ -135,14 +141,22 @@ impl BuildSet {
             walk_codes: linking != Linking::Angular && !scales.is_empty(),
             code_dot: code_dot(),
             code_dots: code_dots(),
-            codes,
+            code_at,
+            code_len: codes.len(),
+            code_buf,
             scales,
         }
     }
 
+    /// The code rows, `code_stride(dim)` bytes each.
+    #[inline]
+    pub(super) fn codes(&self) -> &[u8] {
+        &self.code_buf[self.code_at..self.code_at + self.code_len]
+    }
+
     #[inline]
     pub(super) fn code(&self, i: u32) -> *const u8 {
-        self.codes[i as usize * code_stride(self.dim)..].as_ptr()
+        self.codes()[i as usize * code_stride(self.dim)..].as_ptr()
     }
 
     #[inline]
@@ -164,7 +178,13 @@ impl BuildSet {
     /// pivots are about directions, which the reduction's pole would hide for small keys.
     #[inline]
     pub(super) fn cos(&self, a: u32, b: u32) -> f32 {
-        let ip = self.sim(a, b) - self.extra[a as usize] * self.extra[b as usize];
+        self.cos_of(a, b, self.sim(a, b))
+    }
+
+    /// [`BuildSet::cos`] given `sim = self.sim(a, b)`.
+    #[inline]
+    pub(super) fn cos_of(&self, a: u32, b: u32, sim: f32) -> f32 {
+        let ip = sim - self.extra[a as usize] * self.extra[b as usize];
         ip / (self.norm[a as usize] * self.norm[b as usize]).max(f32::MIN_POSITIVE)
     }
 
