@@ -85,7 +85,7 @@ finish)  # the delta and the run's record, brought back
 evals)  # distraction (fot and base), perplexity (code and books, one and several documents) and
   # passkey of EVAL_MODELS (default "fot base"; "fot" where the base's run on another machine)
   E=$W/eval; mkdir -p "$E"
-  layers=$(python3 -c "import json; print(','.join(map(str, json.load(open('$W/fot/config.json'))['memory_layers'].split(','))))")
+  layers=$(python3 -c "import json; print(json.load(open('$W/fot/config.json'))['memory_layers'])")
   base="--model smollm2 --name base --memory-layers $layers --sink-token 0"
   dev="--device cuda --dtype bfloat16 --mirror cuda"
   mem=0,2048,8192,32768,65536,131072

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
         layers = _layers(args.memory_layers) if args.memory_layers else tuple(made_with)
     else:
         spec = args.model or models.DEFAULT_MODEL
-        layers = _layers(args.memory_layers or ",".join(map(str, models.DEFAULT_LAYERS)))
+        layers = _layers(args.memory_layers or ",".join(map(str, models.SMOLLM2_MEMORY_LAYERS)))
     started = time.perf_counter()
     model = models.load(spec, layers=layers)
     if existing is not None:

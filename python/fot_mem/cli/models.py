@@ -29,7 +29,6 @@ from ..torch import FotConfig, FotForCausalLM
 from ..torch.weights import DEFAULT_FOT, NAMED_MODELS, SMOLLM2_MEMORY_LAYERS
 
 DEFAULT_MODEL = DEFAULT_FOT
-DEFAULT_LAYERS = SMOLLM2_MEMORY_LAYERS
 NAMED = tuple(NAMED_MODELS)
 
 
@@ -37,7 +36,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FOT_MEM_CACHE", Path.home() / ".cache" / "fot_mem"))
 
 
-def load(spec: str, *, layers: tuple[int, ...] = DEFAULT_LAYERS) -> FotForCausalLM:
+def load(spec: str, *, layers: tuple[int, ...] = SMOLLM2_MEMORY_LAYERS) -> FotForCausalLM:
     """float32, on the CPU, in eval mode."""
     kind = NAMED_MODELS.get(spec)
     if kind == "smollm2":

@@ -27,11 +27,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # commit, checked by their SHA-256 at every load.
 SHIPPED = Path(__file__).resolve().parent.parent / "shipped"
 DEFAULT_FOT = "fot-smollm2"
-# what a model name means: "smollm2" and "base" are SmolLM2-135M-Instruct untuned (memory layers
-# added, no FoT training); "fot-smollm2" is the FoT fine-tune shipped with the package
 # SmolLM2's memory layers when none are given: those of the shipped fine-tune, so that "base"
 # is compared at the same layers.
 SMOLLM2_MEMORY_LAYERS = (8, 16, 24)
+# what a model name means: "smollm2" and "base" are SmolLM2-135M-Instruct untuned (memory layers
+# added, no FoT training); "fot-smollm2" is the FoT fine-tune shipped with the package
 NAMED_MODELS = {"smollm2": "smollm2", "base": "smollm2", DEFAULT_FOT: "shipped"}
 
 

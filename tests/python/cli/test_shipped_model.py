@@ -31,7 +31,7 @@ def test_the_shipped_delta_is_whole_and_fits_smollm2() -> None:
     c = manifest["model_config"]
     assert (c["hidden_size"], c["num_layers"], c["num_heads"], c["num_kv_heads"]) == (576, 30, 9, 3)
     layers = c["memory_layers"]
-    assert layers == list(models.DEFAULT_LAYERS) and c["sink_token"] == 0
+    assert layers == list(models.SMOLLM2_MEMORY_LAYERS) and c["sink_token"] == 0
     shapes = {
         "q_proj": (576, 576),
         "k_proj": (192, 576),

@@ -26,6 +26,7 @@ from fot_mem.torch import FotAttention, FotConfig, FotForCausalLM, Memory  # noq
 from fot_mem.torch.attention import memory_attention  # noqa: E402
 from fot_mem.torch.reader import LongDocumentReader  # noqa: E402
 from fot_mem.torch.rope import RotaryEmbedding  # noqa: E402
+from torch_models import random_model  # noqa: E402
 
 F64 = torch.float64
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -498,19 +499,7 @@ def make_model(qk_norm: bool) -> FotForCausalLM:
         memory_layers=(1, 2),
         qk_norm=qk_norm,
     )
-    torch.manual_seed(11)
-    model = FotForCausalLM(config).eval()
-    with torch.no_grad():  # weights large enough that attention is peaked and memory matters
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith("log_temperature"):
-                p.copy_(torch.full_like(p, 2.0))
-            elif "embed" in name:
-                p.normal_(0.0, 1.0)
-            else:
-                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]))
-    return model
+    return random_model(config, seed=11)  # peaked attention: memory matters
 
 
 @pytest.mark.parametrize("mirror", [None, "cpu"], ids=["store", "mirror"])
