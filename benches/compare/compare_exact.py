@@ -283,7 +283,10 @@ def bench_size(n: int, queries: np.ndarray, args: argparse.Namespace, tmp: Path)
     import faiss
     import torch
 
-    keys = key_set(args.set, n, d, seed=2, copies=args.copies)
+    if args.set == "real":
+        keys = np.ascontiguousarray(np.load(args.real)[:n], dtype=np.float32)
+    else:
+        keys = key_set(args.set, n, d, seed=2, copies=args.copies)
     ip = faiss.METRIC_INNER_PRODUCT
     keys_t = torch.from_numpy(keys).to(torch.bfloat16)
     queries_t = torch.from_numpy(queries).to(torch.bfloat16)
@@ -353,7 +356,13 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=None, help="default 128")
     ap.add_argument("--batch", type=int, default=None, help="default 2048")
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--set", default="clustered", choices=["clustered", "normal", "ties"])
+    ap.add_argument("--set", default="clustered", choices=["clustered", "normal", "ties", "real"])
+    ap.add_argument(
+        "--real",
+        default="bench-data/keys-L15-h1.npy",
+        help="--set real: keys [n, d] float32 .npy from benches/compare/extract_keys.py; the "
+        "queries come from the queries-*.npy beside it",
+    )
     ap.add_argument("--copies", type=float, default=0.2, help="share of copied keys (--set ties)")
     ap.add_argument(
         "--big",
@@ -401,7 +410,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows: list[dict] = []
     d, nq, k = args.dim, args.batch, args.k
-    queries = key_set("normal" if args.set == "normal" else "clustered", nq, d, seed=1)
+    if args.set == "real":
+        real = Path(args.real)
+        n_real, d = np.load(real, mmap_mode="r").shape
+        args.dim, args.keys = d, args.keys if args.keys != small["keys"] else str(n_real)
+        qpath = real.with_name(real.name.replace("keys-", "queries-"))
+        queries = np.ascontiguousarray(np.load(qpath)[:nq], dtype=np.float32)
+        nq = args.batch = len(queries)
+    else:
+        queries = key_set("normal" if args.set == "normal" else "clustered", nq, d, seed=1)
     info = fot_mem._core.exact_kernel_info()
     flags = cpu_flags()
     seen = [

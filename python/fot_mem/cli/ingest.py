@@ -18,7 +18,7 @@ import torch
 from ..document import Document
 from ..exceptions import InvalidValueError
 from ..torch.reader import LongDocumentReader, create_store
-from . import models
+from . import device, models
 from .folder import META, MemoryFolder
 
 DEFAULTS = {"window": 2048, "k": 128, "backend": "exact", "store_dtype": "bfloat16"}
@@ -44,6 +44,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--backend", default=None, choices=["exact", "hnsw"])
     p.add_argument("--store-dtype", default=None, choices=["bfloat16", "float16", "float32"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
+    device.add_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     files = _sources(args)  # every path checked before anything is loaded or made
+    on, mirror = device.placement(args)
     existing = MemoryFolder.open(args.memory) if (args.memory / META).is_file() else None
     if existing is not None:
         _check_settings(existing, args)
@@ -75,7 +77,12 @@ def run(args: argparse.Namespace) -> None:
     else:
         folder = _create(args, spec, model)
     tok = models.tokenizer(folder.meta["tokenizer"], model.config.vocab_size)
-    print(f"model {spec} loaded in {time.perf_counter() - started:.1f} s", flush=True)
+    model.to(on)
+    print(
+        f"model {spec} loaded in {time.perf_counter() - started:.1f} s "
+        f"({device.describe(on, mirror)})",
+        flush=True,
+    )
     meta = folder.meta
     store = (
         folder.store()
@@ -94,7 +101,14 @@ def run(args: argparse.Namespace) -> None:
             if args.max_tokens:
                 ids = ids[: args.max_tokens]
             _register(folder, name, source, ids)
-            ingest(model, store.document(name), ids, folder.meta, progress=not args.no_progress)
+            ingest(
+                model,
+                store.document(name),
+                ids,
+                folder.meta,
+                progress=not args.no_progress,
+                mirror=mirror,
+            )
     finally:
         store.close()
 
@@ -284,12 +298,18 @@ def _register(folder: MemoryFolder, name: str, source: str, ids: np.ndarray) -> 
 
 
 def ingest(
-    model: Any, document: Document, ids: np.ndarray, meta: dict[str, Any], progress: bool = True
+    model: Any,
+    document: Document,
+    ids: np.ndarray,
+    meta: dict[str, Any],
+    progress: bool = True,
+    mirror: torch.device | None = None,
 ) -> dict[str, float]:
-    """Reads `ids` into `document` from its committed length on; returns figures."""
+    """Reads `ids` into `document` from its committed length on; returns figures. `mirror`: a
+    device to search a copy of the memory on (the store stays the durable copy)."""
     window, k, backend = int(meta["window"]), int(meta["k"]), str(meta["backend"])
     start = time.perf_counter()
-    reader = LongDocumentReader(model, document, window=window, k=k, backend=backend)
+    reader = LongDocumentReader(model, document, window=window, k=k, backend=backend, mirror=mirror)
     first = min(reader.committed().values())
     low = reader.finish_window(torch.from_numpy(ids))  # a window a stopped run left half-done
     _exit_hook(reader)

@@ -15,7 +15,7 @@ import torch
 from ..exceptions import InvalidValueError
 from ..torch.reader import LongDocumentReader, window_losses
 from ..torch.retrieval import Bounded
-from . import models
+from . import device, models
 from .folder import MemoryFolder
 from .ingest import check_model
 
@@ -27,6 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None, help="memories per query and head")
     p.add_argument("--backend", default=None, choices=["exact", "hnsw"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
+    device.add_arguments(p)
 
 
 def add_parsers(sub: Any) -> None:
@@ -62,8 +63,10 @@ class Session:
             raise InvalidValueError(f"--k must be >= 1, got {args.k}")
         spec = args.model or meta["model"]
         layers = tuple(meta["model_info"]["memory_layers"])
+        self.device, self.mirror = device.placement(args)
         self.model = models.load(spec, layers=layers)
         check_model(self.folder, self.model)
+        self.model.to(self.device)
         self.tok = models.tokenizer(meta["tokenizer"], self.model.config.vocab_size)
         self.store = self.folder.store(readonly=True)
         self.document = self.store.document(self.name)
@@ -82,14 +85,19 @@ class Session:
         )
         print(
             f"memory {self.name!r}: {self.committed:,} tokens{unfinished} ({self.folder.path}); "
-            f"loaded in {self.load_s:.1f} s"
+            f"loaded in {self.load_s:.1f} s ({device.describe(self.device, self.mirror)})"
         )
 
     def reader(self, limit: int | None = None) -> LongDocumentReader:
         reader = LongDocumentReader(
-            self.model, self.document, window=self.window, k=self.k, backend=self.backend
+            self.model,
+            self.document,
+            window=self.window,
+            k=self.k,
+            backend=self.backend,
+            mirror=self.mirror if limit is None else None,
         )
-        if limit is not None:
+        if limit is not None:  # the store's search, bounded (generate from the document's end)
             reader.source = Bounded(self.document, limit, backend=self.backend)
         return reader
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
         with torch.no_grad():
             s.model(ids[None], memory=provider)
         scores, hits = s.document.search(
-            layer, asked["q"][None].numpy(), args.top, backend=s.backend
+            layer, asked["q"][None].cpu().numpy(), args.top, backend=s.backend
         )
         print(f"query {args.query!r}: layer {layer}, head {args.head}, top {args.top}")
         for rank, (score, pos) in enumerate(zip(scores[0, args.head], hits[0, args.head]), 1):

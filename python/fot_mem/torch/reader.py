@@ -256,6 +256,7 @@ def window_losses(
     head and returns an empty tensor."""
     found: list[torch.Tensor] = []
     last: torch.Tensor | None = None
+    ids = ids.to(next(model.parameters()).device)
     for start in range(0, ids.numel(), window):
         chunk = ids[start : start + window]
         if not losses:

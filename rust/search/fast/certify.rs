@@ -16,6 +16,11 @@ use crate::search::KeySource;
 /// copies of one key get equal scores).
 pub fn dot(q: &[f32], key: Elements, buf: &mut [f32]) -> f32 {
     key.to_f32(buf);
+    dot_widened(q, buf)
+}
+
+/// [`dot`] of a key already widened to f32.
+pub fn dot_widened(q: &[f32], buf: &[f32]) -> f32 {
     // Eight partial sums (so the compiler can vectorise), added from +0.0 (`sum()` starts at
     // -0.0) as the other kernels do.
     let mut acc = [0f32; 8];

@@ -30,6 +30,17 @@ pub struct Tile {
     pub corr: Vec<i32>,
     /// The tile's scale `s_t`.
     pub scale: f32,
+    /// Per panel of 16 keys: which keys the kernel compares (not the outliers, scored apart).
+    pub keep: Vec<u16>,
+}
+
+impl Tile {
+    /// Leaves keys `ids` (tile-local) out of the comparisons.
+    pub fn drop_keys(&mut self, ids: &[u32]) {
+        for &i in ids {
+            self.keep[i as usize / 16] &= !(1u16 << (i % 16));
+        }
+    }
 }
 
 /// Packs `keys` (`n` rows of `dim`) into `out` and measures the tile's norms: `max_sq` the
@@ -51,6 +62,8 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
     out.data.resize(groups * d4 * GROUP_KEYS, 0);
     out.corr.clear();
     out.corr.resize(groups * GROUP_KEYS, 0);
+    out.keep.clear();
+    out.keep.resize(groups * PANELS, u16::MAX);
     let (ptr, t) = match keys {
         Elements::F32(s) => (s.as_ptr().cast::<u8>(), 0u8),
         Elements::F16(s) => (s.as_ptr().cast::<u8>(), 1),
@@ -163,6 +176,8 @@ unsafe fn pack_bf16(keys: &[half::bf16], dim: usize, out: &mut Tile) -> TileNorm
     out.data.resize(groups * d4 * GROUP_KEYS, 0);
     out.corr.clear();
     out.corr.resize(groups * GROUP_KEYS, 0);
+    out.keep.clear();
+    out.keep.resize(groups * PANELS, u16::MAX);
     let ptr = keys.as_ptr().cast::<i16>();
     // The largest |element|: bf16 magnitudes order as their bits without the sign.
     let mut top = _mm512_setzero_si512();
@@ -348,6 +363,7 @@ pub unsafe fn score_tile(
     let groups = n_keys.div_ceil(GROUP_KEYS);
     assert!(tile.data.len() >= groups * d4 * GROUP_KEYS);
     assert!(tile.corr.len() >= groups * GROUP_KEYS);
+    assert!(tile.keep.len() >= groups * PANELS);
     let scales: Vec<f64> = qscale
         .iter()
         .map(|&s| s as f64 * tile.scale as f64)
@@ -360,7 +376,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c));
+            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c)) & tile.keep[g * PANELS + c];
         }
         let at = g * GROUP_KEYS;
         let panel = Panel {

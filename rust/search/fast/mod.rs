@@ -18,6 +18,7 @@ mod candidates;
 mod certify;
 mod int8;
 mod kernel;
+mod outliers;
 mod pack;
 mod plan;
 mod query;
@@ -74,6 +75,7 @@ fn run_item(
     let mut packed = Vec::new();
     let mut knorm = Vec::new();
     let mut tile8 = int8::Tile::default();
+    let mut outliers = outliers::Outliers::default();
     let mut norms = pack::TileNorms::default();
     // The bf16 screen's bounds per row for the current tile, the int8 screen's per row so far.
     let mut bounds = vec![RowBound { a: 0.0, c: 0.0 }; m];
@@ -118,7 +120,9 @@ fn run_item(
                     }
                     Some(qq) => {
                         let before = norms;
-                        norms.merge(int8::pack_tile(tile, dim, &mut tile8));
+                        let keys = outliers.split(tile, dim);
+                        norms.merge(int8::pack_tile(keys, dim, &mut tile8));
+                        tile8.drop_keys(&outliers.ids);
                         if norms != before {
                             // Larger keys, a wider error bound for the keys from here on.
                             let bound = ErrorBound::new(norms, dim);
@@ -137,6 +141,8 @@ fn run_item(
                             &mut tops,
                             &mut thresholds,
                         );
+                        let rows = &q.rows[it.rows.0 * dim..it.rows.1 * dim];
+                        outliers.offer(tile, rows, dim, start as i64, &mut tops);
                     }
                 }
             }

@@ -381,3 +381,36 @@ def test_bench_with_tokens_not_a_multiple_of_the_chunk(capsys: pytest.CaptureFix
     code, out, err = cli(capsys, "bench", "--tokens", 300, "--queries", 4, "--repeats", 1, "--k", 4)
     assert code == 0, err
     assert "fot_mem hnsw ef 128" in out
+
+
+def test_device_and_mirror_retrieval(setup: Path, whole: Path) -> None:
+    """`--retrieval mirror` (the path CUDA takes by default) searches a copy of the memory on the
+    model's device: exact search both ways, so the same perplexity as the store's search; ingest
+    through the mirror writes the same store (up to f32 summation order). A device that cannot run
+    is refused clearly."""
+
+    def ppl(*extra: object) -> str:
+        out = fot("score", whole, "--text", TEXT[-300:], "--no-compare", *extra).stdout
+        assert "model on cpu" in out
+        return next(x for x in out.splitlines() if x.startswith("perplexity with"))
+
+    store = ppl("--device", "cpu", "--retrieval", "store")
+    assert ppl("--retrieval", "mirror") == store
+    mirrored = setup / "mirrored"
+    run = fot(
+        "ingest", mirrored, setup / "doc.txt", "--model", setup / "run", "--window", 64, "--k", 8,
+        "--no-progress", "--retrieval", "mirror",
+    )  # fmt: skip
+    assert "a mirror on the device" in run.stdout
+    got, want = contents(mirrored), contents(whole)
+    # Layer 1's keys come before any retrieval; layer 2's read layer 1's memory, where the two
+    # searches add their f32 products in different orders (differences of ~1e-6 seen).
+    assert got.keys() == want.keys() and all(np.array_equal(*p) for p in zip(got[1], want[1]))
+    assert all(np.allclose(a, b, rtol=0, atol=1e-3) for a, b in zip(got[2], want[2]))
+    gen = fot("generate", whole, "-n", 3, "--prompt", "def f1", "--retrieval", "mirror")
+    assert "--- continuation (3 tokens" in gen.stdout
+    bad = fot("score", whole, "--text", "abc", "--device", "tpu", check=False)
+    assert bad.returncode == 2 and "--device 'tpu'" in bad.stderr, bad.stderr
+    if not torch.cuda.is_available():
+        bad = fot("score", whole, "--text", "abc", "--device", "cuda", check=False)
+        assert bad.returncode == 2 and "no CUDA device" in bad.stderr, bad.stderr
