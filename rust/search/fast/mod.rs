@@ -12,7 +12,8 @@
 //! are those of an exact f32 search (f32 summation order aside) up to ties at the k-th score; only
 //! rows whose bound is infinite (scores that may overflow f32) are rescanned in f32. The int8
 //! screen (`int8`, AVX-512 VNNI, opt-in) replaces the bf16 scores with int8 ones and one bound per
-//! row (the largest over the keys so far); everything after the screen is shared.
+//! row (the largest over the keys so far); keys far above their tile's norm (attention sinks) are
+//! scored apart in f32 (`outliers`) so they set neither; everything after the screen is shared.
 
 mod candidates;
 mod certify;

@@ -37,6 +37,15 @@ impl KeySource for Rows {
 }
 
 fn both(src: &Rows, queries: &[f32], k: usize) -> (SearchResult, SearchResult) {
+    both_with(src, queries, k, Screen::Bf16)
+}
+
+fn both_with(
+    src: &Rows,
+    queries: &[f32],
+    k: usize,
+    screen: Screen,
+) -> (SearchResult, SearchResult) {
     let shape = SearchShape {
         batch: 1,
         q: queries.len() / src.dim,
@@ -47,7 +56,7 @@ fn both(src: &Rows, queries: &[f32], k: usize) -> (SearchResult, SearchResult) {
     };
     let s: [Option<&dyn KeySource>; 1] = [Some(src)];
     (
-        search(&s, queries, shape, Screen::Bf16),
+        search(&s, queries, shape, screen),
         crate::search::portable::PortableSearch.search(&s, queries, shape),
     )
 }
@@ -112,10 +121,25 @@ fn exact_copies_and_sinks_are_found_up_to_ties_without_fallback() {
     let src = Rows { keys, dim };
     let rows = 40;
     let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
+    // Both screens: the int8 one scores the sinks apart (`outliers`).
+    let mut screens = vec![Screen::Bf16];
+    if crate::simd::has_avx512_vnni() {
+        screens.push(Screen::Int8);
+    }
+    for screen in screens {
+        check_copies_and_sinks(&src, &queries, k, screen);
+    }
+}
+
+fn check_copies_and_sinks(src: &Rows, queries: &[f32], k: usize, screen: Screen) {
+    let (dim, rows) = (src.dim, queries.len() / src.dim);
     let before = crate::search::stats().fallback_rows;
-    let (fast, portable) = both(&src, &queries, k);
+    let (fast, portable) = both_with(src, queries, k, screen);
     let after = crate::search::stats().fallback_rows;
-    assert!(after < before + rows as u64 / 2, "{before} -> {after}");
+    assert!(
+        after < before + rows as u64 / 2,
+        "{screen:?}: {before} -> {after}"
+    );
     for r in 0..rows {
         let q = &queries[r * dim..(r + 1) * dim];
         let exact = |id: i64| -> f32 {
