@@ -29,7 +29,8 @@ pub fn kernel_threshold(threshold: f32, c: f64) -> f32 {
 
 /// Scores query rows `qpairs` (`[rows][d2]` packed bf16 pairs) against a packed tile of `n_keys`
 /// keys whose first id is `first_id` and norms `knorm` (padded to whole groups), offering every key
-/// whose upper bound exceeds a row's threshold to its candidates. `thresholds[r]` is
+/// that `keep` marks (a bit per key, a word per panel) and whose upper bound exceeds a row's
+/// threshold to its candidates. `thresholds[r]` is
 /// `kernel_threshold(tops[r].threshold(), bounds[r].c)` and is kept up to date.
 ///
 /// # Safety
@@ -41,6 +42,7 @@ pub unsafe fn score_tile(
     d2: usize,
     tile: &[u32],
     knorm: &[f32],
+    keep: &[u16],
     n_keys: usize,
     first_id: i64,
     bounds: &[RowBound],
@@ -48,6 +50,7 @@ pub unsafe fn score_tile(
     thresholds: &mut [f32],
 ) {
     let rows = tops.len();
+    assert!(keep.len() >= n_keys.div_ceil(GROUP_KEYS) * PANELS);
     // The loads below trust these bounds.
     assert!(qpairs.len() >= rows * d2 && thresholds.len() == rows && bounds.len() == rows);
     assert!(tile.len() >= n_keys.div_ceil(GROUP_KEYS) * d2 * GROUP_KEYS);
@@ -58,7 +61,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c));
+            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c)) & keep[g * PANELS + c];
         }
         let id0 = first_id + (g * GROUP_KEYS) as i64;
         let mut r0 = 0;

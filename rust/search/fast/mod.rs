@@ -12,8 +12,8 @@
 //! are those of an exact f32 search (f32 summation order aside) up to ties at the k-th score; only
 //! rows whose bound is infinite (scores that may overflow f32) are rescanned in f32. The int8
 //! screen (`int8`, AVX-512 VNNI, opt-in) replaces the bf16 scores with int8 ones and one bound per
-//! row (the largest over the keys so far); keys far above their tile's norm (attention sinks) are
-//! scored apart in f32 (`outliers`) so they set neither; everything after the screen is shared.
+//! row (the largest over the keys so far); everything after the screen is shared. In both screens
+//! keys far above their tile's norm (attention sinks) are scored apart in f32 (`outliers`).
 
 mod candidates;
 mod certify;
@@ -77,6 +77,7 @@ fn run_item(
     let mut knorm = Vec::new();
     let mut tile8 = int8::Tile::default();
     let mut outliers = outliers::Outliers::default();
+    let mut keep = Vec::new();
     let mut norms = pack::TileNorms::default();
     // The bf16 screen's bounds per row for the current tile, the int8 screen's per row so far.
     let mut bounds = vec![RowBound { a: 0.0, c: 0.0 }; m];
@@ -100,7 +101,9 @@ fn run_item(
             unsafe {
                 match &q.quant {
                     None => {
-                        let here = pack::pack_tile(tile, dim, &mut packed, &mut knorm);
+                        let keys = outliers.split(tile, dim);
+                        let here = pack::pack_tile(keys, dim, &mut packed, &mut knorm);
+                        outliers.keep_mask(b - a, pack::PANELS, &mut keep);
                         norms.merge(here);
                         let bound = ErrorBound::new(norms, dim);
                         for (i, (b, t)) in bounds.iter_mut().zip(&mut thresholds).enumerate() {
@@ -112,6 +115,7 @@ fn run_item(
                             d2,
                             &packed,
                             &knorm,
+                            &keep,
                             b - a,
                             start as i64,
                             &bounds,
@@ -142,11 +146,11 @@ fn run_item(
                             &mut tops,
                             &mut thresholds,
                         );
-                        let rows = &q.rows[it.rows.0 * dim..it.rows.1 * dim];
-                        outliers.offer(tile, rows, dim, start as i64, &mut tops);
                     }
                 }
             }
+            let rows = &q.rows[it.rows.0 * dim..it.rows.1 * dim];
+            outliers.offer(tile, rows, dim, start as i64, &mut tops);
             // A crowd of candidates (repeated keys): rescore it in f32 now, unless the row's bound
             // is infinite (then nothing thins the crowd out: the row will be rescanned).
             for (i, top) in tops.iter_mut().enumerate() {

@@ -1,9 +1,12 @@
-//! Outlier keys of the int8 screen. One key of many times the usual norm (an attention sink: real
+//! Outlier keys of the screens. One key of many times the usual norm (an attention sink: real
 //! keys have one at every window start) would set its tile's int8 scale, so every other key of the
 //! tile would be coded in steps that many times coarser, and the error bound, the largest over the
-//! keys, would widen for all of them until rows fell back to the f32 rescan. Such keys are taken
-//! out of the tile (coded as zeros and masked out of the comparisons) and scored exactly in f32,
-//! with the same dot product as the final rescoring, so they enter the candidates already rescored.
+//! keys, would widen for all of them until rows fell back to the f32 rescan. In the bf16 screen
+//! its own bound is wide, so once the sink holds the top scores every copy of it stays a
+//! candidate, and a crowd of thousands is rescored one key at a time. Such keys are taken out of
+//! the tile (coded as zeros and masked out of the comparisons) and scored exactly in f32, with the
+//! same dot product as the final rescoring, so they enter the candidates already rescored: exact
+//! scores, which the threshold then cuts at the k-th.
 
 use half::{bf16, f16};
 
@@ -65,6 +68,16 @@ impl Outliers {
             Elements::F32(s) => Elements::F32(zero_rows(s, dim, &self.ids, &mut z.f32s)),
             Elements::F16(s) => Elements::F16(zero_rows(s, dim, &self.ids, &mut z.f16s)),
             Elements::Bf16(s) => Elements::Bf16(zero_rows(s, dim, &self.ids, &mut z.bf16s)),
+        }
+    }
+
+    /// Per panel of 16 keys of a tile of `n` keys (padded to whole groups of `panels` panels):
+    /// which keys a screen compares (every key but the outliers).
+    pub fn keep_mask(&self, n: usize, panels: usize, out: &mut Vec<u16>) {
+        out.clear();
+        out.resize(n.div_ceil(16 * panels) * panels, u16::MAX);
+        for &i in &self.ids {
+            out[i as usize / 16] &= !(1u16 << (i % 16));
         }
     }
 
