@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..document import Document
 from ..exceptions import DtypeError, InvalidValueError, ShapeError, UnknownLayerError
+from . import fused_search
 from .dtypes import DTYPES
 from .memory import Memory
 
@@ -104,7 +105,9 @@ class DeviceMirror(StoreRetriever):
     exact blocked matmul + top-k in float32. Appends go to the store and to the mirror.
 
     `dtype`: the mirror's element type (default: the store's dtype). GPU memory needed:
-    tokens x layers x kv_heads x (head_dim + value_dim) x element size.
+    tokens x layers x kv_heads x (head_dim + value_dim) x element size. `kernel`: "torch" (the
+    default) or "fused" (`fused_search`: bf16 tensor-core scores without the score matrix, then
+    float32 rescoring; bf16 mirrors on CUDA; not yet measured on a GPU).
     """
 
     BLOCK = 1 << 20  # most keys scored per matmul
@@ -119,8 +122,12 @@ class DeviceMirror(StoreRetriever):
         device: torch.device | str,
         *,
         dtype: torch.dtype | None = None,
+        kernel: str = "torch",
     ) -> None:
         super().__init__(document, backend="exact")
+        if kernel not in ("torch", "fused"):
+            raise InvalidValueError(f"mirror kernel must be 'torch' or 'fused', got {kernel!r}")
+        self.kernel = kernel
         store = document.store
         try:
             self.device = torch.device(device)
@@ -227,10 +234,37 @@ class DeviceMirror(StoreRetriever):
         g = h // kv
         q = queries.detach().float().to(self.device).view(t, kv, g, d).permute(1, 2, 0, 3)
         q = q.reshape(kv, g * t, d)
-        best_s = torch.full((kv, g * t, k), float("-inf"), device=self.device)
-        best_i = torch.full((kv, g * t, k), -1, dtype=torch.int64, device=self.device)
-        if t and n:
-            most = max(self.GROUP, self._score_budget() // (4 * kv * g * t))
+        if t and n and self._fused(keys, n, k):
+            best_s, best_i = fused_search.fused_topk(q, keys, n, k, self._search_rows)
+        else:
+            best_s, best_i = self._search_rows(q, keys, n, k)
+        # [kv, g*t, k] -> [t, h, k] with h = kv_head * g + j, as the store orders query heads
+        best_s = best_s.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
+        best_i = best_i.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
+        return best_s, best_i
+
+    def _fused(self, keys: torch.Tensor, n: int, k: int) -> bool:
+        """Whether this search takes the fused kernel (`kernel`: "fused" where it can run;
+        small memories, whose float32 scores are cheap, stay on the torch path)."""
+        return (
+            self.kernel == "fused"
+            and fused_search.available(keys.device)
+            and keys.dtype == torch.bfloat16
+            and keys.shape[2] >= 16
+            and keys.shape[2] & (keys.shape[2] - 1) == 0
+            and n > k * fused_search.GROUP
+        )
+
+    def _search_rows(
+        self, q: torch.Tensor, keys: torch.Tensor, n: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch path: `q [kv, R, D]` float32 against the first `n` of `keys [kv, cap, D]`:
+        float32 blocked matmul + top-k; scores and ids `[kv, R, k]`, -inf / -1 past n."""
+        kv, r = q.shape[0], q.shape[1]
+        best_s = torch.full((kv, r, k), float("-inf"), device=q.device)
+        best_i = torch.full((kv, r, k), -1, dtype=torch.int64, device=q.device)
+        if r and n:
+            most = max(self.GROUP, self._score_budget() // (4 * kv * r))
             # equal blocks of whole groups: a ragged group would cost a padded copy of the scores
             cap = min(self.BLOCK, most)
             block = _ceil_div(n, _ceil_div(n, cap))
@@ -243,11 +277,7 @@ class DeviceMirror(StoreRetriever):
                 del scores  # before the next block's matmul: one score buffer at a time
                 best_s, pick = torch.cat((best_s, top_s), dim=-1).topk(k, dim=-1)
                 best_i = torch.cat((best_i, top_i + start), dim=-1).gather(-1, pick)
-        best_i = best_i.masked_fill(best_s == float("-inf"), -1)  # padding, never a key
-        # [kv, g*t, k] -> [t, h, k] with h = kv_head * g + j, as the store orders query heads
-        best_s = best_s.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
-        best_i = best_i.view(kv, g, t, k).permute(2, 0, 1, 3).reshape(t, h, k)
-        return best_s, best_i
+        return best_s, best_i.masked_fill(best_s == float("-inf"), -1)  # padding, never a key
 
     def retrieve(self, layer: int, queries: torch.Tensor, k: int) -> Memory | None:
         if self.length(layer) == 0:
