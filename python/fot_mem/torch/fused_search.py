@@ -34,8 +34,9 @@ try:
 except ImportError:  # pragma: no cover - torch's CUDA wheels ship triton
     triton = None
 
-GROUP = 128  # keys per program and per group maximum of pass 1
+GROUP = 128  # keys per group maximum of pass 1 (and per tensor-core product)
 ROWS = 64  # query rows per program
+SPAN = 4  # groups of keys per program (the rows' queries are loaded once for all of them)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 Reference = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
@@ -65,39 +66,46 @@ if triton is not None:
         D: tl.constexpr,
         BM: tl.constexpr,
         BN: tl.constexpr,
+        SPAN: tl.constexpr,
         CAP: tl.constexpr,
         FILTER: tl.constexpr,
         WIDE: tl.constexpr,
     ):
-        # One program: BM query rows of one kv head against one group of BN keys.
+        # One program: BM query rows of one kv head (loaded once) against SPAN groups of BN keys.
         pm, pn, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rows = pm * BM + tl.arange(0, BM)
         rmask = rows < R
-        cols = pn * BN + tl.arange(0, BN)
-        cmask = cols < N
         d = tl.arange(0, D)
         at = (g * R + rows)[:, None] * D + d[None, :]
         q = tl.load(q_ptr + at, mask=rmask[:, None], other=0.0)
-        k = tl.load(
-            k_ptr + g * key_stride + cols[:, None] * D + d[None, :],
-            mask=cmask[:, None],
-            other=0.0,
-        )
         if WIDE:  # the interpreter (CPU tests): its bf16 dot is not exact, f32 of bf16 values is
-            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(cmask[None, :], s, float("-inf"))
+            q = q.to(tl.float32)
         if FILTER:
             tau = tl.load(tau_ptr + g * R + rows, mask=rmask, other=float("inf"))
-            keep = (s >= tau[:, None]) & cmask[None, :] & rmask[:, None]
-            ki = keep.to(tl.int32)
-            base = tl.atomic_add(cnt_ptr + g * R + rows, tl.sum(ki, 1), mask=rmask)
-            pos = base[:, None] + tl.cumsum(ki, 1) - 1
-            slot = (g * R + rows)[:, None] * CAP + pos
-            tl.store(ids_ptr + slot, cols[None, :], mask=keep & (pos < CAP))
-        else:
-            tl.store(gmax_ptr + (g * R + rows) * n_groups + pn, tl.max(s, 1), mask=rmask)
+        for j in range(SPAN):
+            group = pn * SPAN + j
+            cols = group * BN + tl.arange(0, BN)
+            cmask = cols < N
+            k = tl.load(
+                k_ptr + g * key_stride + cols[:, None] * D + d[None, :],
+                mask=cmask[:, None],
+                other=0.0,
+            )
+            if WIDE:
+                k = k.to(tl.float32)
+            s = tl.dot(q, tl.trans(k))
+            s = tl.where(cmask[None, :], s, float("-inf"))
+            if FILTER:
+                keep = (s >= tau[:, None]) & cmask[None, :] & rmask[:, None]
+                ki = keep.to(tl.int32)
+                base = tl.atomic_add(cnt_ptr + g * R + rows, tl.sum(ki, 1), mask=rmask)
+                pos = base[:, None] + tl.cumsum(ki, 1) - 1
+                slot = (g * R + rows)[:, None] * CAP + pos
+                tl.store(ids_ptr + slot, cols[None, :], mask=keep & (pos < CAP))
+            else:
+                gm_at = (g * R + rows) * n_groups + group
+                inside = (rows * 0 + group) < n_groups  # past the last group: nothing to write
+                tl.store(gmax_ptr + gm_at, tl.max(s, 1), mask=rmask & inside)
 
 
 def _margin(q: torch.Tensor, qb: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
@@ -134,10 +142,10 @@ def fused_topk(
     keys = keys.contiguous()
     kmax = keys[:, :n].float().norm(dim=-1).amax(dim=1)
     n_groups = triton.cdiv(n, GROUP)
-    grid = (triton.cdiv(r, ROWS), n_groups, g)
+    grid = (triton.cdiv(r, ROWS), triton.cdiv(n_groups, SPAN), g)
     gmax = torch.empty(g, r, n_groups, dtype=torch.float32, device=dev)
     dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
-    common = {"D": dim, "BM": ROWS, "BN": GROUP, "CAP": cap, "WIDE": INTERPRET}
+    common = {"D": dim, "BM": ROWS, "BN": GROUP, "SPAN": SPAN, "CAP": cap, "WIDE": INTERPRET}
     stride = keys.stride(0)
     _score_pass[grid](qb, keys, gmax, gmax, dummy_i, dummy_i, r, n, stride, n_groups,
                       FILTER=False, **common)  # fmt: skip
