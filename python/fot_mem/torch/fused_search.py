@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - torch's CUDA wheels ship triton
 GROUP = 128  # keys per group maximum of pass 1 (and per tensor-core product)
 ROWS = 64  # query rows per program
 SPAN = 4  # groups of keys per program (the rows' queries are loaded once for all of them)
+CHUNK_GROUPS = 8192  # groups per launch of pass 1 (1M keys: 2.4 GB of maxima at 18K queries x 3)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 Reference = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
@@ -142,18 +143,26 @@ def fused_topk(
     keys = keys.contiguous()
     kmax = keys[:, :n].float().norm(dim=-1).amax(dim=1)
     n_groups = triton.cdiv(n, GROUP)
-    grid = (triton.cdiv(r, ROWS), triton.cdiv(n_groups, SPAN), g)
-    gmax = torch.empty(g, r, n_groups, dtype=torch.float32, device=dev)
     dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
     common = {"D": dim, "BM": ROWS, "BN": GROUP, "SPAN": SPAN, "CAP": cap, "WIDE": INTERPRET}
     stride = keys.stride(0)
-    _score_pass[grid](qb, keys, gmax, gmax, dummy_i, dummy_i, r, n, stride, n_groups,
-                      FILTER=False, **common)  # fmt: skip
-    best = gmax.topk(min(kk, n_groups), dim=-1).values[..., -1]
+    # Pass 1 in chunks of keys, keeping the k largest group maxima of each row so far.
+    top = torch.full((g, r, 0), float("-inf"), device=dev)
+    for first in range(0, n_groups, CHUNK_GROUPS):
+        groups = min(CHUNK_GROUPS, n_groups - first)
+        lo, hi = first * GROUP, min(n, (first + groups) * GROUP)
+        gmax = torch.empty(g, r, groups, dtype=torch.float32, device=dev)
+        grid = (triton.cdiv(r, ROWS), triton.cdiv(groups, SPAN), g)
+        _score_pass[grid](qb, keys[:, lo:hi], gmax, gmax, dummy_i, dummy_i, r, hi - lo, stride,
+                          groups, FILTER=False, **common)  # fmt: skip
+        top = torch.cat((top, gmax), dim=-1)
+        top = top.topk(min(kk, top.shape[-1]), dim=-1).values
+        del gmax
+    best = top[..., -1]
     if kk > n_groups:  # fewer groups than k: every key is a candidate
         best = torch.full_like(best, float("-inf"))
-    del gmax
     tau = (best - 2.0 * _margin(q, qb, kmax)).contiguous()
+    grid = (triton.cdiv(r, ROWS), triton.cdiv(n_groups, SPAN), g)
     ids = torch.full((g, r, cap), -1, dtype=torch.int32, device=dev)
     count = torch.zeros(g, r, dtype=torch.int32, device=dev)
     _score_pass[grid](qb, keys, tau, tau, ids, count, r, n, stride, n_groups,
