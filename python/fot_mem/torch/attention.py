@@ -71,7 +71,7 @@ def _shared(
     """Shared memory goes in front of the local keys; one masked SDPA call (fused kernels).
     Blind rows run apart, as plain causal attention."""
     assert mem.keys is not None
-    if mem.blind is not None and bool(mem.blind.any()):
+    if mem.blind is not None and (mem.compact or bool(mem.blind.any())):
         return _apart(q, k, v, mem, past)
     b, t, m = q.shape[0], q.shape[2], mem.values.shape[2]
     keys = torch.cat((mem.keys.to(k.dtype), k), dim=2)
@@ -110,8 +110,11 @@ def _apart(
     parts = []
     if len(seen):
         rows = seen.to(q.device)
-        mask = None if mem.mask is None else mem.mask[rows]
-        part = Memory(keys=mem.keys[rows], values=mem.values[rows], mask=mask)
+        if mem.compact:  # the memory holds the seeing rows already
+            part = Memory(keys=mem.keys, values=mem.values, mask=mem.mask)
+        else:
+            mask = None if mem.mask is None else mem.mask[rows]
+            part = Memory(keys=mem.keys[rows], values=mem.values[rows], mask=mask)
         parts.append(_shared(q[rows], k[rows], v[rows], part, past))
     rows = dark.to(q.device)
     parts.append(memory_attention(q[rows], k[rows], v[rows]))

@@ -68,10 +68,11 @@ class Crossbatch:
                 f"needs {self.rows} (previous windows, then current ones)"
             )
 
-    def contexts(self, keys: torch.Tensor) -> torch.Tensor:
+    def contexts(self, keys: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
         """`[slots * prev, Hkv, W, D]` (this rank's previous windows) -> `[slots, Hkv,
         d * prev * W, D]`: for each current window, its own previous windows first, then those
-        of the next d-1 slots of the (global) batch."""
+        of the next d-1 slots of the (global) batch. `slots`: only these of this rank's slots
+        (indices), in that order."""
         if self.gather is not None:
             keys = self.gather(keys)
         total = keys.shape[0] // self.prev  # slots of the global batch
@@ -82,15 +83,27 @@ class Crossbatch:
         per_slot = per_slot.reshape(total, heads, self.prev * w, dim)
         first = self.rank * self.slots
         own = torch.arange(first, first + self.slots, device=keys.device)
+        if slots is not None:
+            own = own[slots.to(keys.device)]
         pick = (own[:, None] + torch.arange(self.d, device=keys.device)[None, :]) % total
         chosen = per_slot[pick]  # [slots, d, Hkv, prev * W, D]
-        return chosen.transpose(1, 2).reshape(self.slots, heads, self.d * self.prev * w, dim)
+        return chosen.transpose(1, 2).reshape(len(own), heads, self.d * self.prev * w, dim)
 
     def memory(self, keys0: torch.Tensor, values0: torch.Tensor) -> Memory:
         """The shared `Memory` of the current windows, from the previous windows' unrotated keys
-        and values `[slots * prev, Hkv, W, D]`; a blind slot's window sees none of it."""
+        and values `[slots * prev, Hkv, W, D]`; a blind slot's window sees none of it, and with
+        blind slots the memory holds the seeing slots' contexts alone (`Memory.compact`: no
+        copy is made for a slot that reads none of it)."""
         blind = None if self.blind is None else self.blind.to(device="cpu", dtype=torch.bool)
-        return Memory(keys=self.contexts(keys0), values=self.contexts(values0), blind=blind)
+        if blind is None or not bool(blind.any()):
+            return Memory(keys=self.contexts(keys0), values=self.contexts(values0))
+        seen = (~blind).nonzero().flatten()
+        return Memory(
+            keys=self.contexts(keys0, seen),
+            values=self.contexts(values0, seen),
+            blind=blind,
+            compact=True,
+        )
 
 
 def crossbatch_attention(

@@ -25,7 +25,8 @@ class Memory:
     logits q.k with q as the layer scales it), `mask [B, H, T, K]`.
     Shared: `values [B, Hkv, M, Dv]`, `keys [B, Hkv, M, D]`, `mask [B, M]` or `[B, T, M]`;
     `blind` (bool `[B]`, on the CPU): rows that read none of it, which attention runs apart
-    instead of masking every key (a mask keeps SDPA off its flash kernel).
+    instead of masking every key (a mask keeps SDPA off its flash kernel). `compact` (with
+    `blind`): keys, values and mask hold the seeing rows alone, in order (`[B - blind, ...]`).
     """
 
     values: torch.Tensor
@@ -33,6 +34,7 @@ class Memory:
     scores: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     blind: torch.Tensor | None = None
+    compact: bool = False
 
     @property
     def per_query(self) -> bool:
@@ -65,10 +67,15 @@ class Memory:
             if self.mask is not None and tuple(self.mask.shape) != slots:
                 raise ShapeError(f"memory mask {tuple(self.mask.shape)}, expected {slots}")
         else:
-            if v.dim() != 4 or v.shape[0] != batch or v.shape[1] != kv_heads:
+            if self.compact and self.blind is None:
+                raise ShapeError("compact memory holds the seeing rows: it needs `blind`")
+            rows = batch
+            if self.compact and self.blind is not None and tuple(self.blind.shape) == (batch,):
+                rows = batch - int(self.blind.to(torch.bool).sum())
+            if v.dim() != 4 or v.shape[0] != rows or v.shape[1] != kv_heads:
                 raise ShapeError(
-                    f"shared memory values {tuple(v.shape)} must be [B={batch}, Hkv={kv_heads}, "
-                    "M, Dv]"
+                    f"shared memory values {tuple(v.shape)} must be [B={rows}, Hkv={kv_heads}, "
+                    "M, Dv]" + (" (the seeing rows: compact)" if self.compact else "")
                 )
             if self.keys is None or tuple(self.keys.shape) != (*v.shape[:3], dim):
                 got = None if self.keys is None else tuple(self.keys.shape)
@@ -82,12 +89,12 @@ class Memory:
                     f"expected [B] {(batch,)} on the CPU"
                 )
             if self.mask is not None and tuple(self.mask.shape) not in (
-                (batch, m),
-                (batch, tokens, m),
+                (rows, m),
+                (rows, tokens, m),
             ):
                 raise ShapeError(
-                    f"shared memory mask {tuple(self.mask.shape)}, expected [B, M] {(batch, m)} "
-                    f"or [B, T, M] {(batch, tokens, m)}"
+                    f"shared memory mask {tuple(self.mask.shape)}, expected [B, M] {(rows, m)} "
+                    f"or [B, T, M] {(rows, tokens, m)}"
                 )
 
 

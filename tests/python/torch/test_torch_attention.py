@@ -356,6 +356,21 @@ def test_blind_rows_equal_a_mask_of_every_slot(group: int, blind: tuple[bool, ..
     assert not dark.all() or bool((dk == 0).all())  # memory nobody reads gets no gradient
     with pytest.raises(fot_mem.ShapeError, match="blind"):
         memory_attention(q, k, v, Memory(keys=mk, values=mv, blind=dark[:2]))
+    # Compact: the memory of the seeing rows alone gives the same, gradients included.
+    seen = (~dark).nonzero().flatten()
+    ck = mk.detach()[seen].requires_grad_(True)
+    compact = memory_attention(q, k, v, Memory(keys=ck, values=mv[seen], blind=dark, compact=True))
+    torch.testing.assert_close(compact, got)
+    (cq, ckg) = torch.autograd.grad(
+        compact.square().sum(), (q, ck), allow_unused=True, materialize_grads=True
+    )
+    torch.testing.assert_close(cq, dq)
+    torch.testing.assert_close(ckg, dk[seen])
+    if dark.any():  # every row's memory where only the seeing rows' belongs
+        with pytest.raises(fot_mem.ShapeError, match="seeing rows"):
+            memory_attention(q, k, v, Memory(keys=mk, values=mv, blind=dark, compact=True))
+    with pytest.raises(fot_mem.ShapeError, match="needs `blind`"):
+        memory_attention(q, k, v, Memory(keys=mk, values=mv, compact=True))
 
 
 @GROUPS

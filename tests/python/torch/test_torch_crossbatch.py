@@ -108,6 +108,12 @@ def test_blind_slots_read_no_memory_and_the_others_are_unchanged() -> None:
     assert k0.grad is not None and k0.grad.abs().sum() == 0
     with pytest.raises(ShapeError, match="blind"):
         Crossbatch(slots=3, d=2, blind=torch.tensor([True]))
+    # The memory holds the seeing slots' contexts alone, equal to theirs in the full memory.
+    spec = Crossbatch(slots=3, d=2, blind=blind)
+    mem, full = spec.memory(k0[:3], v0[:3]), Crossbatch(slots=3, d=2).memory(k0[:3], v0[:3])
+    assert mem.compact and mem.keys is not None and full.keys is not None
+    torch.testing.assert_close(mem.keys, full.keys[[0, 2]])
+    torch.testing.assert_close(mem.values, full.values[[0, 2]])
 
 
 def test_previous_windows_attend_causally_to_themselves() -> None:
