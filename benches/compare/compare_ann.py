@@ -55,7 +55,10 @@ def machine() -> dict:
         if f in flags
     ]
     avx512 = {"avx512f", "avx512bw"} <= flags
-    walk = "int8 codes, AVX-512 F/BW" if avx512 else "int8 codes, portable"
+    if avx512 and "avx512_vnni" in flags:
+        walk = "int8 codes, AVX-512 VNNI (int8 query, batched VPDPBUSD)"
+    else:
+        walk = "int8 codes, AVX-512 F/BW" if avx512 else "int8 codes, portable"
     pair = "VDPBF16PS" if avx512 and "avx512_bf16" in flags else "portable bf16"
     return {
         "cpu": model,
