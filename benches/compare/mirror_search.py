@@ -8,29 +8,15 @@ k = 128: one SmolLM2 memory layer and window). Writes JSON:
 """
 
 import json
-import statistics
 import sys
-import time
 import types
 
 import torch
 from fot_mem.torch.retrieval import DeviceMirror, _block_topk
+from gpu_search import timed as t
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 torch.manual_seed(0)
-
-
-def t(fn, reps=5):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        a = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - a)
-    return statistics.median(ts)
 
 
 out = {}

@@ -16,7 +16,43 @@ pub type CodeDot = unsafe fn(query: &[f32], code: *const u8) -> f32;
 /// `out[i] = query . code(ids[i])`, the code of node `id` at `codes[id * stride..]`: a batch, so
 /// the loads of one row overlap the arithmetic of the last.
 pub type CodeDots =
-    unsafe fn(query: &[f32], codes: &[u8], stride: usize, ids: &[u32], out: &mut [f32]);
+    unsafe fn(query: &CodeQuery, codes: &[u8], stride: usize, ids: &[u32], out: &mut [f32]);
+
+/// The most dims a query is rounded to int8 for (wider ones are scored in f32).
+const VNNI_MAX_DIM: usize = 512;
+
+/// A walk's query as the batched code dots read it: its f32 elements and, where the CPU has
+/// AVX-512 VNNI, its int8 rounding (`q ~ scale q8`, stored as `q8 + 128`, padded to whole
+/// 64-byte blocks with 128), made once per walk rather than once per batch.
+pub struct CodeQuery<'a> {
+    pub f32s: &'a [f32],
+    bytes: Vec<u8>,
+    scale: f32,
+}
+
+impl<'a> CodeQuery<'a> {
+    pub fn new(query: &'a [f32]) -> Self {
+        let top = query.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let vnni = cfg!(target_arch = "x86_64") && crate::simd::has_avx512_vnni();
+        if !vnni || query.len() > VNNI_MAX_DIM || !(top > 0.0 && top.is_finite()) {
+            return CodeQuery {
+                f32s: query,
+                bytes: Vec::new(),
+                scale: 0.0,
+            };
+        }
+        let inv = 127.0 / top;
+        let mut bytes = vec![128u8; query.len().div_ceil(64) * 64];
+        for (b, &x) in bytes.iter_mut().zip(query) {
+            *b = ((x * inv).round_ties_even() as i32 + 128) as u8;
+        }
+        CodeQuery {
+            f32s: query,
+            bytes,
+            scale: top / 127.0,
+        }
+    }
+}
 
 /// The query-row dot for rows of `dtype` on this CPU.
 pub fn query_dot(dtype: Dtype) -> QueryDot {
@@ -69,14 +105,14 @@ pub fn code_dots() -> CodeDots {
 /// # Safety
 /// Every `id * stride + query.len()` is at most `codes.len()`.
 unsafe fn portable_code_dots(
-    query: &[f32],
+    query: &CodeQuery,
     codes: &[u8],
     stride: usize,
     ids: &[u32],
     out: &mut [f32],
 ) {
     for (o, &id) in out.iter_mut().zip(ids) {
-        *o = portable_code_dot(query, codes.as_ptr().add(id as usize * stride));
+        *o = portable_code_dot(query.f32s, codes.as_ptr().add(id as usize * stride));
     }
 }
 
@@ -117,6 +153,8 @@ unsafe fn portable_pair_dot(a: &[u16], b: &[u16]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::CodeQuery;
+
     /// # Safety
     /// AVX-512 F/BW; `row` points at `query.len()` elements of dtype `T` (0 f32, 1 f16, 2 bf16).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -139,74 +177,44 @@ mod x86 {
     /// AVX-512 F/BW/VL; every `id * stride + query.len()` is at most `codes.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn code_dots(
-        query: &[f32],
+        query: &CodeQuery,
         codes: &[u8],
         stride: usize,
         ids: &[u32],
         out: &mut [f32],
     ) {
         for (o, &id) in out.iter_mut().zip(ids) {
-            *o = code_dot(query, codes.as_ptr().add(id as usize * stride));
+            *o = code_dot(query.f32s, codes.as_ptr().add(id as usize * stride));
         }
     }
 
-    /// The most dims [`code_dots_vnni`] quantises on the stack (wider queries take `code_dots`).
-    const VNNI_MAX_DIM: usize = 512;
-
-    /// [`code_dots`] with the query rounded to int8 too (`q ~ s q8`, one scale per call) and each
-    /// code scored by VPDPBUSD, 64 byte products an instruction, instead of widening the code to
-    /// f32: the walk's dots were a fifth of a search. VPDPBUSD multiplies unsigned by signed
-    /// bytes, so the query enters as `q8 + 128` and `128 sum(code)` (a second VPDPBUSD against
-    /// ones) comes off. The walk only ranks by these scores; the answer is rescored in f32.
+    /// [`code_dots`] with the query rounded to int8 too (`CodeQuery`) and each code scored by
+    /// VPDPBUSD, 64 byte products an instruction, instead of widening the code to f32: the walk's
+    /// dots were a fifth of a search. VPDPBUSD multiplies unsigned by signed bytes, so the query
+    /// enters as `q8 + 128` and `128 sum(code)` (a second VPDPBUSD against ones) comes off. The
+    /// walk only ranks by these scores; the answer is rescored in f32.
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL/VNNI; every `id * stride + query.len()` is at most `codes.len()`.
+    /// AVX-512 F/BW/VL/VNNI; every `id * stride + query.f32s.len()` is at most `codes.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn code_dots_vnni(
-        query: &[f32],
+        query: &CodeQuery,
         codes: &[u8],
         stride: usize,
         ids: &[u32],
         out: &mut [f32],
     ) {
-        let d = query.len();
-        let mut amax = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < d {
-            let q = _mm512_maskz_loadu_ps(crate::simd::lane_mask(d - i), query.as_ptr().add(i));
-            amax = _mm512_max_ps(amax, _mm512_abs_ps(q));
-            i += 16;
-        }
-        let top = _mm512_reduce_max_ps(amax);
-        if d > VNNI_MAX_DIM || !(top > 0.0 && top.is_finite()) {
+        if query.bytes.is_empty() {
             return code_dots(query, codes, stride, ids, out);
         }
-        let scale = top / 127.0;
-        let inv = _mm512_set1_ps(127.0 / top);
-        let mut bytes = [128u8; VNNI_MAX_DIM];
-        let mut i = 0;
-        while i < d {
-            let m = crate::simd::lane_mask(d - i);
-            let q = _mm512_maskz_loadu_ps(m, query.as_ptr().add(i));
-            let r = _mm512_add_epi32(
-                _mm512_cvtps_epi32(_mm512_mul_ps(q, inv)),
-                _mm512_set1_epi32(128),
-            );
-            _mm512_mask_cvtepi32_storeu_epi8(bytes.as_mut_ptr().add(i).cast(), m, r);
-            i += 16;
-        }
+        let (d, bytes, scale) = (query.f32s.len(), &query.bytes, query.scale);
         let chunks = d.div_ceil(64);
         let ones = _mm512_set1_epi8(1);
         for (o, &id) in out.iter_mut().zip(ids) {
             let code = codes.as_ptr().add(id as usize * stride);
             let (mut acc, mut sum) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             for c in 0..chunks {
-                let left = d - 64 * c;
-                let m: u64 = if left >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << left) - 1
-                };
+                let m = crate::simd::lane_mask64(d - 64 * c);
                 let k = _mm512_maskz_loadu_epi8(m, code.add(64 * c).cast());
                 let q = _mm512_loadu_si512(bytes.as_ptr().add(64 * c).cast());
                 acc = _mm512_dpbusd_epi32(acc, q, k);
@@ -245,12 +253,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut i = 0;
         while i < d {
-            let left = d - i;
-            let mask: u32 = if left >= 32 {
-                u32::MAX
-            } else {
-                (1u32 << left) - 1
-            };
+            let mask = crate::simd::lane_mask32(d - i);
             let x = _mm512_maskz_loadu_epi16(mask, a.as_ptr().add(i).cast());
             let y = _mm512_maskz_loadu_epi16(mask, b.as_ptr().add(i).cast());
             let s = &mut acc[(i >> 5) & 1];
@@ -320,7 +323,7 @@ mod tests {
                 let slack: f32 = 0.5 * step * codes.iter().map(|&c| (c as f32).abs()).sum::<f32>();
                 for f in [code_dots(), portable_code_dots as CodeDots] {
                     let mut out = [0f32; 4];
-                    f(&q, &table, stride, &ids, &mut out);
+                    f(&CodeQuery::new(&q), &table, stride, &ids, &mut out);
                     for (o, &id) in out.iter().zip(&ids) {
                         let w: f32 = (0..d)
                             .map(|i| q[i] * codes[(i + id as usize) % d] as f32)
@@ -335,7 +338,7 @@ mod tests {
                         .map(|i| ((i * 11 % 255) as f32 - 127.0) * 0.5)
                         .collect();
                     let mut out = [0f32; 4];
-                    x86::code_dots_vnni(&qi, &table, stride, &ids, &mut out);
+                    x86::code_dots_vnni(&CodeQuery::new(&qi), &table, stride, &ids, &mut out);
                     for (o, &id) in out.iter().zip(&ids) {
                         let w: f64 = (0..d)
                             .map(|i| qi[i] as f64 * codes[(i + id as usize) % d] as f64)

@@ -4,7 +4,7 @@
 //! coordinate, so these are the plain inner products the exact backend computes).
 
 use super::beam::{descend, search_level, Scratch};
-use super::dot::{code_dot, code_dots, query_dot, QueryDot};
+use super::dot::{code_dot, code_dots, query_dot, CodeQuery, QueryDot};
 use super::graph::GraphRef;
 use crate::dtype::{Dtype, Elements};
 
@@ -94,8 +94,9 @@ pub fn search(
         // SAFETY: the dots were chosen for this CPU; ids are < n (the walk checks) and every code
         // row holds `query.len()` bytes.
         let mut score = |id: u32| unsafe { one(&q, c.row(id)) };
+        let cq = CodeQuery::new(&q);
         let mut score_many =
-            |ids: &[u32], out: &mut [f32]| unsafe { many(&q, c.bytes, c.stride, ids, out) };
+            |ids: &[u32], out: &mut [f32]| unsafe { many(&cq, c.bytes, c.stride, ids, out) };
         let pre = |id: u32| crate::simd::prefetch(c.row(id), query.len());
         let mut pool = walk(g, k, ef, scr, &mut score, &mut score_many, &pre);
         scr.query = q;

@@ -13,6 +13,26 @@ pub(crate) fn lane_mask(count: usize) -> u16 {
     }
 }
 
+/// The mask of the first `count` of 32 lanes (16-bit elements in a 512-bit load).
+#[inline(always)]
+pub(crate) fn lane_mask32(count: usize) -> u32 {
+    if count >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << count) - 1
+    }
+}
+
+/// The mask of the first `count` of 64 lanes (bytes in a 512-bit load).
+#[inline(always)]
+pub(crate) fn lane_mask64(count: usize) -> u64 {
+    if count >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << count) - 1
+    }
+}
+
 /// 16 elements (masked) at element `at` of `T` (0 f32, 1 f16, 2 bf16), widened to f32.
 ///
 /// # Safety

@@ -7,7 +7,7 @@ mod lanes;
 
 pub use cpu::{cpu_model, has_avx512, has_avx512_bf16, has_avx512_vnni};
 #[cfg(target_arch = "x86_64")]
-pub(crate) use lanes::{lane_mask, load_widened};
+pub(crate) use lanes::{lane_mask, lane_mask32, lane_mask64, load_widened};
 
 /// Pulls `len` bytes at `ptr` toward the cache (a hint; no effect where unsupported).
 #[inline(always)]

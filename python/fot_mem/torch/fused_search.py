@@ -43,11 +43,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 Reference = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def available(device: torch.device) -> bool:
-    """True where the kernel can run: Triton on a CUDA device, or its interpreter on the CPU."""
-    if triton is None:
+def supported(keys: torch.Tensor) -> bool:
+    """True where the kernel can search `keys [G, N, D]`: bf16, a power-of-two head_dim >= 16
+    (`tl.dot`'s tiles), and Triton on a CUDA device or its interpreter on the CPU."""
+    dim = keys.shape[-1]
+    if triton is None or keys.dtype != torch.bfloat16 or dim < 16 or dim & (dim - 1):
         return False
-    return device.type == "cuda" or (INTERPRET and device.type == "cpu")
+    return keys.device.type == "cuda" or (INTERPRET and keys.device.type == "cpu")
 
 
 if triton is not None:
@@ -134,14 +136,15 @@ def fused_topk(
     -1 past `n`. `reference(q_rows, keys, n, k)` answers rows with too many candidates."""
     g, r, dim = q.shape
     dev = q.device
-    if keys.dtype != torch.bfloat16 or dim & (dim - 1) or dim < 16:
-        raise ValueError("fused_topk takes bf16 keys of a power-of-two head_dim >= 16")
+    if not supported(keys):
+        raise ValueError("fused_topk takes bf16 keys of a power-of-two head_dim >= 16 on CUDA")
     cap = cap or max(4 * k, k + 256)
     kk = min(k, n)
     q = q.float().contiguous()
     qb = q.to(torch.bfloat16).contiguous()
     keys = keys.contiguous()
-    kmax = keys[:, :n].float().norm(dim=-1).amax(dim=1)
+    # Norms accumulated in float32 without a float32 copy of the keys.
+    kmax = torch.linalg.vector_norm(keys[:, :n], dim=-1, dtype=torch.float32).amax(dim=1)
     n_groups = triton.cdiv(n, GROUP)
     dummy_i = torch.empty(1, dtype=torch.int32, device=dev)
     common = {"D": dim, "BM": ROWS, "BN": GROUP, "SPAN": SPAN, "CAP": cap, "WIDE": INTERPRET}

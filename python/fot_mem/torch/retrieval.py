@@ -246,14 +246,8 @@ class DeviceMirror(StoreRetriever):
     def _fused(self, keys: torch.Tensor, n: int, k: int) -> bool:
         """Whether this search takes the fused kernel (`kernel`: "fused" where it can run;
         small memories, whose float32 scores are cheap, stay on the torch path)."""
-        return (
-            self.kernel == "fused"
-            and fused_search.available(keys.device)
-            and keys.dtype == torch.bfloat16
-            and keys.shape[2] >= 16
-            and keys.shape[2] & (keys.shape[2] - 1) == 0
-            and n > k * fused_search.GROUP
-        )
+        fused = self.kernel == "fused" and fused_search.supported(keys)
+        return fused and n > k * fused_search.GROUP
 
     def _search_rows(
         self, q: torch.Tensor, keys: torch.Tensor, n: int, k: int

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::beam::{descend, search_level, Scratch};
+use super::dot::CodeQuery;
 use super::graph::{level_of, mix, Graph, GraphRef};
 use super::params::{BuildParams, Linking};
 pub use set::{code_stride, BuildSet};
@@ -211,6 +212,7 @@ fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
                 .map(|(&b, &s)| half::bf16::from_bits(b).to_f32() * s)
                 .collect();
             let nl = set.norm[last as usize];
+            let q = CodeQuery::new(&q);
             near.par_chunks_mut(4096).enumerate().for_each(|(c, near)| {
                 let first = (c * 4096) as u32;
                 let ids: Vec<u32> = (first..first + near.len() as u32).collect();
@@ -267,8 +269,9 @@ fn neighbours(
             let c = set.code(id);
             (unsafe { one(&q, c) }) + ex * set.extra[id as usize]
         };
+        let cq = CodeQuery::new(&q);
         let mut score_many = |ids: &[u32], out: &mut [f32]| {
-            unsafe { many(&q, set.codes(), stride, ids, out) };
+            unsafe { many(&cq, set.codes(), stride, ids, out) };
             for (o, &id) in out.iter_mut().zip(ids) {
                 *o += ex * set.extra[id as usize];
             }

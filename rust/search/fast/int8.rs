@@ -30,17 +30,6 @@ pub struct Tile {
     pub corr: Vec<i32>,
     /// The tile's scale `s_t`.
     pub scale: f32,
-    /// Per panel of 16 keys: which keys the kernel compares (not the outliers, scored apart).
-    pub keep: Vec<u16>,
-}
-
-impl Tile {
-    /// Leaves keys `ids` (tile-local) out of the comparisons.
-    pub fn drop_keys(&mut self, ids: &[u32]) {
-        for &i in ids {
-            self.keep[i as usize / 16] &= !(1u16 << (i % 16));
-        }
-    }
 }
 
 /// Packs `keys` (`n` rows of `dim`) into `out` and measures the tile's norms: `max_sq` the
@@ -62,8 +51,6 @@ pub unsafe fn pack_tile(keys: Elements, dim: usize, out: &mut Tile) -> TileNorms
     out.data.resize(groups * d4 * GROUP_KEYS, 0);
     out.corr.clear();
     out.corr.resize(groups * GROUP_KEYS, 0);
-    out.keep.clear();
-    out.keep.resize(groups * PANELS, u16::MAX);
     let (ptr, t) = match keys {
         Elements::F32(s) => (s.as_ptr().cast::<u8>(), 0u8),
         Elements::F16(s) => (s.as_ptr().cast::<u8>(), 1),
@@ -176,20 +163,13 @@ unsafe fn pack_bf16(keys: &[half::bf16], dim: usize, out: &mut Tile) -> TileNorm
     out.data.resize(groups * d4 * GROUP_KEYS, 0);
     out.corr.clear();
     out.corr.resize(groups * GROUP_KEYS, 0);
-    out.keep.clear();
-    out.keep.resize(groups * PANELS, u16::MAX);
     let ptr = keys.as_ptr().cast::<i16>();
     // The largest |element|: bf16 magnitudes order as their bits without the sign.
     let mut top = _mm512_setzero_si512();
     let total = keys.len();
     let mut at = 0;
     while at < total {
-        let count = (total - at).min(32);
-        let m: u32 = if count == 32 {
-            u32::MAX
-        } else {
-            (1u32 << count) - 1
-        };
+        let m = crate::simd::lane_mask32(total - at);
         let v = _mm512_maskz_loadu_epi16(m, ptr.add(at));
         top = _mm512_max_epu16(top, _mm512_and_si512(v, _mm512_set1_epi16(0x7fff)));
         at += 32;
@@ -219,12 +199,7 @@ unsafe fn pack_bf16(keys: &[half::bf16], dim: usize, out: &mut Tile) -> TileNorm
             for b in 0..blocks {
                 stage[i * blocks + b] = if i < keys_here {
                     let first = 32 * b;
-                    let count = (dim - first).min(32);
-                    let m: u32 = if count == 32 {
-                        u32::MAX
-                    } else {
-                        (1u32 << count) - 1
-                    };
+                    let m = crate::simd::lane_mask32(dim - first);
                     _mm512_maskz_loadu_epi16(m, ptr.add((panel * 16 + i) * dim + first))
                 } else {
                     _mm512_setzero_si512()
@@ -352,6 +327,7 @@ pub unsafe fn score_tile(
     qscale: &[f32],
     errs: &[f64],
     tile: &Tile,
+    keep: &[u16],
     n_keys: usize,
     first_id: i64,
     tops: &mut [Candidates],
@@ -363,7 +339,7 @@ pub unsafe fn score_tile(
     let groups = n_keys.div_ceil(GROUP_KEYS);
     assert!(tile.data.len() >= groups * d4 * GROUP_KEYS);
     assert!(tile.corr.len() >= groups * GROUP_KEYS);
-    assert!(tile.keep.len() >= groups * PANELS);
+    assert!(keep.len() >= groups * PANELS);
     let scales: Vec<f64> = qscale
         .iter()
         .map(|&s| s as f64 * tile.scale as f64)
@@ -376,7 +352,7 @@ pub unsafe fn score_tile(
         let valid = (n_keys - g * GROUP_KEYS).min(GROUP_KEYS);
         let mut masks = [0u16; PANELS];
         for (c, m) in masks.iter_mut().enumerate() {
-            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c)) & tile.keep[g * PANELS + c];
+            *m = crate::simd::lane_mask(valid.saturating_sub(16 * c)) & keep[g * PANELS + c];
         }
         let at = g * GROUP_KEYS;
         let panel = Panel {

@@ -101,8 +101,8 @@ fn run_item(
             unsafe {
                 match &q.quant {
                     None => {
-                        let keys = outliers.split(tile, dim);
-                        let here = pack::pack_tile(keys, dim, &mut packed, &mut knorm);
+                        let here = pack::pack_tile(tile, dim, &mut packed, &mut knorm);
+                        outliers.mark(&knorm, b - a);
                         outliers.keep_mask(b - a, pack::PANELS, &mut keep);
                         norms.merge(here);
                         let bound = ErrorBound::new(norms, dim);
@@ -127,7 +127,7 @@ fn run_item(
                         let before = norms;
                         let keys = outliers.split(tile, dim);
                         norms.merge(int8::pack_tile(keys, dim, &mut tile8));
-                        tile8.drop_keys(&outliers.ids);
+                        outliers.keep_mask(b - a, pack::PANELS, &mut keep);
                         if norms != before {
                             // Larger keys, a wider error bound for the keys from here on.
                             let bound = ErrorBound::new(norms, dim);
@@ -141,6 +141,7 @@ fn run_item(
                             &qq.scale[it.rows.0..it.rows.1],
                             &errs,
                             &tile8,
+                            &keep,
                             b - a,
                             start as i64,
                             &mut tops,

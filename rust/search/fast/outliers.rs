@@ -3,10 +3,12 @@
 //! tile would be coded in steps that many times coarser, and the error bound, the largest over the
 //! keys, would widen for all of them until rows fell back to the f32 rescan. In the bf16 screen
 //! its own bound is wide, so once the sink holds the top scores every copy of it stays a
-//! candidate, and a crowd of thousands is rescored one key at a time. Such keys are taken out of
-//! the tile (coded as zeros and masked out of the comparisons) and scored exactly in f32, with the
-//! same dot product as the final rescoring, so they enter the candidates already rescored: exact
-//! scores, which the threshold then cuts at the k-th.
+//! candidate, and a crowd of thousands is rescored one key at a time. Such keys are masked out of
+//! the screen's comparisons (and, for the int8 screen, coded as zeros so they set no scale) and
+//! scored exactly in f32, with the same dot product as the final rescoring, so they enter the
+//! candidates already rescored: exact scores, which the threshold then cuts at the k-th. The bf16
+//! screen finds them from the norms its packing measures ([`Outliers::mark`]), the int8 screen
+//! before packing ([`Outliers::split`]).
 
 use half::{bf16, f16};
 
@@ -40,26 +42,14 @@ struct Zeroed {
 
 impl Outliers {
     /// Finds the outliers of `keys` (rows of `dim`) and returns the keys to pack: `keys` itself,
-    /// or a copy with the outliers' rows zeroed.
+    /// or a copy with the outliers' rows zeroed (the int8 screen, whose scale they would set).
     pub fn split<'a>(&'a mut self, keys: Elements<'a>, dim: usize) -> Elements<'a> {
         self.ids.clear();
-        let n = keys.len() / dim.max(1);
-        if n == 0 {
+        if keys.len() < dim.max(1) {
             return keys;
         }
         squared_norms(keys, dim, &mut self.sq, &mut self.key);
-        // The mean square (of the keys that can be outliers): at most 1/16 of the keys lie past
-        // 16 times it, so the f32 work apart stays small whatever the keys.
-        let (sum, count) = self
-            .sq
-            .iter()
-            .filter(|&&x| x < HUGE_SQ)
-            .fold((0f64, 0usize), |(s, c), &x| (s + x as f64, c + 1));
-        let limit = (RATIO * RATIO) as f64 * sum / count.max(1) as f64;
-        self.ids
-            .extend((0..n as u32).filter(|&i| {
-                (self.sq[i as usize] as f64) > limit && self.sq[i as usize] < HUGE_SQ
-            }));
+        pick(&self.sq, &mut self.ids);
         if self.ids.is_empty() {
             return keys;
         }
@@ -69,6 +59,14 @@ impl Outliers {
             Elements::F16(s) => Elements::F16(zero_rows(s, dim, &self.ids, &mut z.f16s)),
             Elements::Bf16(s) => Elements::Bf16(zero_rows(s, dim, &self.ids, &mut z.bf16s)),
         }
+    }
+
+    /// Finds the outliers of a tile the bf16 screen packed, from the norms packing measured
+    /// (`knorm`, the first `n` of them): nothing to zero there, as each key's bound is its own.
+    pub fn mark(&mut self, knorm: &[f32], n: usize) {
+        self.sq.clear();
+        self.sq.extend(knorm[..n].iter().map(|&k| k * k));
+        pick(&self.sq, &mut self.ids);
     }
 
     /// Per panel of 16 keys of a tile of `n` keys (padded to whole groups of `panels` panels):
@@ -107,6 +105,22 @@ impl Outliers {
             }
         }
     }
+}
+
+/// The outliers among keys of squared norms `sq`: past `RATIO^2` times the mean square of the
+/// keys that can be outliers (at most 1/16 of the keys lie past 16 times it, so the f32 work
+/// apart stays small whatever the keys).
+fn pick(sq: &[f32], ids: &mut Vec<u32>) {
+    ids.clear();
+    let (sum, count) = sq
+        .iter()
+        .filter(|&&x| x < HUGE_SQ)
+        .fold((0f64, 0usize), |(s, c), &x| (s + x as f64, c + 1));
+    let limit = (RATIO * RATIO) as f64 * sum / count.max(1) as f64;
+    ids.extend((0..sq.len() as u32).filter(|&i| {
+        let x = sq[i as usize];
+        (x as f64) > limit && x < HUGE_SQ
+    }));
 }
 
 /// `out[i] = |key i|^2` in f32 (`buf`: scratch).
@@ -150,12 +164,7 @@ unsafe fn bf16_squares(keys: &[bf16], dim: usize, out: &mut [f32]) {
         let mut acc = _mm512_setzero_ps();
         let mut at = 0;
         while at < dim {
-            let count = (dim - at).min(32);
-            let m: u32 = if count == 32 {
-                u32::MAX
-            } else {
-                (1u32 << count) - 1
-            };
+            let m = crate::simd::lane_mask32(dim - at);
             let v = _mm512_maskz_loadu_epi16(m, ptr.add(i * dim + at));
             let v: __m512bh = std::mem::transmute(v);
             acc = _mm512_dpbf16_ps(acc, v, v);
@@ -212,6 +221,16 @@ mod tests {
             assert_eq!(zero, i == 3 || i == 40, "key {i}");
         }
         assert_eq!(o.ids, vec![3, 40]);
+        // From the norms packing measures (the bf16 screen): the same keys.
+        let norms: Vec<f32> = (0..64)
+            .map(|i| {
+                let row = &b[i * dim..(i + 1) * dim];
+                row.iter().map(|x| x.to_f32().powi(2)).sum::<f32>().sqrt()
+            })
+            .collect();
+        let mut m = Outliers::default();
+        m.mark(&norms, 64);
+        assert_eq!(m.ids, vec![3, 40]);
         let mut tops = vec![Candidates::new(1, 4); 2];
         let q: Vec<f32> = (0..2 * dim).map(|i| i as f32 * 0.25 - 1.0).collect();
         o.offer(Elements::Bf16(&b), &q, dim, 1000, &mut tops);

@@ -147,11 +147,7 @@ unsafe fn load_pairs(
     err: &mut __m512,
     amax: &mut __m512,
 ) -> __m512i {
-    let m32: u32 = if count >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << count) - 1
-    };
+    let m32 = crate::simd::lane_mask32(count);
     let (m_lo, m_hi) = (m32 as u16, (m32 >> 16) as u16);
     match keys {
         Elements::F32(s) => {
