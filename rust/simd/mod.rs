@@ -1,6 +1,8 @@
 //! CPU primitives below `search`, `ann` and `store`: feature probes, shared AVX-512 lane loads and
 //! prefetch. Nothing here knows about keys, graphs or files.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 mod cpu;
 #[cfg(target_arch = "x86_64")]
 mod lanes;

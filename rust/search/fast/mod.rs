@@ -15,6 +15,7 @@
 //! row (the largest over the keys so far); everything after the screen is shared. In both screens
 //! keys far above their tile's norm (attention sinks) are scored apart in f32 (`outliers`).
 
+mod amx;
 mod candidates;
 mod certify;
 mod int8;
@@ -55,6 +56,24 @@ fn cap(k: usize, keys: u64, rows: usize) -> usize {
     (16 * k + 2048).max(long).min(budget).max(2 * k + 64)
 }
 
+/// The AMX tiles a task scores with, if its screen uses them.
+enum Tiles {
+    Amx(crate::simd::amx::Amx),
+    #[cfg(test)]
+    Emulated(crate::simd::amx::Emulated),
+}
+
+impl Tiles {
+    fn new(screen: Screen) -> Option<Self> {
+        match screen {
+            Screen::Amx => crate::simd::amx::Amx::new().map(Tiles::Amx),
+            #[cfg(test)]
+            Screen::AmxEmulated => Some(Tiles::Emulated(crate::simd::amx::Emulated::new())),
+            _ => None,
+        }
+    }
+}
+
 struct ItemResult {
     tops: Vec<Candidates>,
     norms: pack::TileNorms,
@@ -64,7 +83,7 @@ fn run_item(
     src: &dyn KeySource,
     q: &QueryRows,
     it: Item,
-    dim: usize,
+    (dim, screen): (usize, Screen),
     (k, cap): (usize, usize),
 ) -> ItemResult {
     let d2 = dim.div_ceil(2);
@@ -83,6 +102,11 @@ fn run_item(
     let mut bounds = vec![RowBound { a: 0.0, c: 0.0 }; m];
     let mut errs = vec![0f64; m];
     let mut keybuf = vec![0f32; dim];
+    let mut tiles = Tiles::new(screen);
+    let mut qpad = Vec::new();
+    if tiles.is_some() {
+        amx::pad_rows(qpairs, d2, &mut qpad);
+    }
     for block in src.blocks(it.kv_head) {
         let rows = (block.keys.len() / dim) as u64;
         let lo = it.keys.0.max(block.first_id);
@@ -110,18 +134,20 @@ fn run_item(
                             *b = bound.row(q, it.rows.0 + i, here.max_ratio);
                             *t = kernel_threshold(tops[i].threshold(), b.c);
                         }
-                        kernel::score_tile(
-                            qpairs,
-                            d2,
-                            &packed,
-                            &knorm,
-                            &keep,
-                            b - a,
-                            start as i64,
-                            &bounds,
-                            &mut tops,
-                            &mut thresholds,
-                        );
+                        let (tile, n, id) = (&packed[..], b - a, start as i64);
+                        let (bd, tp, th) = (&bounds[..], &mut tops[..], &mut thresholds[..]);
+                        match &mut tiles {
+                            Some(Tiles::Amx(t)) => amx::score_tile(
+                                t, &qpad, d2, tile, &knorm, &keep, n, id, bd, tp, th,
+                            ),
+                            #[cfg(test)]
+                            Some(Tiles::Emulated(t)) => amx::score_tile(
+                                t, &qpad, d2, tile, &knorm, &keep, n, id, bd, tp, th,
+                            ),
+                            None => kernel::score_tile(
+                                qpairs, d2, tile, &knorm, &keep, n, id, bd, tp, th,
+                            ),
+                        }
                     }
                     Some(qq) => {
                         let before = norms;
@@ -179,10 +205,12 @@ pub fn search(
     screen: Screen,
 ) -> SearchResult {
     let (dim, group, k) = (shape.dim, shape.group(), shape.k);
-    let screen = if dim > int8::MAX_DIM {
-        Screen::Bf16
-    } else {
-        screen
+    let screen = match screen {
+        Screen::Int8 if dim > int8::MAX_DIM => Screen::Bf16,
+        Screen::Amx if !(amx::fits(dim) && crate::simd::amx::has_amx_bf16()) => Screen::Bf16,
+        #[cfg(test)]
+        Screen::AmxEmulated if !amx::fits(dim) => Screen::Bf16,
+        s => s,
     };
     let m = shape.q * group;
     if shape.out_len() == 0 {
@@ -198,7 +226,14 @@ pub fn search(
         .par_iter()
         .map(|&(s, g)| query_rows(queries, &shape, s, g, screen))
         .collect();
-    let items = plan(sources, &shape);
+    let items = plan(
+        sources,
+        &shape,
+        plan::rows_max(match screen {
+            Screen::Amx => plan::ROWS_MAX_AMX,
+            _ => plan::ROWS_MAX,
+        }),
+    );
     if m <= small::SMALL_ROWS {
         return search_small(sources, &qrows, &items, shape);
     }
@@ -209,7 +244,7 @@ pub fn search(
                 src,
                 &qrows[it.slot * shape.kv_heads + it.kv_head],
                 *it,
-                dim,
+                (dim, screen),
                 (k, cap(k, src.len(), m * shape.batch * shape.kv_heads)),
             ),
             None => ItemResult {

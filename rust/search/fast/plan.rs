@@ -5,8 +5,24 @@ use super::super::{KeySource, SearchShape};
 
 /// The fewest keys worth a task of their own.
 const SEGMENT_MIN: usize = 8192;
-/// The most query rows for which tasks split keys before rows.
-const ROWS_MAX: usize = 512;
+/// The most query rows for which tasks split keys before rows: packing a key costs as much as
+/// scoring it against a few dozen rows with VDPBF16PS, but against hundreds with AMX tiles, so
+/// AMX tasks keep every row and pack each key once.
+pub(super) const ROWS_MAX: usize = 512;
+pub(super) const ROWS_MAX_AMX: usize = 4096;
+
+/// `$FOT_MEM_EXACT_ROWS_MAX` if set (a tuning knob for benchmarks), else `default`.
+pub(super) fn rows_max(default: usize) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    FORCED
+        .get_or_init(|| {
+            std::env::var("FOT_MEM_EXACT_ROWS_MAX")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(default)
+        .max(1)
+}
 /// The fewest query rows worth a task of their own (fewer would repack keys for little work).
 const ROWS_MIN: usize = 128;
 
@@ -19,18 +35,22 @@ pub(super) struct Item {
     pub(super) rows: (usize, usize),
 }
 
-pub(super) fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
+pub(super) fn plan(
+    sources: &[Option<&dyn KeySource>],
+    shape: &SearchShape,
+    rows_max: usize,
+) -> Vec<Item> {
     let want = rayon::current_num_threads() * 4;
     let base = (shape.batch * shape.kv_heads).max(1);
     let m = shape.q * shape.group();
     let mut items = Vec::new();
     for (slot, src) in sources.iter().enumerate() {
         let n = src.map_or(0, |s| s.len());
-        // Up to ROWS_MAX rows, split keys: every key is then packed once (packing costs as much
+        // Up to `rows_max` rows, split keys: every key is then packed once (packing costs as much
         // as scoring a few dozen rows), and a task's rows are read from L1/L2 while one group of
         // keys stays in L1. Beyond, split rows first (each row's candidates then see every key
         // once, so their threshold rises early, and the rows of a task stay in L2).
-        let (segments, row_blocks) = if m <= ROWS_MAX {
+        let (segments, row_blocks) = if m <= rows_max {
             let segments = want
                 .div_ceil(base)
                 .clamp(1, (n as usize / SEGMENT_MIN).max(1));

@@ -9,6 +9,11 @@ use super::{int8, pack};
 pub enum Screen {
     /// bf16 pairs, VDPBF16PS.
     Bf16,
+    /// bf16 pairs, TDPBF16PS on AMX tiles (dims that are multiples of 32; others take `Bf16`).
+    Amx,
+    /// `Amx` on emulated tiles (tests, on CPUs without AMX).
+    #[cfg(test)]
+    AmxEmulated,
     /// int8 quads with a scale per key and per query row, VPDPBUSD (AVX-512 VNNI).
     Int8,
 }

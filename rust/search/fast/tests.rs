@@ -121,8 +121,9 @@ fn exact_copies_and_sinks_are_found_up_to_ties_without_fallback() {
     let src = Rows { keys, dim };
     let rows = 40;
     let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
-    // Both screens: the int8 one scores the sinks apart (`outliers`).
-    let mut screens = vec![Screen::Bf16];
+    // Every screen: the int8 one scores the sinks apart (`outliers`); the AMX tiles, emulated
+    // here and on the CPU's own tiles where it has them (else `Amx` is the bf16 screen).
+    let mut screens = vec![Screen::Bf16, Screen::AmxEmulated, Screen::Amx];
     if crate::simd::has_avx512_vnni() {
         screens.push(Screen::Int8);
     }
@@ -189,6 +190,92 @@ fn well_separated_scores_are_certified_without_fallback() {
             assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
         }
     }
+}
+
+#[test]
+fn amx_tiles_find_the_exact_top_k_for_any_rows_keys_and_dims() {
+    if !crate::simd::has_avx512_bf16() {
+        return;
+    }
+    // Rows around the 16- and 32-row blocks, key counts that leave partial panels, groups and an
+    // odd panel (blocks of 1000 keys), and dims that fill tiles (32, 64, 128) or not (48: the
+    // AVX-512 microkernel). Emulated tiles everywhere, the CPU's own where it has AMX.
+    let mut seed = 17;
+    for (dim, n) in [(32, 1000), (64, 2345), (128, 1777), (48, 999)] {
+        let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
+        let src = Rows { keys, dim };
+        for rows in [5, 16, 31, 32, 33, 70] {
+            let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
+            for screen in [Screen::AmxEmulated, Screen::Amx] {
+                let before = crate::search::stats().fallback_rows;
+                let (fast, portable) = both_with(&src, &queries, 10, screen);
+                let after = crate::search::stats().fallback_rows;
+                let what = format!("{screen:?} dim {dim}, {n} keys, {rows} rows");
+                assert!(after < before + rows as u64, "{what}: fell back");
+                assert_eq!(fast.ids, portable.ids, "{what}");
+                for (a, b) in fast.scores.iter().zip(&portable.scores) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                        "{what}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn amx_tiles_score_a_pass_as_the_microkernel_does() {
+    if !crate::simd::has_avx512_bf16() {
+        return;
+    }
+    // One tile of keys straight through both scorers with every threshold at -inf: each row is
+    // offered every key, with bounds from scores that differ at most by the f32 summation order.
+    let (dim, n, rows) = (64, 100, 37);
+    let d2 = dim / 2;
+    let mut seed = 29;
+    let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
+    let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
+    let (mut packed, mut knorm, mut qpairs, mut qpad) = (vec![], vec![], vec![], vec![]);
+    unsafe { pack::pack_tile(Elements::F32(&keys), dim, &mut packed, &mut knorm) };
+    pack::pack_queries(&queries, dim, &mut qpairs);
+    amx::pad_rows(&qpairs, d2, &mut qpad);
+    let keep = vec![u16::MAX; n.div_ceil(GROUP_KEYS) * PANELS];
+    let bounds = vec![RowBound { a: 1e-3, c: 0.0 }; rows];
+    let run = |tiled: bool| {
+        let mut tops = vec![Candidates::new(n, 4 * n); rows];
+        let mut th = vec![f32::NEG_INFINITY; rows];
+        unsafe {
+            if tiled {
+                let mut t = crate::simd::amx::Emulated::new();
+                amx::score_tile(
+                    &mut t, &qpad, d2, &packed, &knorm, &keep, n, 7, &bounds, &mut tops, &mut th,
+                );
+            } else {
+                kernel::score_tile(
+                    &qpairs, d2, &packed, &knorm, &keep, n, 7, &bounds, &mut tops, &mut th,
+                );
+            }
+        }
+        tops.into_iter()
+            .map(|t| {
+                let mut e = t.finish().0;
+                e.sort_by_key(|e| e.id);
+                e
+            })
+            .collect::<Vec<_>>()
+    };
+    let (tiled, plain) = (run(true), run(false));
+    for (r, (a, b)) in tiled.iter().zip(&plain).enumerate() {
+        assert_eq!(a.len(), n, "row {r}");
+        assert_eq!(a.len(), b.len(), "row {r}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.id, y.id);
+            assert!((x.upper - y.upper).abs() <= 1e-5 && (x.lower - y.lower).abs() <= 1e-5);
+        }
+    }
+    assert_eq!(tiled[0][0].id, 7);
+    assert_eq!(tiled[0][n - 1].id, 7 + n as i64 - 1);
 }
 
 #[test]
