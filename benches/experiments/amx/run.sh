@@ -78,6 +78,17 @@ case "${1:-}" in
     setsid nohup bash "$0" stages >$ROOT/log 2>&1 </dev/null &
     ;;
   stages) stages ;;
+  short)  # one call, no second carry: real keys (f16-rounded, 98,304 of them) with faiss, then 8M
+    rm -rf $ROOT && mkdir -p $RES
+    python3 -m pip install -q --no-index --no-deps --no-compile --target $ROOT/site \
+      .whl/*.whl wheels312/faiss_cpu-*.whl || exit 1
+    for k in amx-bf16 avx512-bf16; do
+      exact "$k" "real-$k" --set real --real carry-real/$KEYS --dtypes float32,bfloat16 --repeats 5
+    done
+    stage few8m-amx-bf16 timeout "${2:-150}" $PIN python3 benches/compare/exact_few_queries.py \
+      --repeats 2
+    pack
+    ;;
   real)
     [ -d $ROOT/site ] || { echo "cold machine: nothing started here"; exit 3; }
     cp carry-real/queries-L15-h0.npy $ROOT/real/ && cp carry-real/$KEYS $ROOT/real/keys.tmp \
