@@ -81,9 +81,11 @@ def store(make_store: MakeStore) -> fot_mem.MemoryStore:
 def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
-    # The package is installed editable in the venv; make the source importable regardless.
+    # The fot_mem this process imported (the editable source, or an installed wheel where the
+    # checkout has no built extension), then the test helpers.
+    here = Path(fot_mem.__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "python"), str(Path(__file__).parent), env.get("PYTHONPATH", "")]
+        [str(here), str(Path(__file__).parent), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
     return env
 
