@@ -17,9 +17,14 @@
 //! to a full f32 rescan.
 //!
 //! Invariants: the buffer holds k candidates whose lower bound is at least `T` (or `T` is -inf),
-//! and every key not in the buffer scores at most `T` in f32.
+//! and every key not in the buffer scores at most `T` in f32. Tasks that search shares of one
+//! row's keys publish their thresholds ([`SharedThreshold`]) and take up the best one (`raise`):
+//! then the buffers of all shares together hold k candidates of lower bound at least `T`, which
+//! is what the merged row needs, and a share that starts late rejects from its first key what
+//! the others already beat (instead of keeping k candidates and more of its own).
 
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering as MemOrder};
 
 /// The largest f32 that is at most `x` (f64), for thresholds and lower bounds that must not
 /// round up.
@@ -172,6 +177,15 @@ impl Candidates {
         self.limit = (2 * self.buf.len()).max(2 * self.k + 32).min(2 * self.cap);
     }
 
+    /// Raises the threshold to `t`, the threshold of another share of this row's keys (see the
+    /// module's invariants); candidates at or below it go at the next compaction.
+    #[inline]
+    pub fn raise(&mut self, t: f32) {
+        if t > self.threshold {
+            self.threshold = t;
+        }
+    }
+
     /// Takes every candidate of `other` (another share of the keys): keys it left out scored at
     /// most its threshold, and its k best lower bounds (at least that threshold) come along.
     pub fn merge(&mut self, other: Candidates) {
@@ -181,8 +195,9 @@ impl Candidates {
         for e in other.buf {
             self.push(e.upper, e.lower, e.id);
         }
+        // The threshold may stay below `other`'s until every share is in: with shared
+        // thresholds, the candidates behind it can be in a share not merged yet.
         self.compact();
-        debug_assert!(self.threshold >= other.threshold || self.buf.len() < self.k);
     }
 
     /// Compacts once more and returns the candidates (no order) and the threshold at or below
@@ -191,6 +206,45 @@ impl Candidates {
         self.compact();
         (self.buf, self.threshold)
     }
+}
+
+/// The best threshold among the tasks that search shares of one row's keys: f32 bits mapped to
+/// u32 so that integer order is float order, raised with `fetch_max`.
+pub struct SharedThreshold(AtomicU32);
+
+impl Default for SharedThreshold {
+    fn default() -> Self {
+        SharedThreshold(AtomicU32::new(order_key(f32::NEG_INFINITY)))
+    }
+}
+
+impl SharedThreshold {
+    /// Offers a share's threshold (non-finite ones are not shared: +inf marks a row given up).
+    #[inline]
+    pub fn publish(&self, t: f32) {
+        if t.is_finite() {
+            self.0.fetch_max(order_key(t), MemOrder::Relaxed);
+        }
+    }
+
+    /// The best threshold offered so far.
+    #[inline]
+    pub fn get(&self) -> f32 {
+        from_order_key(self.0.load(MemOrder::Relaxed))
+    }
+}
+
+fn order_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 0 {
+        b | 0x8000_0000
+    } else {
+        !b
+    }
+}
+
+fn from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & 0x7fff_ffff } else { !k })
 }
 
 #[cfg(test)]
@@ -205,6 +259,57 @@ mod tests {
     fn ids(mut got: Vec<Entry>) -> Vec<i64> {
         got.sort_by(by_lower);
         got.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn shared_thresholds_keep_float_order() {
+        let xs = [f32::NEG_INFINITY, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, 7e20];
+        for w in xs.windows(2) {
+            assert!(order_key(w[0]) <= order_key(w[1]), "{w:?}");
+        }
+        for &x in &xs {
+            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
+        }
+        let s = SharedThreshold::default();
+        assert_eq!(s.get(), f32::NEG_INFINITY);
+        for t in [-2.0, 3.0, 1.0, f32::INFINITY, f32::NAN] {
+            s.publish(t);
+        }
+        // The best finite offer: +inf (a row given up) and NaN are not shared.
+        assert_eq!(s.get(), 3.0);
+    }
+
+    #[test]
+    fn a_share_raised_by_another_rejects_what_the_other_beat() {
+        // Two shares of one row's keys, k = 2. Share a sees keys 0-3, share b keys 4-7; b takes
+        // up a's threshold (4.0) before its first key and keeps only those that may beat it; the
+        // merged row is the one a single share over all keys gives.
+        let (mut a, mut b, mut one) = (
+            Candidates::new(2, 8),
+            Candidates::new(2, 8),
+            Candidates::new(2, 8),
+        );
+        let scores = [5.0f32, 4.5, 1.0, 0.0, 4.6, 3.0, 2.0, 5.5];
+        let shared = SharedThreshold::default();
+        for (i, &s) in scores[..4].iter().enumerate() {
+            push(&mut a, s, 0.25, i as i64);
+        }
+        a.compact();
+        shared.publish(a.threshold());
+        b.raise(shared.get());
+        assert_eq!(b.threshold(), 4.25);
+        for (i, &s) in scores[4..].iter().enumerate() {
+            push(&mut b, s, 0.25, 4 + i as i64);
+        }
+        let (kept, _) = b.clone().finish();
+        assert_eq!(ids(kept), vec![7, 4]);
+        for (i, &s) in scores.iter().enumerate() {
+            push(&mut one, s, 0.25, i as i64);
+        }
+        a.merge(b);
+        let (got, thr) = a.finish();
+        let (want, want_thr) = one.finish();
+        assert_eq!((ids(got), thr), (ids(want), want_thr));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use rayon::prelude::*;
 
 use super::stats::{FALLBACK_ROWS, ROWS};
 use super::{KeySource, SearchResult, SearchShape};
-use candidates::Candidates;
+use candidates::{Candidates, SharedThreshold};
 use certify::{certified_row, dot, ErrorBound};
 use kernel::{kernel_threshold, RowBound};
 use plan::{plan, Item};
@@ -85,6 +85,7 @@ fn run_item(
     it: Item,
     (dim, screen): (usize, Screen),
     (k, cap): (usize, usize),
+    shared: &[SharedThreshold],
 ) -> ItemResult {
     let d2 = dim.div_ceil(2);
     let d4 = dim.div_ceil(4);
@@ -191,6 +192,11 @@ fn run_item(
                     top.rescore(|id| dot(query, src.row(it.kv_head, id as u64), &mut keybuf));
                 }
             }
+            // The other shares of these rows' keys: their best thresholds reject keys here too.
+            for (top, s) in tops.iter_mut().zip(shared) {
+                s.publish(top.threshold());
+                top.raise(s.get());
+            }
             start = end;
         }
     }
@@ -226,17 +232,13 @@ pub fn search(
         .par_iter()
         .map(|&(s, g)| query_rows(queries, &shape, s, g, screen))
         .collect();
-    let items = plan(
-        sources,
-        &shape,
-        plan::rows_max(match screen {
-            Screen::Amx => plan::ROWS_MAX_AMX,
-            _ => plan::ROWS_MAX,
-        }),
-    );
+    let items = plan(sources, &shape, plan::rows_max());
     if m <= small::SMALL_ROWS {
         return search_small(sources, &qrows, &items, shape);
     }
+    let shared: Vec<SharedThreshold> = (0..pairs.len() * m)
+        .map(|_| SharedThreshold::default())
+        .collect();
     let results: Vec<ItemResult> = items
         .par_iter()
         .map(|it| match sources[it.slot] {
@@ -246,6 +248,7 @@ pub fn search(
                 *it,
                 (dim, screen),
                 (k, cap(k, src.len(), m * shape.batch * shape.kv_heads)),
+                &shared[(it.slot * shape.kv_heads + it.kv_head) * m..][it.rows.0..it.rows.1],
             ),
             None => ItemResult {
                 tops: vec![Candidates::new(k, k); it.rows.1 - it.rows.0],
