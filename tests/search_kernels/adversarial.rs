@@ -146,6 +146,46 @@ fn repeated_keys_are_certified_without_fallback() {
 }
 
 #[test]
+fn a_crowd_of_ties_in_one_share_of_the_keys_is_certified_without_fallback() {
+    // The first half of the keys random, the second 20,000 copies of one key that every query
+    // points at: tasks split the keys, the copies' shares rescore their crowds to exactly the
+    // tied score and publish it as the row's threshold, which the random shares then take up.
+    // The merged row keeps k candidates at that threshold and is certified, not rescanned
+    // (`candidates`' unit tests pin the merge that makes sure of it).
+    if !has_avx512_bf16() {
+        return;
+    }
+    let _guard = serial();
+    let mut rng = Rng(53);
+    let (dim, half, q, k) = (64, 20_000, 12, 8);
+    let copy: Vec<f32> = rng.normals(dim).iter().map(|x| 3.0 * x).collect();
+    let mut keys = rng.normals(half * dim);
+    for _ in 0..half {
+        keys.extend_from_slice(&copy);
+    }
+    let queries: Vec<f32> = (0..q * dim)
+        .map(|i| copy[i % dim] + 0.1 * rng.normals(1)[0])
+        .collect();
+    for dtype in DTYPES {
+        let doc = Doc::new(dtype, dim, vec![keys.clone()], Blocks::Uniform(4096));
+        let problem = one_head(doc, queries.clone(), q, k);
+        let label = format!("{dtype:?} one crowded share");
+        let before = stats();
+        problem.check(&label);
+        let after = stats();
+        assert_eq!(
+            after.rows - before.rows,
+            q as u64 * fast_kernels(),
+            "{label}"
+        );
+        assert_eq!(
+            after.fallback_rows, before.fallback_rows,
+            "{label}: rows fell back"
+        );
+    }
+}
+
+#[test]
 fn crowded_scores_stay_exact() {
     // Scores apart by about the bf16 rounding error: crowds of candidates, and a bound too tight for the keys' or the queries' rounding would certify wrong candidates.
     let _guard = serial();

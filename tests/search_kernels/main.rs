@@ -38,14 +38,16 @@ fn serial() -> MutexGuard<'static, ()> {
 
 const DTYPES: [Dtype; 3] = [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16];
 
-/// The fast kernels (bf16 and int8 screens), each checked against the scan and the portable
-/// kernel; where the CPU lacks one, `search_with` runs the portable kernel in its place.
-const FAST: [(&str, ExactKernel); 2] = [
+/// The fast kernels (bf16 screen on AVX-512 or AMX tiles, int8 screen), each checked against the
+/// scan and the portable kernel; where the CPU lacks AMX, `amx-bf16` runs the AVX-512 BF16 screen,
+/// and where it lacks AVX-512 BF16 (or VNNI), `search_with` runs the portable kernel instead.
+const FAST: [(&str, ExactKernel); 3] = [
     ("avx512-bf16", ExactKernel::Avx512Bf16),
+    ("amx-bf16", ExactKernel::AmxBf16),
     ("avx512-vnni-int8", ExactKernel::Avx512Vnni),
 ];
 
 /// How many of the fast kernels this CPU runs (each counts its rows in `stats`).
 fn fast_kernels() -> u64 {
-    has_avx512_bf16() as u64 + has_avx512_vnni() as u64
+    2 * has_avx512_bf16() as u64 + has_avx512_vnni() as u64
 }

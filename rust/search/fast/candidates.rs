@@ -189,14 +189,16 @@ impl Candidates {
     /// Takes every candidate of `other` (another share of the keys): keys it left out scored at
     /// most its threshold, and its k best lower bounds (at least that threshold) come along.
     pub fn merge(&mut self, other: Candidates) {
-        if other.threshold == f32::INFINITY {
+        if other.threshold == f32::INFINITY || self.threshold == f32::INFINITY {
             self.abandon();
+            return;
         }
-        for e in other.buf {
-            self.push(e.upper, e.lower, e.id);
-        }
-        // The threshold may stay below `other`'s until every share is in: with shared
-        // thresholds, the candidates behind it can be in a share not merged yet.
+        // Every entry comes along, even those at or below this share's threshold: with shared
+        // thresholds the k candidates behind it may be the other share's, rescored to exactly
+        // that score (a crowd of ties), and the compaction keeps the k best whatever their upper
+        // bounds. Keys either share left out score at most its own threshold.
+        self.buf.extend(other.buf);
+        self.threshold = self.threshold.max(other.threshold);
         self.compact();
     }
 
@@ -310,6 +312,38 @@ mod tests {
         let (got, thr) = a.finish();
         let (want, want_thr) = one.finish();
         assert_eq!((ids(got), thr), (ids(want), want_thr));
+    }
+
+    #[test]
+    fn a_merge_keeps_the_other_shares_ties_at_a_shared_threshold() {
+        // Share b holds k exact scores (rescored ties, or sinks scored apart) at 7.0 and shares
+        // that threshold; share a takes it up, so its own copies at 7.0 were rejected as ties and
+        // its k best are below. Merged, b's ties must stay (a push would reject them: not above
+        // the threshold), else the row has fewer than k candidates at its threshold and is
+        // rescanned.
+        let k = 3;
+        let mut b = Candidates::new(k, 8);
+        for id in 10..14 {
+            b.push(7.0, 7.0, id);
+        }
+        b.compact();
+        assert_eq!(b.threshold(), 7.0);
+        let mut a = Candidates::new(k, 8);
+        for (id, s) in [(0, 5.0f32), (1, 4.0), (2, 3.0), (3, 2.0)] {
+            push(&mut a, s, 0.5, id);
+        }
+        a.raise(b.threshold());
+        a.push(7.0, 7.0, 4); // a copy of b's key, scored apart: a tie, rejected
+        a.merge(b);
+        let (got, thr) = a.finish();
+        assert_eq!(thr, 7.0);
+        let mut at_threshold: Vec<i64> = got
+            .iter()
+            .filter(|e| e.lower >= thr)
+            .map(|e| e.id)
+            .collect();
+        at_threshold.sort();
+        assert_eq!(at_threshold, vec![10, 11, 12]);
     }
 
     #[test]
