@@ -13,7 +13,10 @@
 //! rows whose bound is infinite (scores that may overflow f32) are rescanned in f32. The int8
 //! screen (`int8`, AVX-512 VNNI, opt-in) replaces the bf16 scores with int8 ones and one bound per
 //! row (the largest over the keys so far); everything after the screen is shared. In both screens
-//! keys far above their tile's norm (attention sinks) are scored apart in f32 (`outliers`).
+//! keys far above their tile's norm (attention sinks) are scored apart in f32 (`outliers`). The
+//! bf16 scores come from VDPBF16PS (`kernel`), or from AMX tiles (`amx`, TDPBF16PS) where the CPU
+//! has them and the dim is a multiple of 32. Tasks that search shares of one row's keys share
+//! their thresholds (`candidates::SharedThreshold`).
 
 mod amx;
 mod candidates;
