@@ -149,9 +149,8 @@ fn repeated_keys_are_certified_without_fallback() {
 fn a_crowd_of_ties_in_one_share_of_the_keys_is_certified_without_fallback() {
     // The first half of the keys random, the second 20,000 copies of one key that every query
     // points at: tasks split the keys, the copies' shares rescore their crowds to exactly the
-    // tied score and publish it as the row's threshold, which the random shares then take up.
-    // The merged row keeps k candidates at that threshold and is certified, not rescanned
-    // (`candidates`' unit tests pin the merge that makes sure of it).
+    // tied score, the random shares keep k candidates far below it, and the merged row keeps k
+    // candidates at the tied score: certified, not rescanned.
     if !has_avx512_bf16() {
         return;
     }

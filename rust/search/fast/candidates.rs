@@ -17,14 +17,9 @@
 //! to a full f32 rescan.
 //!
 //! Invariants: the buffer holds k candidates whose lower bound is at least `T` (or `T` is -inf),
-//! and every key not in the buffer scores at most `T` in f32. Tasks that search shares of one
-//! row's keys publish their thresholds ([`SharedThreshold`]) and take up the best one (`raise`):
-//! then the buffers of all shares together hold k candidates of lower bound at least `T`, which
-//! is what the merged row needs, and a share that starts late rejects from its first key what
-//! the others already beat (instead of keeping k candidates and more of its own).
+//! and every key not in the buffer scores at most `T` in f32.
 
 use std::cmp::Ordering;
-use std::sync::atomic::{AtomicU32, Ordering as MemOrder};
 
 /// The largest f32 that is at most `x` (f64), for thresholds and lower bounds that must not
 /// round up.
@@ -177,15 +172,6 @@ impl Candidates {
         self.limit = (2 * self.buf.len()).max(2 * self.k + 32).min(2 * self.cap);
     }
 
-    /// Raises the threshold to `t`, the threshold of another share of this row's keys (see the
-    /// module's invariants); candidates at or below it go at the next compaction.
-    #[inline]
-    pub fn raise(&mut self, t: f32) {
-        if t > self.threshold {
-            self.threshold = t;
-        }
-    }
-
     /// Takes every candidate of `other` (another share of the keys): keys it left out scored at
     /// most its threshold, and its k best lower bounds (at least that threshold) come along.
     pub fn merge(&mut self, other: Candidates) {
@@ -193,10 +179,9 @@ impl Candidates {
             self.abandon();
             return;
         }
-        // Every entry comes along, even those at or below this share's threshold: with shared
-        // thresholds the k candidates behind it may be the other share's, rescored to exactly
-        // that score (a crowd of ties), and the compaction keeps the k best whatever their upper
-        // bounds. Keys either share left out score at most its own threshold.
+        // Every entry comes along, even those at or below this share's threshold (the other's
+        // k best may be rescored ties at exactly it), and the compaction keeps the k best
+        // whatever their upper bounds. Keys either share left out score at most its threshold.
         self.buf.extend(other.buf);
         self.threshold = self.threshold.max(other.threshold);
         self.compact();
@@ -208,45 +193,6 @@ impl Candidates {
         self.compact();
         (self.buf, self.threshold)
     }
-}
-
-/// The best threshold among the tasks that search shares of one row's keys: f32 bits mapped to
-/// u32 so that integer order is float order, raised with `fetch_max`.
-pub struct SharedThreshold(AtomicU32);
-
-impl Default for SharedThreshold {
-    fn default() -> Self {
-        SharedThreshold(AtomicU32::new(order_key(f32::NEG_INFINITY)))
-    }
-}
-
-impl SharedThreshold {
-    /// Offers a share's threshold (non-finite ones are not shared: +inf marks a row given up).
-    #[inline]
-    pub fn publish(&self, t: f32) {
-        if t.is_finite() {
-            self.0.fetch_max(order_key(t), MemOrder::Relaxed);
-        }
-    }
-
-    /// The best threshold offered so far.
-    #[inline]
-    pub fn get(&self) -> f32 {
-        from_order_key(self.0.load(MemOrder::Relaxed))
-    }
-}
-
-fn order_key(x: f32) -> u32 {
-    let b = x.to_bits();
-    if b >> 31 == 0 {
-        b | 0x8000_0000
-    } else {
-        !b
-    }
-}
-
-fn from_order_key(k: u32) -> f32 {
-    f32::from_bits(if k >> 31 == 1 { k & 0x7fff_ffff } else { !k })
 }
 
 #[cfg(test)]
@@ -261,89 +207,6 @@ mod tests {
     fn ids(mut got: Vec<Entry>) -> Vec<i64> {
         got.sort_by(by_lower);
         got.iter().map(|e| e.id).collect()
-    }
-
-    #[test]
-    fn shared_thresholds_keep_float_order() {
-        let xs = [f32::NEG_INFINITY, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, 7e20];
-        for w in xs.windows(2) {
-            assert!(order_key(w[0]) <= order_key(w[1]), "{w:?}");
-        }
-        for &x in &xs {
-            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
-        }
-        let s = SharedThreshold::default();
-        assert_eq!(s.get(), f32::NEG_INFINITY);
-        for t in [-2.0, 3.0, 1.0, f32::INFINITY, f32::NAN] {
-            s.publish(t);
-        }
-        // The best finite offer: +inf (a row given up) and NaN are not shared.
-        assert_eq!(s.get(), 3.0);
-    }
-
-    #[test]
-    fn a_share_raised_by_another_rejects_what_the_other_beat() {
-        // Two shares of one row's keys, k = 2. Share a sees keys 0-3, share b keys 4-7; b takes
-        // up a's threshold (4.0) before its first key and keeps only those that may beat it; the
-        // merged row is the one a single share over all keys gives.
-        let (mut a, mut b, mut one) = (
-            Candidates::new(2, 8),
-            Candidates::new(2, 8),
-            Candidates::new(2, 8),
-        );
-        let scores = [5.0f32, 4.5, 1.0, 0.0, 4.6, 3.0, 2.0, 5.5];
-        let shared = SharedThreshold::default();
-        for (i, &s) in scores[..4].iter().enumerate() {
-            push(&mut a, s, 0.25, i as i64);
-        }
-        a.compact();
-        shared.publish(a.threshold());
-        b.raise(shared.get());
-        assert_eq!(b.threshold(), 4.25);
-        for (i, &s) in scores[4..].iter().enumerate() {
-            push(&mut b, s, 0.25, 4 + i as i64);
-        }
-        let (kept, _) = b.clone().finish();
-        assert_eq!(ids(kept), vec![7, 4]);
-        for (i, &s) in scores.iter().enumerate() {
-            push(&mut one, s, 0.25, i as i64);
-        }
-        a.merge(b);
-        let (got, thr) = a.finish();
-        let (want, want_thr) = one.finish();
-        assert_eq!((ids(got), thr), (ids(want), want_thr));
-    }
-
-    #[test]
-    fn a_merge_keeps_the_other_shares_ties_at_a_shared_threshold() {
-        // Share b holds k exact scores (rescored ties, or sinks scored apart) at 7.0 and shares
-        // that threshold; share a takes it up, so its own copies at 7.0 were rejected as ties and
-        // its k best are below. Merged, b's ties must stay (a push would reject them: not above
-        // the threshold), else the row has fewer than k candidates at its threshold and is
-        // rescanned.
-        let k = 3;
-        let mut b = Candidates::new(k, 8);
-        for id in 10..14 {
-            b.push(7.0, 7.0, id);
-        }
-        b.compact();
-        assert_eq!(b.threshold(), 7.0);
-        let mut a = Candidates::new(k, 8);
-        for (id, s) in [(0, 5.0f32), (1, 4.0), (2, 3.0), (3, 2.0)] {
-            push(&mut a, s, 0.5, id);
-        }
-        a.raise(b.threshold());
-        a.push(7.0, 7.0, 4); // a copy of b's key, scored apart: a tie, rejected
-        a.merge(b);
-        let (got, thr) = a.finish();
-        assert_eq!(thr, 7.0);
-        let mut at_threshold: Vec<i64> = got
-            .iter()
-            .filter(|e| e.lower >= thr)
-            .map(|e| e.id)
-            .collect();
-        at_threshold.sort();
-        assert_eq!(at_threshold, vec![10, 11, 12]);
     }
 
     #[test]

@@ -15,8 +15,7 @@
 //! row (the largest over the keys so far); everything after the screen is shared. In both screens
 //! keys far above their tile's norm (attention sinks) are scored apart in f32 (`outliers`). The
 //! bf16 scores come from VDPBF16PS (`kernel`), or from AMX tiles (`amx`, TDPBF16PS) where the CPU
-//! has them and the dim is a multiple of 32. Tasks that search shares of one row's keys share
-//! their thresholds (`candidates::SharedThreshold`).
+//! has them and the dim is a multiple of 32.
 
 mod amx;
 mod candidates;
@@ -37,7 +36,7 @@ use rayon::prelude::*;
 
 use super::stats::{FALLBACK_ROWS, ROWS};
 use super::{KeySource, SearchResult, SearchShape};
-use candidates::{Candidates, SharedThreshold};
+use candidates::Candidates;
 use certify::{certified_row, dot, ErrorBound};
 use kernel::{kernel_threshold, RowBound};
 use plan::{plan, Item};
@@ -88,7 +87,6 @@ fn run_item(
     it: Item,
     (dim, screen): (usize, Screen),
     (k, cap): (usize, usize),
-    shared: &[SharedThreshold],
 ) -> ItemResult {
     let d2 = dim.div_ceil(2);
     let d4 = dim.div_ceil(4);
@@ -195,11 +193,6 @@ fn run_item(
                     top.rescore(|id| dot(query, src.row(it.kv_head, id as u64), &mut keybuf));
                 }
             }
-            // The other shares of these rows' keys: their best thresholds reject keys here too.
-            for (top, s) in tops.iter_mut().zip(shared) {
-                s.publish(top.threshold());
-                top.raise(s.get());
-            }
             start = end;
         }
     }
@@ -239,9 +232,6 @@ pub fn search(
     if m <= small::SMALL_ROWS {
         return search_small(sources, &qrows, &items, shape);
     }
-    let shared: Vec<SharedThreshold> = (0..pairs.len() * m)
-        .map(|_| SharedThreshold::default())
-        .collect();
     let results: Vec<ItemResult> = items
         .par_iter()
         .map(|it| match sources[it.slot] {
@@ -251,7 +241,6 @@ pub fn search(
                 *it,
                 (dim, screen),
                 (k, cap(k, src.len(), m * shape.batch * shape.kv_heads)),
-                &shared[(it.slot * shape.kv_heads + it.kv_head) * m..][it.rows.0..it.rows.1],
             ),
             None => ItemResult {
                 tops: vec![Candidates::new(k, k); it.rows.1 - it.rows.0],
