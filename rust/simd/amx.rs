@@ -24,7 +24,7 @@ pub fn has_amx_bf16() -> bool {
 }
 
 /// The CPU and OS side of [`has_amx_bf16`], without asking for permission.
-pub fn cpu_has_amx_bf16() -> bool {
+fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -245,6 +245,17 @@ impl Emulated {
         }
     }
 
+    /// TILELOADD into tile `t`.
+    unsafe fn load(&mut self, t: usize, ptr: *const u8, stride: usize) {
+        for r in 0..TILE_ROWS {
+            std::ptr::copy_nonoverlapping(
+                ptr.add(r * stride),
+                self.tiles[t][r * ROW_BYTES..].as_mut_ptr(),
+                ROW_BYTES,
+            );
+        }
+    }
+
     fn word(&self, t: usize, row: usize, col: usize) -> u32 {
         let b = &self.tiles[t][row * ROW_BYTES + 4 * col..][..4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -283,22 +294,10 @@ impl Tiles for Emulated {
         }
     }
     unsafe fn load_a(&mut self, i: usize, ptr: *const u8, stride: usize) {
-        for r in 0..TILE_ROWS {
-            std::ptr::copy_nonoverlapping(
-                ptr.add(r * stride),
-                self.tiles[4 + i][r * ROW_BYTES..].as_mut_ptr(),
-                ROW_BYTES,
-            );
-        }
+        self.load(4 + i, ptr, stride);
     }
     unsafe fn load_b(&mut self, i: usize, ptr: *const u8, stride: usize) {
-        for r in 0..TILE_ROWS {
-            std::ptr::copy_nonoverlapping(
-                ptr.add(r * stride),
-                self.tiles[6 + i][r * ROW_BYTES..].as_mut_ptr(),
-                ROW_BYTES,
-            );
-        }
+        self.load(6 + i, ptr, stride);
     }
     unsafe fn dot4(&mut self) {
         for (c, a, b) in [(0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)] {

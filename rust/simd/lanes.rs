@@ -6,21 +6,13 @@ use std::arch::x86_64::*;
 /// The mask of the first `count` lanes (all 16 from 16 on): a row's tail in 16-lane loads.
 #[inline(always)]
 pub(crate) fn lane_mask(count: usize) -> u16 {
-    if count >= 16 {
-        u16::MAX
-    } else {
-        (1u16 << count) - 1
-    }
+    lane_mask64(count.min(16)) as u16
 }
 
 /// The mask of the first `count` of 32 lanes (16-bit elements in a 512-bit load).
 #[inline(always)]
 pub(crate) fn lane_mask32(count: usize) -> u32 {
-    if count >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << count) - 1
-    }
+    lane_mask64(count.min(32)) as u32
 }
 
 /// The mask of the first `count` of 64 lanes (bytes in a 512-bit load).

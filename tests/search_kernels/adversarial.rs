@@ -105,6 +105,23 @@ fn repeated_keys(rng: &mut Rng, n: usize, dim: usize, copies: f64, distinct: usi
         .collect()
 }
 
+/// Checks `problem` and that every fast kernel took all `q` rows through its packed path and
+/// certified them: none fell back to the f32 rescan.
+fn check_certified(problem: &Problem, label: &str, q: usize) {
+    let before = stats();
+    problem.check(label);
+    let after = stats();
+    assert_eq!(
+        after.rows - before.rows,
+        q as u64 * fast_kernels(),
+        "{label}"
+    );
+    assert_eq!(
+        after.fallback_rows, before.fallback_rows,
+        "{label}: rows fell back"
+    );
+}
+
 #[test]
 fn repeated_keys_are_certified_without_fallback() {
     // Exact ties by the hundred at the k-th score: each row's top-k is certified from its
@@ -126,20 +143,11 @@ fn repeated_keys_are_certified_without_fallback() {
             let queries = rng.normals(q * dim);
             let problem = one_head(doc, queries, q, k);
             let label = format!("{dtype:?} dim {dim} n {n} q {q} k {k} copies {copies}");
-            let before = stats();
-            problem.check(&label);
-            let after = stats();
             if has_avx512_bf16() && q > 4 {
-                assert_eq!(
-                    after.rows - before.rows,
-                    q as u64 * fast_kernels(),
-                    "{label}"
-                );
                 // Crowds of copies past the candidate cap included: rescored, not rescanned.
-                assert_eq!(
-                    after.fallback_rows, before.fallback_rows,
-                    "{label}: rows fell back"
-                );
+                check_certified(&problem, &label, q);
+            } else {
+                problem.check(&label);
             }
         }
     }
@@ -168,19 +176,7 @@ fn a_crowd_of_ties_in_one_share_of_the_keys_is_certified_without_fallback() {
     for dtype in DTYPES {
         let doc = Doc::new(dtype, dim, vec![keys.clone()], Blocks::Uniform(4096));
         let problem = one_head(doc, queries.clone(), q, k);
-        let label = format!("{dtype:?} one crowded share");
-        let before = stats();
-        problem.check(&label);
-        let after = stats();
-        assert_eq!(
-            after.rows - before.rows,
-            q as u64 * fast_kernels(),
-            "{label}"
-        );
-        assert_eq!(
-            after.fallback_rows, before.fallback_rows,
-            "{label}: rows fell back"
-        );
+        check_certified(&problem, &format!("{dtype:?} one crowded share"), q);
     }
 }
 
@@ -212,21 +208,7 @@ fn well_separated_scores_are_certified() {
     for dtype in DTYPES {
         for (dim, q, k) in [(64, 9, 32), (33, 64, 1), (130, 5, 128)] {
             let s = spec(dtype, dim, 4097, 1000, q, k);
-            let before = stats();
-            s.build(&mut rng).check(&s.label());
-            let after = stats();
-            assert_eq!(
-                after.rows - before.rows,
-                q as u64 * fast_kernels(),
-                "{}",
-                s.label()
-            );
-            assert_eq!(
-                after.fallback_rows,
-                before.fallback_rows,
-                "{}: rows fell back",
-                s.label()
-            );
+            check_certified(&s.build(&mut rng), &s.label(), q);
         }
     }
 }

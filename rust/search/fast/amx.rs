@@ -11,8 +11,8 @@
 
 use std::arch::x86_64::*;
 
-use super::candidates::{f32_at_least, f32_at_most, Candidates};
-use super::kernel::{kernel_threshold, RowBound};
+use super::candidates::Candidates;
+use super::kernel::{offer16, RowBound};
 use super::pack::{GROUP_KEYS, PANELS};
 use crate::simd::amx::{Tiles, TILE_ROWS};
 
@@ -145,36 +145,16 @@ unsafe fn offer(
     tops: &mut [Candidates],
     thresholds: &mut [f32],
 ) {
-    let (mut hi, mut lo) = ([0f32; 16], [0f32; 16]);
     for r in 0..rows {
         let (block, row) = (r / TILE_ROWS, r % TILE_ROWS);
         let mut t = thresholds[r];
-        let RowBound { a, c: cr } = bounds[r];
-        let av = _mm512_set1_ps(a);
         for c in 0..2 {
             if pass.masks[c] == 0 {
                 continue;
             }
-            let at = 256 * (2 * block + c) + 16 * row;
-            let s = _mm512_load_ps(pass.scores.0.as_ptr().add(at));
-            // s + a K: the upper bound, less the row's constant term (in the threshold).
-            let upper = _mm512_fmadd_ps(av, pass.norms[c], s);
-            let mut m =
-                _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(pass.masks[c], upper, _mm512_set1_ps(t));
-            if m != 0 {
-                _mm512_storeu_ps(hi.as_mut_ptr(), upper);
-                _mm512_storeu_ps(lo.as_mut_ptr(), _mm512_fnmadd_ps(av, pass.norms[c], s));
-                while m != 0 {
-                    let lane = m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    tops[r].push(
-                        f32_at_least(hi[lane] as f64 + cr),
-                        f32_at_most(lo[lane] as f64 - cr),
-                        pass.ids[c] + lane as i64,
-                    );
-                }
-                t = kernel_threshold(tops[r].threshold(), cr);
-            }
+            let s = _mm512_load_ps(pass.scores.0.as_ptr().add(256 * (2 * block + c) + 16 * row));
+            let (norms, id) = (pass.norms[c], pass.ids[c]);
+            offer16(s, norms, pass.masks[c], bounds[r], &mut t, id, &mut tops[r]);
         }
         thresholds[r] = t;
     }

@@ -123,33 +123,57 @@ unsafe fn block<const R: usize>(
         }
     }
     let norms: [__m512; PANELS] = std::array::from_fn(|c| _mm512_loadu_ps(g.norms.add(16 * c)));
-    let (mut hi, mut lo) = ([0f32; 16], [0f32; 16]);
     for (r, row) in acc.iter().enumerate() {
         let mut t = thresholds[r];
-        let RowBound { a, c: cr } = bounds[r];
-        let av = _mm512_set1_ps(a);
         for (c, &scores) in row.iter().enumerate() {
-            // s + a K: the upper bound, less the row's constant term (in the threshold).
-            let upper = _mm512_fmadd_ps(av, norms[c], scores);
-            let mut m = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(masks[c], upper, _mm512_set1_ps(t));
-            if m != 0 {
-                _mm512_storeu_ps(hi.as_mut_ptr(), upper);
-                _mm512_storeu_ps(lo.as_mut_ptr(), _mm512_fnmadd_ps(av, norms[c], scores));
-                while m != 0 {
-                    let lane = m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    tops[r].push(
-                        f32_at_least(hi[lane] as f64 + cr),
-                        f32_at_most(lo[lane] as f64 - cr),
-                        id0 + (16 * c + lane) as i64,
-                    );
-                }
-                t = kernel_threshold(tops[r].threshold(), cr);
-            }
+            let id = id0 + 16 * c as i64;
+            offer16(
+                scores,
+                norms[c],
+                masks[c],
+                bounds[r],
+                &mut t,
+                id,
+                &mut tops[r],
+            );
         }
         thresholds[r] = t;
     }
     R
+}
+
+/// The epilogue of both bf16 scorers for 16 scores of one row: offers to `top` the keys `mask`
+/// marks (ids from `id0`) whose upper bound `s + a K` (less the row's constant term, which is in
+/// the threshold) exceeds `t`, and then updates `t` from the row's new threshold.
+#[inline(always)]
+pub(super) unsafe fn offer16(
+    scores: __m512,
+    norms: __m512,
+    mask: u16,
+    bound: RowBound,
+    t: &mut f32,
+    id0: i64,
+    top: &mut Candidates,
+) {
+    let RowBound { a, c: cr } = bound;
+    let av = _mm512_set1_ps(a);
+    let upper = _mm512_fmadd_ps(av, norms, scores);
+    let mut m = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(mask, upper, _mm512_set1_ps(*t));
+    if m != 0 {
+        let (mut hi, mut lo) = ([0f32; 16], [0f32; 16]);
+        _mm512_storeu_ps(hi.as_mut_ptr(), upper);
+        _mm512_storeu_ps(lo.as_mut_ptr(), _mm512_fnmadd_ps(av, norms, scores));
+        while m != 0 {
+            let lane = m.trailing_zeros() as usize;
+            m &= m - 1;
+            top.push(
+                f32_at_least(hi[lane] as f64 + cr),
+                f32_at_most(lo[lane] as f64 - cr),
+                id0 + lane as i64,
+            );
+        }
+        *t = kernel_threshold(top.threshold(), cr);
+    }
 }
 
 #[inline(always)]

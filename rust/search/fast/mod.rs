@@ -228,7 +228,7 @@ pub fn search(
         .par_iter()
         .map(|&(s, g)| query_rows(queries, &shape, s, g, screen))
         .collect();
-    let items = plan(sources, &shape, plan::rows_max());
+    let items = plan(sources, &shape);
     if m <= small::SMALL_ROWS {
         return search_small(sources, &qrows, &items, shape);
     }

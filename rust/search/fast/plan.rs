@@ -9,10 +9,10 @@ const SEGMENT_MIN: usize = 8192;
 /// Xeon host, AMX tasks that kept all 2048 rows of real keys ran 0.38 s against the AVX-512
 /// kernel's 0.30 s with this split; packing is a few percent of a search either way, while
 /// tasks that split keys each start their candidates cold).
-pub(super) const ROWS_MAX: usize = 512;
+const ROWS_MAX: usize = 512;
 
 /// `$FOT_MEM_EXACT_ROWS_MAX` if set (a tuning knob for benchmarks), else [`ROWS_MAX`].
-pub(super) fn rows_max() -> usize {
+fn rows_max() -> usize {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     FORCED
         .get_or_init(|| {
@@ -36,11 +36,8 @@ pub(super) struct Item {
     pub(super) rows: (usize, usize),
 }
 
-pub(super) fn plan(
-    sources: &[Option<&dyn KeySource>],
-    shape: &SearchShape,
-    rows_max: usize,
-) -> Vec<Item> {
+pub(super) fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
+    let rows_max = rows_max();
     let want = rayon::current_num_threads() * 4;
     let base = (shape.batch * shape.kv_heads).max(1);
     let m = shape.q * shape.group();
