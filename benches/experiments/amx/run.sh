@@ -43,21 +43,23 @@ stages() {
   stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
   stage rust-lib $ROOT/bin/fot_mem --test-threads 16
   stage rust-kernels $ROOT/bin/search_kernels --test-threads 16
-  stage pytest-exact python3 -m pytest -q -p no:cacheprovider tests/python/search/test_exact_kernels.py
-  for k in amx-bf16 avx512-bf16; do
-    exact "$k" "clustered-$k" --keys 262144,1048576 --dim 128 --batch 2048 --dtypes float32,bfloat16
-  done
-  stage few8m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py
-  stage few64m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --keys 67108864 --no-faiss
-  stage few8m-avx512-bf16 env FOT_MEM_EXACT_KERNEL=avx512-bf16 $PIN \
-    python3 benches/compare/exact_few_queries.py
   # The real keys arrive with the second call.
   for _ in $(seq 120); do [ -f $ROOT/real/$KEYS ] && break; sleep 2; done
   if [ -f $ROOT/real/$KEYS ]; then
     for k in amx-bf16 avx512-bf16; do
       exact "$k" "real-$k" --set real --real $ROOT/real/$KEYS --dtypes float32,bfloat16 --repeats 5
     done
+    FOT_MEM_EXACT_ROWS_MAX=2048 exact amx-bf16 real-amx-bf16-rows2048 --set real \
+      --real $ROOT/real/$KEYS --dtypes bfloat16 --repeats 5
   fi
+  stage few8m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py
+  stage few8m-avx512-bf16 env FOT_MEM_EXACT_KERNEL=avx512-bf16 $PIN \
+    python3 benches/compare/exact_few_queries.py
+  for k in amx-bf16 avx512-bf16; do
+    exact "$k" "clustered-$k" --keys 262144,1048576 --dim 128 --batch 2048 --dtypes float32,bfloat16
+  done
+  stage pytest-exact python3 -m pytest -q -p no:cacheprovider tests/python/search/test_exact_kernels.py
+  stage few64m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --keys 67108864 --no-faiss
   stage few8m-ties-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --set ties
   echo "== done"
   touch $RES/done

@@ -3,15 +3,19 @@
 //! a panel of 16 keys, pair p of all 16 side by side, is a tile's row p (the VNNI layout), read
 //! with the group's stride. Query rows are packed bf16 pairs padded to whole blocks of 32 rows.
 //!
-//! One pass scores 32 query rows against 2 panels (32 keys) into four accumulator tiles, stores
-//! them to an L1 buffer, and runs the bf16 kernel's epilogue on each row's 16 scores: add the
-//! key's error bound `a K`, compare with the row's threshold in one mask, and offer only the keys
-//! above it to the row's candidates. The key panels stay in L1 while the query blocks stream past.
-//! Everything else (bounds, candidates, certification) is the bf16 screen's.
+//! One pass scores 32 query rows against 2 panels (32 keys) into four accumulator tiles and
+//! stores them to one of two L1 buffers. The epilogue of a pass runs after the next pass's tile
+//! products are issued, so the vector units work through one pass's scores while the tiles
+//! compute the next. At dims of 64 or 128 a pass is only 2 or 4 products per tile, so the
+//! epilogue is what bounds the kernel: it first compares each row's 16 scores with one per-row
+//! pre-threshold `t - a Kmax` (`Kmax` the tile's largest norm among the kept keys), which any key
+//! that may enter the candidates exceeds; only rows with such a key take the bf16 kernel's exact
+//! test (`kernel::offer16`: the key's own bound `a K`). The key panels stay in L1 while the query
+//! blocks stream past. Everything else (bounds, candidates, certification) is the bf16 screen's.
 
 use std::arch::x86_64::*;
 
-use super::candidates::Candidates;
+use super::candidates::{f32_at_most, Candidates};
 use super::kernel::{offer16, RowBound};
 use super::pack::{GROUP_KEYS, PANELS};
 use crate::simd::amx::{Tiles, TILE_ROWS};
@@ -38,6 +42,34 @@ pub fn pad_rows(qpairs: &[u32], d2: usize, out: &mut Vec<u32>) {
 /// 64-byte aligned scores of one pass: accumulator `i` at `[256 i..]`, row-major 16 x 16.
 #[repr(C, align(64))]
 struct Scores([f32; 4 * 256]);
+
+/// A lower bound on `t - a kmax`: a key of norm at most `kmax` whose bf16 score is `s` can pass
+/// the exact test `s + a K > t` only if `s > pre_threshold(t, a, kmax)` (`a`, `kmax` >= 0; the
+/// exact test's `s + a K` is rounded, but rounding is monotone and `t` is an f32, so it passes
+/// only when the real `s + a K` exceeds `t`). `-inf` where the difference is undefined.
+#[inline]
+fn pre_threshold(t: f32, a: f32, kmax: f32) -> f32 {
+    // The product of two f32 is exact in f64; the margin covers the rounded difference.
+    let u = t as f64 - a as f64 * kmax as f64;
+    if u.is_nan() {
+        f32::NEG_INFINITY
+    } else if u.is_infinite() {
+        u as f32
+    } else {
+        f32_at_most(u - u.abs() * 1e-12)
+    }
+}
+
+/// The largest norm among the kept keys of a tile (`keep`: a word per panel).
+#[target_feature(enable = "avx512f")]
+unsafe fn kept_max_norm(knorm: &[f32], keep: &[u16], n_keys: usize) -> f32 {
+    let mut m = _mm512_setzero_ps();
+    for (p, &kept) in keep.iter().enumerate().take(n_keys.div_ceil(16)) {
+        let mask = crate::simd::lane_mask(n_keys - 16 * p) & kept;
+        m = _mm512_mask_max_ps(m, mask, m, _mm512_loadu_ps(knorm.as_ptr().add(16 * p)));
+    }
+    _mm512_reduce_max_ps(m)
+}
 
 /// [`super::kernel::score_tile`] on tiles: scores the padded query rows `qpad` (`[rows padded to
 /// BLOCK_ROWS][d2]`) against a packed tile of `n_keys` keys, offering every key that `keep` marks
@@ -74,7 +106,21 @@ pub unsafe fn score_tile<T: Tiles>(
         tile.as_ptr()
             .add((p / PANELS) * d2 * GROUP_KEYS + (p % PANELS) * 16)
     };
-    let mut scores = Scores([0.0; 4 * 256]);
+    let kmax = kept_max_norm(knorm, keep, n_keys);
+    let pre = bounds
+        .iter()
+        .zip(thresholds.iter())
+        .map(|(b, &t)| pre_threshold(t, b.a, kmax))
+        .collect();
+    let mut rows_at = Rows {
+        bounds,
+        tops,
+        thresholds,
+        pre,
+        kmax,
+    };
+    let mut scores = [Scores([0.0; 4 * 256]), Scores([0.0; 4 * 256])];
+    let mut pending: Option<Pass> = None;
     tiles.begin();
     for p0 in (0..panels).step_by(2) {
         // The second panel of an odd count: past the keys (its mask is zero), and past the packed
@@ -106,56 +152,137 @@ pub unsafe fn score_tile<T: Tiles>(
                 }
                 tiles.dot4();
             }
+            // The previous pass's epilogue, while the products above run.
+            let buf = match pending.take() {
+                Some(p) => {
+                    rows_at.offer(&p, &scores[p.buf]);
+                    1 - p.buf
+                }
+                None => 0,
+            };
+            let out = scores[buf].0.as_mut_ptr();
             for i in 0..4 {
-                tiles.store_acc(i, scores.0.as_mut_ptr().add(256 * i).cast(), 64);
+                tiles.store_acc(i, out.add(256 * i).cast(), 64);
             }
-            let last = (rows - r0).min(BLOCK_ROWS);
-            let pass = Pass {
-                scores: &scores,
+            pending = Some(Pass {
+                buf,
+                r0,
+                rows: (rows - r0).min(BLOCK_ROWS),
                 masks,
                 norms,
                 ids,
-            };
-            offer(
-                &pass,
-                last,
-                &bounds[r0..],
-                &mut tops[r0..],
-                &mut thresholds[r0..],
-            );
+            });
         }
+    }
+    if let Some(p) = pending {
+        rows_at.offer(&p, &scores[p.buf]);
     }
     tiles.end();
 }
 
-/// One pass's scores with what the epilogue needs of its two panels.
-struct Pass<'a> {
-    scores: &'a Scores,
+/// One pass: where its scores are, its rows, and what the epilogue needs of its two panels.
+struct Pass {
+    buf: usize,
+    r0: usize,
+    rows: usize,
     masks: [u16; 2],
     norms: [__m512; 2],
     ids: [i64; 2],
 }
 
-/// The bf16 kernel's epilogue for the first `rows` rows of one pass.
-#[inline(always)]
-unsafe fn offer(
-    pass: &Pass,
-    rows: usize,
-    bounds: &[RowBound],
-    tops: &mut [Candidates],
-    thresholds: &mut [f32],
-) {
-    for r in 0..rows {
-        let (block, row) = (r / TILE_ROWS, r % TILE_ROWS);
-        let mut t = thresholds[r];
-        for c in 0..2 {
-            if pass.masks[c] == 0 {
+/// The rows of one tile call, with each row's pre-threshold.
+struct Rows<'a> {
+    bounds: &'a [RowBound],
+    tops: &'a mut [Candidates],
+    thresholds: &'a mut [f32],
+    pre: Vec<f32>,
+    kmax: f32,
+}
+
+impl Rows<'_> {
+    /// The bf16 kernel's epilogue for one pass: one masked compare per panel and row with the
+    /// row's pre-threshold, and the exact test only for rows with a key above it.
+    #[inline(always)]
+    unsafe fn offer(&mut self, pass: &Pass, scores: &Scores) {
+        for i in 0..pass.rows {
+            let (block, row) = (i / TILE_ROWS, i % TILE_ROWS);
+            let r = pass.r0 + i;
+            let at = |c: usize| scores.0.as_ptr().add(256 * (2 * block + c) + 16 * row);
+            let (s0, s1) = (_mm512_load_ps(at(0)), _mm512_load_ps(at(1)));
+            let pre = _mm512_set1_ps(*self.pre.get_unchecked(r));
+            let m0 = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(pass.masks[0], s0, pre);
+            let m1 = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(pass.masks[1], s1, pre);
+            if (m0 | m1) == 0 {
                 continue;
             }
-            let s = _mm512_load_ps(pass.scores.0.as_ptr().add(256 * (2 * block + c) + 16 * row));
-            let (norms, id) = (pass.norms[c], pass.ids[c]);
-            offer16(s, norms, pass.masks[c], bounds[r], &mut t, id, &mut tops[r]);
+            let mut t = self.thresholds[r];
+            for (c, s) in [s0, s1].into_iter().enumerate() {
+                let (norms, id) = (pass.norms[c], pass.ids[c]);
+                offer16(
+                    s,
+                    norms,
+                    pass.masks[c],
+                    self.bounds[r],
+                    &mut t,
+                    id,
+                    &mut self.tops[r],
+                );
+            }
+            self.thresholds[r] = t;
+            self.pre[r] = pre_threshold(t, self.bounds[r].a, self.kmax);
         }
-        thresholds[r] = t;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pre_threshold;
+
+    #[test]
+    fn the_pre_threshold_never_rejects_a_key_the_exact_test_takes() {
+        // Scores at and around the point where `s + a K` crosses `t`, keys below the largest
+        // norm, and thresholds at the edges (infinite, zero, tiny, huge).
+        let mut seed = 0x9e37_79b9u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let edges = [f32::NEG_INFINITY, f32::INFINITY, 0.0, 1e-30, -1e30, 3.5];
+        let mut checked = 0;
+        for i in 0..200_000 {
+            let t = if i % 50 == 0 {
+                edges[i / 50 % edges.len()]
+            } else {
+                next() * 10f32.powi((i % 7) as i32 - 3)
+            };
+            let a = (next().abs() * 1e-2).max(0.0);
+            let kmax = next().abs() * 8.0 + 1e-3;
+            let k = kmax * next().abs();
+            // s right at the crossing, then nudged by a few ulps either way.
+            let mut s = if t.is_finite() { t - a * k } else { next() };
+            s = match i % 3 {
+                0 => s.next_up(),
+                1 => s.next_down(),
+                _ => s,
+            };
+            if a.mul_add(k, s) > t {
+                checked += 1;
+                assert!(
+                    s > pre_threshold(t, a, kmax),
+                    "t {t} a {a} K {k} <= {kmax} s {s}"
+                );
+            }
+        }
+        assert!(
+            checked > 10_000,
+            "only {checked} keys passed the exact test"
+        );
+        assert_eq!(
+            pre_threshold(f32::INFINITY, f32::INFINITY, 1.0),
+            f32::NEG_INFINITY
+        );
+        assert_eq!(pre_threshold(f32::INFINITY, 0.1, 1.0), f32::INFINITY);
     }
 }
