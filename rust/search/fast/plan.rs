@@ -5,10 +5,10 @@ use super::super::{KeySource, SearchShape};
 
 /// The fewest keys worth a task of their own.
 const SEGMENT_MIN: usize = 8192;
-/// The most query rows for which tasks split keys before rows (AMX tiles too: measured on the
-/// Xeon host, AMX tasks that kept all 2048 rows of real keys ran 0.38 s against the AVX-512
-/// kernel's 0.30 s with this split; packing is a few percent of a search either way, while
-/// tasks that split keys each start their candidates cold).
+/// The most query rows for which tasks split keys before rows (AMX tiles too: on the Xeon host,
+/// 2048 real queries against 131K real keys took 0.140 s with this split and 0.416 s with tasks
+/// that kept all 2048 rows; packing is a few percent of a search either way, while tasks that
+/// split keys each start their candidates cold).
 const ROWS_MAX: usize = 512;
 
 /// `$FOT_MEM_EXACT_ROWS_MAX` if set (a tuning knob for benchmarks), else [`ROWS_MAX`].
