@@ -91,6 +91,19 @@ case "${1:-}" in
       --repeats 2
     pack
     ;;
+  ab)  # one call: real keys under each setting of the task plan, AMX and AVX-512 (no faiss)
+    rm -rf $ROOT && mkdir -p $RES
+    python3 -m pip install -q --no-index --no-deps --no-compile --target $ROOT/site .whl/*.whl \
+      || exit 1
+    for k in amx-bf16 avx512-bf16; do
+      for x in 4 2 1; do
+        env FOT_MEM_EXACT_KERNEL=$k FOT_MEM_EXACT_TASKS_PER_THREAD=$x $PIN python3 \
+          benches/experiments/amx/ab.py carry-real/$KEYS carry-real/queries-L15-h0.npy 7 \
+          | tee -a $RES/ab.txt
+      done
+    done
+    pack
+    ;;
   real)
     [ -d $ROOT/site ] || { echo "cold machine: nothing started here"; exit 3; }
     cp carry-real/queries-L15-h0.npy $ROOT/real/ && cp carry-real/$KEYS $ROOT/real/keys.tmp \
@@ -102,5 +115,5 @@ case "${1:-}" in
     cat $ROOT/log
     pack
     ;;
-  *) echo "usage: run.sh start|real|wait [seconds]"; exit 2 ;;
+  *) echo "usage: run.sh start|real|wait [seconds]|short|ab"; exit 2 ;;
 esac

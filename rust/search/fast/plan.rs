@@ -24,6 +24,23 @@ fn rows_max() -> usize {
         .max(1)
 }
 
+/// Tasks per thread: enough to balance the threads when tasks run unevenly.
+const TASKS_PER_THREAD: usize = 4;
+
+/// `$FOT_MEM_EXACT_TASKS_PER_THREAD` if set (a tuning knob for benchmarks: fewer tasks that split
+/// rows pack each key fewer times), else [`TASKS_PER_THREAD`].
+fn tasks_per_thread() -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    FORCED
+        .get_or_init(|| {
+            std::env::var("FOT_MEM_EXACT_TASKS_PER_THREAD")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(TASKS_PER_THREAD)
+        .max(1)
+}
+
 /// The fewest query rows worth a task of their own (fewer would repack keys for little work).
 const ROWS_MIN: usize = 128;
 
@@ -38,7 +55,7 @@ pub(super) struct Item {
 
 pub(super) fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
     let rows_max = rows_max();
-    let want = rayon::current_num_threads() * 4;
+    let want = rayon::current_num_threads() * tasks_per_thread();
     let base = (shape.batch * shape.kv_heads).max(1);
     let m = shape.q * shape.group();
     let mut items = Vec::new();
