@@ -145,6 +145,21 @@ impl Scratch {
         }
     }
 
+    /// [`Scratch::visit`] without a branch on the answer: false for ids at or past `n` (read from
+    /// a damaged file), which mark a spare stamp past the nodes' instead.
+    #[inline]
+    pub fn visit_masked(&mut self, id: u32, n: u32) -> bool {
+        if self.stamps.len() <= n as usize {
+            self.stamps.resize(n as usize + 1, 0);
+        }
+        let inside = id < n;
+        let at = if inside { id } else { n } as usize;
+        let s = &mut self.stamps[at];
+        let new = *s != self.epoch;
+        *s = self.epoch;
+        new & inside
+    }
+
     /// Marks `id` visited; true if it was not.
     #[inline]
     pub fn visit(&mut self, id: u32) -> bool {
@@ -225,20 +240,35 @@ pub fn search_level(
                 }
             }
         }
-        fresh.clear();
         let nbrs = g.neighbors(level, node);
         for &id in nbrs {
             scratch.prefetch_stamp(id);
         }
+        // Branch-free: whether a neighbour was visited is a coin toss to the branch predictor.
+        fresh.resize(nbrs.len(), 0);
+        let mut count = 0;
         for &id in nbrs {
-            if id < g.n && scratch.visit(id) {
-                prefetch(id);
-                fresh.push(id);
-            }
+            let new = scratch.visit_masked(id, g.n);
+            fresh[count] = id;
+            count += new as usize;
+        }
+        fresh.truncate(count);
+        for &id in &fresh {
+            prefetch(id);
         }
         scores.resize(fresh.len(), 0.0);
         score(&fresh, &mut scores);
-        for (&id, &s) in fresh.iter().zip(&scores) {
+        // Those above the bar as it stood, gathered without a branch, then inserted (each
+        // insertion raises the bar, and the pool turns away any that no longer beat it).
+        let bar = scratch.pool.bar();
+        let mut kept = 0;
+        for i in 0..fresh.len() {
+            let (id, s) = (fresh[i], scores[i]);
+            fresh[kept] = id;
+            scores[kept] = s;
+            kept += (s > bar) as usize;
+        }
+        for (&id, &s) in fresh[..kept].iter().zip(&scores[..kept]) {
             if s > scratch.pool.bar() {
                 scratch.pool.insert(s, id);
                 if level == 0 {
