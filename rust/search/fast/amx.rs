@@ -209,7 +209,7 @@ impl Rows<'_> {
             let r = pass.r0 + i;
             let at = |c: usize| scores.0.as_ptr().add(256 * (2 * block + c) + 16 * row);
             let (s0, s1) = (_mm512_load_ps(at(0)), _mm512_load_ps(at(1)));
-            let pre = _mm512_set1_ps(*self.pre.get_unchecked(r));
+            let pre = _mm512_set1_ps(self.pre[r]);
             let m0 = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(pass.masks[0], s0, pre);
             let m1 = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(pass.masks[1], s1, pre);
             if (m0 | m1) == 0 {
