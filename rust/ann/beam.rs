@@ -125,10 +125,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Forgets every visit; sizes the stamps for `n` nodes.
+    /// Forgets every visit; sizes the stamps for `n` nodes and one spare (`visit_masked`).
     pub fn begin(&mut self, n: usize) {
-        if self.stamps.len() < n {
-            self.stamps.resize(n, 0);
+        if self.stamps.len() <= n {
+            self.stamps.resize(n + 1, 0);
         }
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
@@ -146,12 +146,9 @@ impl Scratch {
     }
 
     /// [`Scratch::visit`] without a branch on the answer: false for ids at or past `n` (read from
-    /// a damaged file), which mark a spare stamp past the nodes' instead.
+    /// a damaged file), which mark the spare stamp past the nodes' instead (`begin(n)` first).
     #[inline]
     pub fn visit_masked(&mut self, id: u32, n: u32) -> bool {
-        if self.stamps.len() <= n as usize {
-            self.stamps.resize(n as usize + 1, 0);
-        }
         let inside = id < n;
         let at = if inside { id } else { n } as usize;
         let s = &mut self.stamps[at];

@@ -321,14 +321,8 @@ fn neighbours_with(
         search_level(g, l, &entries, p.ef_construction.max(1), scr, many, pre);
         entries = scr.pool.results();
         if set.walk_codes {
-            // The heuristic compares these scores with `sim`'s: rescore the candidates with it,
-            // their bf16 rows asked for all at once first (the walk read only their codes).
-            for e in entries.iter() {
-                set.prefetch(e.1);
-            }
-            for e in entries.iter_mut() {
-                e.0 = set.sim(x, e.1);
-            }
+            // The heuristic compares these scores with `sim`'s: rescore the candidates with it.
+            set.sim_all(x, &mut entries);
             entries.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         }
         out[l] = select(set, x, &entries, p.m.max(2));
@@ -393,13 +387,7 @@ fn link(
                 .chain(new)
                 .map(|c| (0.0, c))
                 .collect();
-            // All the rows asked for before the first is scored.
-            for c in &cands {
-                set.prefetch(c.1);
-            }
-            for c in cands.iter_mut() {
-                c.0 = set.sim(y, c.1);
-            }
+            set.sim_all(y, &mut cands);
             cands.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let kept = select(set, y, &cands, cap);
             r[0] = kept.len() as u32;

@@ -192,4 +192,15 @@ impl BuildSet {
     pub(super) fn prefetch(&self, i: u32) {
         crate::simd::prefetch(self.row(i).as_ptr().cast(), self.dim * 2);
     }
+
+    /// Sets each entry's score to `sim(x, id)`, every row asked for before the first is scored
+    /// (the rows are read at random; one at a time their misses were a tenth of a build).
+    pub(super) fn sim_all(&self, x: u32, entries: &mut [(f32, u32)]) {
+        for e in entries.iter() {
+            self.prefetch(e.1);
+        }
+        for e in entries.iter_mut() {
+            e.0 = self.sim(x, e.1);
+        }
+    }
 }

@@ -216,7 +216,11 @@ impl Rows<'_> {
                 continue;
             }
             let mut t = self.thresholds[r];
-            for (c, s) in [s0, s1].into_iter().enumerate() {
+            for (c, (s, m)) in [(s0, m0), (s1, m1)].into_iter().enumerate() {
+                if m == 0 {
+                    // No key of this panel above the pre-threshold: none passes the exact test.
+                    continue;
+                }
                 let (norms, id) = (pass.norms[c], pass.ids[c]);
                 offer16(
                     s,

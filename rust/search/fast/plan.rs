@@ -1,6 +1,8 @@
 //! How a search is cut into tasks: per (slot, kv head), shares of the keys times blocks of the
 //! query rows, about four tasks a thread.
 
+use std::sync::OnceLock;
+
 use super::super::{KeySource, SearchShape};
 
 /// The fewest keys worth a task of their own.
@@ -11,33 +13,15 @@ const SEGMENT_MIN: usize = 8192;
 /// split keys each start their candidates cold).
 const ROWS_MAX: usize = 512;
 
-/// `$FOT_MEM_EXACT_ROWS_MAX` if set (a tuning knob for benchmarks), else [`ROWS_MAX`].
-fn rows_max() -> usize {
-    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    FORCED
-        .get_or_init(|| {
-            std::env::var("FOT_MEM_EXACT_ROWS_MAX")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(ROWS_MAX)
-        .max(1)
-}
-
 /// Tasks per thread: enough to balance the threads when tasks run unevenly.
 const TASKS_PER_THREAD: usize = 4;
 
-/// `$FOT_MEM_EXACT_TASKS_PER_THREAD` if set (a tuning knob for benchmarks: fewer tasks that split
-/// rows pack each key fewer times), else [`TASKS_PER_THREAD`].
-fn tasks_per_thread() -> usize {
-    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    FORCED
-        .get_or_init(|| {
-            std::env::var("FOT_MEM_EXACT_TASKS_PER_THREAD")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(TASKS_PER_THREAD)
+/// The benchmark knob `$name` if set to a number, else `default` (read once per process; at
+/// least 1). `$FOT_MEM_EXACT_ROWS_MAX` moves [`ROWS_MAX`], `$FOT_MEM_EXACT_TASKS_PER_THREAD`
+/// [`TASKS_PER_THREAD`] (fewer tasks that split rows pack each key fewer times).
+fn knob(cell: &'static OnceLock<Option<usize>>, name: &str, default: usize) -> usize {
+    cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse().ok()))
+        .unwrap_or(default)
         .max(1)
 }
 
@@ -54,8 +38,11 @@ pub(super) struct Item {
 }
 
 pub(super) fn plan(sources: &[Option<&dyn KeySource>], shape: &SearchShape) -> Vec<Item> {
-    let rows_max = rows_max();
-    let want = rayon::current_num_threads() * tasks_per_thread();
+    static ROWS: OnceLock<Option<usize>> = OnceLock::new();
+    static TASKS: OnceLock<Option<usize>> = OnceLock::new();
+    let rows_max = knob(&ROWS, "FOT_MEM_EXACT_ROWS_MAX", ROWS_MAX);
+    let tasks = knob(&TASKS, "FOT_MEM_EXACT_TASKS_PER_THREAD", TASKS_PER_THREAD);
+    let want = rayon::current_num_threads() * tasks;
     let base = (shape.batch * shape.kv_heads).max(1);
     let m = shape.q * shape.group();
     let mut items = Vec::new();
