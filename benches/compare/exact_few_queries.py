@@ -4,13 +4,15 @@ fot_mem's exact kernel and by faiss.knn on the same keys (float32, widened from 
 run, round robin, so a busy machine slows both alike. No torch needed.
 
     python benches/compare/exact_few_queries.py [--keys 8388608] [--dim 64] [--batch 256]
-        [--k 32] [--set normal|ties] [--repeats 3] [--threads 2] [--no-faiss]
+        [--k 32] [--set normal|ties] [--repeats 3] [--threads 2] [--no-faiss] [--packed]
 
 Prints the CPU (`fot_mem.exact_kernel_info()['cpu']`), the kernel and the features it uses, then
 per method the median seconds, GFLOP/s (2 N d per query), the keys' bytes streamed per second,
 the ratio to faiss.knn, recall counting ties (a key scoring at least faiss's k-th counts) and, for
-fot_mem, the float32-fallback rows per run. `--set ties`: 30% of the keys are exact copies of 20
-vectors and every 64th key one of 3 attention sinks of 50x the usual norm.
+fot_mem, the float32-fallback rows per run. `--packed` also times the AMX kernel on packed keys
+(`FOT_MEM_EXACT_AMX_PACKED=1`; without AMX the same kernel twice), in the same rounds.
+`--set ties`: 30% of the keys are exact copies of 20 vectors and every 64th key one of 3
+attention sinks of 50x the usual norm.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def piece(i: int, m: int, d: int, first: int, kind: str) -> np.ndarray:
     return bf16_round(keys)
 
 
+def packed(doc, q3: np.ndarray, k: int):
+    """`doc.search` with the AMX kernel on packed keys (a knob read at every search)."""
+    os.environ["FOT_MEM_EXACT_AMX_PACKED"] = "1"
+    try:
+        return doc.search(0, q3, k=k)
+    finally:
+        del os.environ["FOT_MEM_EXACT_AMX_PACKED"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, default=8 << 20)
@@ -57,6 +68,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-faiss", action="store_true", help="time fot_mem alone")
+    ap.add_argument("--packed", action="store_true", help="also time the packed AMX path")
     args = ap.parse_args()
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
     import fot_mem
@@ -88,6 +100,8 @@ def main() -> None:
         print(f"# store of {n} keys built in {time.perf_counter() - t:.1f} s")
         q3 = queries[:, None, :]
         methods = [("fot_mem exact (bfloat16)", lambda: doc.search(0, q3, k=k))]
+        if args.packed:
+            methods.append(("fot_mem packed (bfloat16)", lambda: packed(doc, q3, k)))
         if held is not None:
             import faiss
 
@@ -98,7 +112,7 @@ def main() -> None:
             )
         secs: dict[str, list[float]] = {name: [] for name, _ in methods}
         outs: dict[str, object] = {name: fn() for name, fn in methods}  # warm-up
-        fb = [0, 0]
+        fb = {name: [0, 0] for name, _ in methods}
         for _ in range(args.repeats):
             for name, fn in methods:
                 before = fot_mem.exact_kernel_info()
@@ -107,8 +121,8 @@ def main() -> None:
                 secs[name].append(time.perf_counter() - t)
                 after = fot_mem.exact_kernel_info()
                 if name.startswith("fot_mem"):
-                    fb[0] += after["fallback_rows"] - before["fallback_rows"]
-                    fb[1] += after["rows"] - before["rows"]
+                    fb[name][0] += after["fallback_rows"] - before["fallback_rows"]
+                    fb[name][1] += after["rows"] - before["rows"]
         store.close()
     kth = None
     if held is not None:
@@ -128,7 +142,8 @@ def main() -> None:
             ids = np.asarray(outs[name][1]).reshape(nq, k)
             got = np.einsum("qd,qkd->qk", queries, held[ids])
             rec = f"{np.mean(got >= kth[:, None] - 1e-5 * np.abs(kth[:, None])):.4f}"
-        fbs = f"{fb[0] // args.repeats}/{fb[1] // args.repeats}" if name.startswith("fot") else "-"
+        f, r = fb[name]
+        fbs = f"{f // args.repeats}/{r // args.repeats}" if name.startswith("fot") else "-"
         print(f"{name:<26} {sec:>8.3f} {gflops:>8.1f} {gbs:>8.2f} {ratio:>8} {rec:>8} {fbs:>9}")
 
 

@@ -1,8 +1,9 @@
 """One exact search setting on real keys, for A/B runs of the kernel's knobs (run.sh `ab`): builds
 a bfloat16 store of KEYS (.npy [n, d]), searches it with QUERIES (.npy [m, d]), k = 32, and prints
 the CPU model, the kernel, the knobs set in the environment, and the median and best wall and
-CPU seconds of REPEATS searches after one warm-up. Settings read once per process (such as
-FOT_MEM_EXACT_TASKS_PER_THREAD) need one process each."""
+CPU seconds of REPEATS searches after one warm-up, for the default path and, in alternation, the
+AMX kernel on packed keys (FOT_MEM_EXACT_AMX_PACKED=1, read at every search). Settings read once
+per process (such as FOT_MEM_EXACT_TASKS_PER_THREAD) need one process each."""
 
 import os
 import sys
@@ -11,6 +12,8 @@ import time
 
 import fot_mem
 import numpy as np
+
+PATHS = ("default", "packed")
 
 
 def main() -> None:
@@ -28,19 +31,25 @@ def main() -> None:
             blk = keys[s : s + 65536, None, :]
             doc.append(0, blk, blk)
         doc.search(0, queries, k=32)
-        walls, cpus = [], []
+        times: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in PATHS}
         for _ in range(repeats):
-            w, c = time.perf_counter(), time.process_time()
-            doc.search(0, queries, k=32)
-            walls.append(time.perf_counter() - w)
-            cpus.append(time.process_time() - c)
+            for path, (walls, cpus) in times.items():
+                if path == "packed":
+                    os.environ["FOT_MEM_EXACT_AMX_PACKED"] = "1"
+                w, c = time.perf_counter(), time.process_time()
+                doc.search(0, queries, k=32)
+                walls.append(time.perf_counter() - w)
+                cpus.append(time.process_time() - c)
+                os.environ.pop("FOT_MEM_EXACT_AMX_PACKED", None)
     info = fot_mem.exact_kernel_info()
     knobs = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("FOT_MEM_"))
-    print(
-        f"{info['cpu']}; {info['kernel']}; {knobs or 'defaults'}; {len(queries)} x {n} x {d}: "
-        f"wall median {np.median(walls):.4f} s best {min(walls):.4f}; "
-        f"CPU median {np.median(cpus):.4f} s; fallback rows {info['fallback_rows']}"
-    )
+    for path, (walls, cpus) in times.items():
+        print(
+            f"{info['cpu']}; {info['kernel']} ({path}); {knobs or 'defaults'}; "
+            f"{len(queries)} x {n} x {d}: wall median {np.median(walls):.4f} s "
+            f"best {min(walls):.4f}; CPU median {np.median(cpus):.4f} s; "
+            f"fallback rows {info['fallback_rows']}"
+        )
 
 
 if __name__ == "__main__":

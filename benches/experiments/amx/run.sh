@@ -10,11 +10,13 @@
 #   pip download faiss-cpu (cp312, manylinux) into wheels312/
 #   real keys: carry-real/keys-L15-h0.npy + queries-L15-h0.npy (benches/compare/extract_keys.py)
 # There, one lease (each `run` within 30 s of the last, so the machine stays warm):
-#   1. carry .whl wheels312 carry-amx:  bash benches/experiments/amx/run.sh start; ... wait 540
-#   2. carry carry-real:                bash benches/experiments/amx/run.sh real;  ... wait 540
-# `start` installs and launches the stages in the background (setsid); `real` hands the real keys
-# to the waiting stage; `wait S` sleeps until the stages end or S seconds pass, then packs
-# the results into $OUT/amx.tar.gz.
+#   carry .whl wheels312 carry-amx carry-real:  bash benches/experiments/amx/run.sh start rows
+#   then, as often as needed:                  bash benches/experiments/amx/run.sh wait 540
+# `start [PLAN]` installs and launches a plan in the background (setsid): `stages` runs everything
+# one stage after another; `rows` runs 256 x 64M keys (in place and packed) on cores 0-1 while the
+# tests and the real keys run on other cores, then the rest on cores 0-1. `wait S` sleeps until
+# the plan ends or S seconds pass, then packs the results into $OUT/amx.tar.gz. (`real` hands the
+# real keys to a plan started without them.)
 set -u
 ROOT=/root/amx
 RES=$ROOT/res
@@ -39,28 +41,45 @@ exact() {  # exact KERNEL NAME ARGS...: compare_exact.py under that kernel, pinn
     --threads 2 --no-extra --no-fot-faiss --json "$RES/$name.json" "$@"
 }
 
-stages() {
+stages() {  # the default plan: correctness first, then every benchmark, one after another
   stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
   stage rust-lib $ROOT/bin/fot_mem --test-threads 16
   stage rust-kernels $ROOT/bin/search_kernels --test-threads 16
-  # The real keys arrive with the second call.
-  for _ in $(seq 120); do [ -f $ROOT/real/$KEYS ] && break; sleep 2; done
-  if [ -f $ROOT/real/$KEYS ]; then
-    for k in amx-bf16 avx512-bf16; do
-      exact "$k" "real-$k" --set real --real $ROOT/real/$KEYS --dtypes float32,bfloat16 --repeats 5
-    done
-    FOT_MEM_EXACT_ROWS_MAX=2048 exact amx-bf16 real-amx-bf16-rows2048 --set real \
-      --real $ROOT/real/$KEYS --dtypes bfloat16 --repeats 5
-  fi
-  stage few8m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py
-  stage few8m-avx512-bf16 env FOT_MEM_EXACT_KERNEL=avx512-bf16 $PIN \
-    python3 benches/compare/exact_few_queries.py
-  for k in amx-bf16 avx512-bf16; do
-    exact "$k" "clustered-$k" --keys 262144,1048576 --dim 128 --batch 2048 --dtypes float32,bfloat16
-  done
   stage pytest-exact python3 -m pytest -q -p no:cacheprovider tests/python/search/test_exact_kernels.py
-  stage few64m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --keys 67108864 --no-faiss
-  stage few8m-ties-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --set ties
+  real_stages
+  few_stages
+  touch $RES/done
+}
+
+real_stages() {  # real keys: in place against packed (ab.py), then against faiss and torch
+  for x in 4 1; do
+    stage "ab-tasks$x" env FOT_MEM_EXACT_TASKS_PER_THREAD=$x $PIN python3 \
+      benches/experiments/amx/ab.py $ROOT/real/$KEYS $ROOT/real/queries-L15-h0.npy 7
+  done
+  exact amx-bf16 real-amx-bf16 --set real --real $ROOT/real/$KEYS --dtypes float32,bfloat16 \
+    --repeats 5
+}
+
+few_stages() {  # few queries over 8M keys (in place, packed, faiss), clustered keys, ties
+  stage few8m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --packed
+  exact amx-bf16 clustered-amx-bf16 --keys 262144,1048576 --dim 128 --batch 2048 \
+    --dtypes float32,bfloat16
+  stage few8m-ties-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --set ties --packed
+}
+
+rows() {  # the in-place AMX path: 64M keys on cores 0-1 while the short stages run on 2-3
+  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  (stage few64m-amx-bf16 taskset -c 0,1 python3 benches/compare/exact_few_queries.py \
+    --keys 67108864 --no-faiss --packed; touch $RES/big-done) &
+  PIN="taskset -c 2,3"
+  stage rust-lib taskset -c 2-15 $ROOT/bin/fot_mem --test-threads 12
+  stage rust-kernels taskset -c 2-15 $ROOT/bin/search_kernels --test-threads 12
+  stage pytest-exact taskset -c 2-15 python3 -m pytest -q -p no:cacheprovider \
+    tests/python/search/test_exact_kernels.py
+  real_stages
+  wait
+  PIN="taskset -c 0,1"
+  few_stages
   echo "== done"
   touch $RES/done
 }
@@ -77,9 +96,11 @@ case "${1:-}" in
       .whl/*.whl wheels312/faiss_cpu-*.whl || exit 1
     for f in carry-amx/*.gz; do gunzip -c "$f" >$ROOT/bin/"$(basename "$f" .gz)"; done
     chmod +x $ROOT/bin/*
-    setsid nohup bash "$0" stages >$ROOT/log 2>&1 </dev/null &
+    [ -f carry-real/$KEYS ] && cp carry-real/*.npy $ROOT/real/
+    setsid nohup bash "$0" "${2:-stages}" >$ROOT/log 2>&1 </dev/null &
     ;;
   stages) stages ;;
+  rows) rows ;;
   short)  # one call, no second carry: real keys (f16-rounded, 98,304 of them) with faiss, then 8M
     rm -rf $ROOT && mkdir -p $RES
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ROOT/site \
@@ -115,5 +136,5 @@ case "${1:-}" in
     cat $ROOT/log
     pack
     ;;
-  *) echo "usage: run.sh start|real|wait [seconds]|short|ab"; exit 2 ;;
+  *) echo "usage: run.sh start [stages|rows]|real|wait [seconds]|short|ab"; exit 2 ;;
 esac

@@ -41,14 +41,20 @@ pub fn pad_rows(qpairs: &[u32], d2: usize, out: &mut Vec<u32>) {
 
 /// 64-byte aligned scores of one pass: accumulator `i` at `[256 i..]`, row-major 16 x 16.
 #[repr(C, align(64))]
-struct Scores([f32; 4 * 256]);
+pub(super) struct Scores(pub(super) [f32; 4 * 256]);
+
+impl Scores {
+    pub(super) fn zeroed() -> Self {
+        Scores([0.0; 4 * 256])
+    }
+}
 
 /// A lower bound on `t - a kmax`: a key of norm at most `kmax` whose bf16 score is `s` can pass
 /// the exact test `s + a K > t` only if `s > pre_threshold(t, a, kmax)` (`a`, `kmax` >= 0; the
 /// exact test's `s + a K` is rounded, but rounding is monotone and `t` is an f32, so it passes
 /// only when the real `s + a K` exceeds `t`). `-inf` where the difference is undefined.
 #[inline]
-fn pre_threshold(t: f32, a: f32, kmax: f32) -> f32 {
+pub(super) fn pre_threshold(t: f32, a: f32, kmax: f32) -> f32 {
     // The product of two f32 is exact in f64; the margin covers the rounded difference.
     let u = t as f64 - a as f64 * kmax as f64;
     if u.is_nan() {
@@ -60,13 +66,16 @@ fn pre_threshold(t: f32, a: f32, kmax: f32) -> f32 {
     }
 }
 
-/// The largest norm among the kept keys of a tile (`keep`: a word per panel).
+/// The largest norm among the kept keys of a tile (`keep`: a word per panel). NaN norms are left
+/// out: such a key never passes the exact test, and a NaN lane must not hide the others' largest.
 #[target_feature(enable = "avx512f")]
-unsafe fn kept_max_norm(knorm: &[f32], keep: &[u16], n_keys: usize) -> f32 {
+pub(super) unsafe fn kept_max_norm(knorm: &[f32], keep: &[u16], n_keys: usize) -> f32 {
     let mut m = _mm512_setzero_ps();
     for (p, &kept) in keep.iter().enumerate().take(n_keys.div_ceil(16)) {
+        let x = _mm512_loadu_ps(knorm.as_ptr().add(16 * p));
         let mask = crate::simd::lane_mask(n_keys - 16 * p) & kept;
-        m = _mm512_mask_max_ps(m, mask, m, _mm512_loadu_ps(knorm.as_ptr().add(16 * p)));
+        let mask = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(mask, x, x);
+        m = _mm512_mask_max_ps(m, mask, m, x);
     }
     _mm512_reduce_max_ps(m)
 }
@@ -119,7 +128,7 @@ pub unsafe fn score_tile<T: Tiles>(
         pre,
         kmax,
     };
-    let mut scores = [Scores([0.0; 4 * 256]), Scores([0.0; 4 * 256])];
+    let mut scores = [Scores::zeroed(), Scores::zeroed()];
     let mut pending: Option<Pass> = None;
     tiles.begin();
     for p0 in (0..panels).step_by(2) {

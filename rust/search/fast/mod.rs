@@ -18,6 +18,7 @@
 //! has them and the dim is a multiple of 32.
 
 mod amx;
+mod amx_rows;
 mod candidates;
 mod certify;
 mod int8;
@@ -26,6 +27,7 @@ mod outliers;
 mod pack;
 mod plan;
 mod query;
+mod row_norms;
 mod small;
 #[cfg(test)]
 mod tests;
@@ -36,6 +38,7 @@ use rayon::prelude::*;
 
 use super::stats::{FALLBACK_ROWS, ROWS};
 use super::{KeySource, SearchResult, SearchShape};
+use crate::dtype::Elements;
 use candidates::Candidates;
 use certify::{certified_row, dot, ErrorBound};
 use kernel::{kernel_threshold, RowBound};
@@ -46,6 +49,10 @@ use small::{rescan, search_small};
 
 /// Keys packed and scored per tile (a multiple of the kernel's 48-key groups; ~120 KiB at d 128).
 const TILE_KEYS: usize = 480;
+
+/// Keys per tile of bf16 keys read in place (`amx_rows`: nothing to pack, so only the per-tile
+/// work on every row, outliers and crowds, sets it; a multiple of its 32-key passes).
+const ROWS_TILE_KEYS: usize = 4096;
 
 /// The most candidates a row keeps for a top-k before it rescores them in f32 (repeated keys crowd
 /// the candidates: hundreds or thousands of copies of one key all score alike): `16 k + 2048`,
@@ -85,9 +92,23 @@ fn run_item(
     src: &dyn KeySource,
     q: &QueryRows,
     it: Item,
-    (dim, screen): (usize, Screen),
+    (dim, screen, in_place): (usize, Screen, bool),
     (k, cap): (usize, usize),
 ) -> ItemResult {
+    let mut tiles = Tiles::new(screen);
+    if let Some(t) = &mut tiles {
+        let bf16_keys = src
+            .blocks(it.kv_head)
+            .iter()
+            .all(|b| matches!(b.keys, Elements::Bf16(_)));
+        if bf16_keys && q.quant.is_none() && in_place {
+            return match t {
+                Tiles::Amx(t) => run_item_rows(src, q, it, dim, t, (k, cap)),
+                #[cfg(test)]
+                Tiles::Emulated(t) => run_item_rows(src, q, it, dim, t, (k, cap)),
+            };
+        }
+    }
     let d2 = dim.div_ceil(2);
     let d4 = dim.div_ceil(4);
     let m = it.rows.1 - it.rows.0;
@@ -104,7 +125,6 @@ fn run_item(
     let mut bounds = vec![RowBound { a: 0.0, c: 0.0 }; m];
     let mut errs = vec![0f64; m];
     let mut keybuf = vec![0f32; dim];
-    let mut tiles = Tiles::new(screen);
     let mut qpad = Vec::new();
     if tiles.is_some() {
         amx::pad_rows(qpairs, d2, &mut qpad);
@@ -178,20 +198,103 @@ fn run_item(
                     }
                 }
             }
-            let rows = &q.rows[it.rows.0 * dim..it.rows.1 * dim];
-            outliers.offer(tile, rows, dim, start as i64, &mut tops);
-            // A crowd of candidates (repeated keys): rescore it in f32 now, unless the row's bound
-            // is infinite (then nothing thins the crowd out: the row will be rescanned).
-            for (i, top) in tops.iter_mut().enumerate() {
-                if top.crowded() {
-                    let r = it.rows.0 + i;
-                    if ErrorBound::new(norms, dim).for_row(q, r).is_infinite() {
-                        top.abandon();
-                        continue;
-                    }
-                    let query = &q.rows[r * dim..(r + 1) * dim];
-                    top.rescore(|id| dot(query, src.row(it.kv_head, id as u64), &mut keybuf));
-                }
+            let at = (start as i64, norms);
+            settle_tile(src, q, it, tile, at, &mut outliers, &mut tops, &mut keybuf);
+            start = end;
+        }
+    }
+    ItemResult { tops, norms }
+}
+
+/// After a tile's screen: scores its outliers exactly, and rescores in f32 the candidates of
+/// every crowded row, unless the row's bound is infinite (then nothing thins the crowd out: the
+/// row gives up and will be rescanned). `first_id` is the tile's first key, `norms` the task's so
+/// far. True when a row's threshold may have moved.
+#[allow(clippy::too_many_arguments)]
+fn settle_tile(
+    src: &dyn KeySource,
+    q: &QueryRows,
+    it: Item,
+    tile: crate::dtype::Elements,
+    (first_id, norms): (i64, pack::TileNorms),
+    outliers: &mut outliers::Outliers,
+    tops: &mut [Candidates],
+    keybuf: &mut [f32],
+) -> bool {
+    let dim = keybuf.len();
+    let rows = &q.rows[it.rows.0 * dim..it.rows.1 * dim];
+    let mut moved = !outliers.ids.is_empty();
+    outliers.offer(tile, rows, dim, first_id, tops);
+    for (i, top) in tops.iter_mut().enumerate() {
+        if top.crowded() {
+            moved = true;
+            let r = it.rows.0 + i;
+            if ErrorBound::new(norms, dim).for_row(q, r).is_infinite() {
+                top.abandon();
+                continue;
+            }
+            let query = &q.rows[r * dim..(r + 1) * dim];
+            top.rescore(|id| dot(query, src.row(it.kv_head, id as u64), keybuf));
+        }
+    }
+    moved
+}
+
+/// [`run_item`] for bf16 keys on AMX tiles, read in place (`amx_rows`): no packing, norms from
+/// `row_norms`, and tiles of [`ROWS_TILE_KEYS`].
+fn run_item_rows<T: crate::simd::amx::Tiles>(
+    src: &dyn KeySource,
+    q: &QueryRows,
+    it: Item,
+    dim: usize,
+    tiles: &mut T,
+    (k, cap): (usize, usize),
+) -> ItemResult {
+    let d2 = dim / 2;
+    let m = it.rows.1 - it.rows.0;
+    let mut tops = vec![Candidates::new(k, cap); m];
+    let qt = amx_rows::QueryTiles::new(&q.pairs[it.rows.0 * d2..it.rows.1 * d2], d2);
+    // The row bounds depend on the dim and the query alone (`ErrorBound::row` with no key
+    // rounding error): one set for the whole task.
+    let bound = ErrorBound::new(pack::TileNorms::default(), dim);
+    let bounds: Vec<RowBound> = (0..m).map(|i| bound.row(q, it.rows.0 + i, 0.0)).collect();
+    let mut state = amx_rows::RowState::new(&bounds, qt.padded_rows());
+    let (mut knorm, mut keep) = (Vec::new(), Vec::new());
+    let mut outliers = outliers::Outliers::default();
+    let mut norms = pack::TileNorms::default();
+    let mut keybuf = vec![0f32; dim];
+    for block in src.blocks(it.kv_head) {
+        let Elements::Bf16(keys) = block.keys else {
+            unreachable!("run_item takes this path for bf16 keys only")
+        };
+        let rows = (keys.len() / dim) as u64;
+        let lo = it.keys.0.max(block.first_id);
+        let hi = it.keys.1.min(block.first_id + rows);
+        let mut start = lo;
+        while start < hi {
+            let end = hi.min(start + ROWS_TILE_KEYS as u64);
+            let (a, b) = (
+                (start - block.first_id) as usize,
+                (end - block.first_id) as usize,
+            );
+            let tile = &keys[a * dim..b * dim];
+            let n = b - a;
+            // SAFETY: AMX tiles exist only where the CPU has AVX-512 F/BW/BF16 and AMX-BF16 (or
+            // emulated ones, in tests on AVX-512 BF16 CPUs); `knorm` and `keep` cover the tile.
+            unsafe {
+                norms.merge(row_norms::bf16_row_norms(tile, dim, &mut knorm));
+                outliers.mark(&knorm, n);
+                outliers.keep_mask(n, 2, &mut keep);
+                state.raise_kmax(amx::kept_max_norm(&knorm, &keep, n), m);
+                let id = start as i64;
+                amx_rows::score_tile(
+                    tiles, &qt, tile, dim, &knorm, &keep, id, &mut state, &mut tops,
+                );
+            }
+            let at = (start as i64, norms);
+            let tile = Elements::Bf16(tile);
+            if settle_tile(src, q, it, tile, at, &mut outliers, &mut tops, &mut keybuf) {
+                state.refresh(&tops);
             }
             start = end;
         }
@@ -229,6 +332,7 @@ pub fn search(
         .map(|&(s, g)| query_rows(queries, &shape, s, g, screen))
         .collect();
     let items = plan(sources, &shape);
+    let in_place = amx_rows::in_place();
     if m <= small::SMALL_ROWS {
         return search_small(sources, &qrows, &items, shape);
     }
@@ -239,7 +343,7 @@ pub fn search(
                 src,
                 &qrows[it.slot * shape.kv_heads + it.kv_head],
                 *it,
-                (dim, screen),
+                (dim, screen, in_place),
                 (k, cap(k, src.len(), m * shape.batch * shape.kv_heads)),
             ),
             None => ItemResult {

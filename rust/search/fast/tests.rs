@@ -12,9 +12,39 @@ fn lcg(seed: &mut u64) -> f32 {
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
 }
 
+/// Keys as f32, or as bf16 (`half` not empty; `keys` then holds their f32 values).
 struct Rows {
     keys: Vec<f32>,
     dim: usize,
+    half: Vec<bf16>,
+}
+
+impl Rows {
+    fn f32(keys: Vec<f32>, dim: usize) -> Self {
+        Rows {
+            keys,
+            dim,
+            half: Vec::new(),
+        }
+    }
+
+    /// The keys rounded to bf16: a bf16 store's, which the AMX screen reads in place.
+    fn bf16(keys: &[f32], dim: usize) -> Self {
+        let half: Vec<bf16> = keys.iter().map(|&x| bf16::from_f32(x)).collect();
+        Rows {
+            keys: half.iter().map(|x| x.to_f32()).collect(),
+            dim,
+            half,
+        }
+    }
+
+    fn elements(&self, range: std::ops::Range<usize>) -> Elements<'_> {
+        if self.half.is_empty() {
+            Elements::F32(&self.keys[range])
+        } else {
+            Elements::Bf16(&self.half[range])
+        }
+    }
 }
 
 impl KeySource for Rows {
@@ -22,17 +52,17 @@ impl KeySource for Rows {
         (self.keys.len() / self.dim) as u64
     }
     fn blocks(&self, _: usize) -> Vec<crate::search::KeyBlock<'_>> {
-        self.keys
-            .chunks(1000 * self.dim)
-            .enumerate()
-            .map(|(i, c)| crate::search::KeyBlock {
+        let (n, block) = (self.keys.len(), 1000 * self.dim);
+        (0..n.div_ceil(block))
+            .map(|i| crate::search::KeyBlock {
                 first_id: (i * 1000) as u64,
-                keys: Elements::F32(c),
+                keys: self.elements(i * block..n.min((i + 1) * block)),
             })
             .collect()
     }
     fn row(&self, _: usize, id: u64) -> Elements<'_> {
-        Elements::F32(&self.keys[id as usize * self.dim..][..self.dim])
+        let at = id as usize * self.dim;
+        self.elements(at..at + self.dim)
     }
 }
 
@@ -80,7 +110,7 @@ fn near_ties_below_bf16_resolution_are_rescored_not_rescanned() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let src = Rows { keys, dim };
+    let src = Rows::f32(keys, dim);
     // More rows than the small path takes, so the bf16 kernel runs.
     let rows = small::SMALL_ROWS + 3;
     let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
@@ -118,7 +148,7 @@ fn exact_copies_and_sinks_are_found_up_to_ties_without_fallback() {
             keys.extend((0..dim).map(|_| lcg(&mut seed)));
         }
     }
-    let src = Rows { keys, dim };
+    let src = Rows::f32(keys, dim);
     let rows = 40;
     let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
     // Every screen: the int8 one scores the sinks apart (`outliers`); the AMX tiles, emulated
@@ -128,6 +158,12 @@ fn exact_copies_and_sinks_are_found_up_to_ties_without_fallback() {
         screens.push(Screen::Int8);
     }
     for screen in screens {
+        check_copies_and_sinks(&src, &queries, k, screen);
+    }
+    // bf16 keys, which the AMX screen reads in place (`amx_rows`), with the crowds' rescoring and
+    // the sinks' exact scores moving thresholds between its tiles.
+    let src = Rows::bf16(&src.keys, dim);
+    for screen in [Screen::Bf16, Screen::AmxEmulated, Screen::Amx] {
         check_copies_and_sinks(&src, &queries, k, screen);
     }
 }
@@ -180,7 +216,7 @@ fn well_separated_scores_are_certified_without_fallback() {
     let (dim, n) = (64, 5000);
     let mut seed = 5;
     let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
-    let src = Rows { keys, dim };
+    let src = Rows::f32(keys, dim);
     // Both paths: the small one (few rows) and the packed bf16 one.
     for rows in [1, 3, small::SMALL_ROWS, small::SMALL_ROWS + 1, 9, 40] {
         let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
@@ -201,16 +237,31 @@ fn amx_tiles_find_the_exact_top_k_for_any_rows_keys_and_dims() {
     // odd panel (blocks of 1000 keys), and dims that fill tiles (32, 64, 128) or not (48: the
     // AVX-512 microkernel). Emulated tiles everywhere, the CPU's own where it has AMX.
     let mut seed = 17;
-    for (dim, n) in [(32, 1000), (64, 2345), (128, 1777), (48, 999)] {
+    for (dim, n, half) in [
+        (32, 1000, false),
+        (64, 2345, false),
+        (128, 1777, false),
+        (48, 999, false),
+        (32, 1000, true),
+        (64, 2345, true),
+        (128, 1777, true),
+        (64, 31, true),
+        (64, 5000, true),
+    ] {
         let keys: Vec<f32> = (0..n * dim).map(|_| lcg(&mut seed)).collect();
-        let src = Rows { keys, dim };
+        // bf16 keys: the in-place AMX path (`amx_rows`), 1000-key blocks cutting its passes.
+        let src = if half {
+            Rows::bf16(&keys, dim)
+        } else {
+            Rows::f32(keys, dim)
+        };
         for rows in [5, 16, 31, 32, 33, 70] {
             let queries: Vec<f32> = (0..rows * dim).map(|_| lcg(&mut seed)).collect();
             for screen in [Screen::AmxEmulated, Screen::Amx] {
                 let before = crate::search::stats().fallback_rows;
                 let (fast, portable) = both_with(&src, &queries, 10, screen);
                 let after = crate::search::stats().fallback_rows;
-                let what = format!("{screen:?} dim {dim}, {n} keys, {rows} rows");
+                let what = format!("{screen:?} dim {dim}, {n} keys (bf16 {half}), {rows} rows");
                 assert!(after < before + rows as u64, "{what}: fell back");
                 assert_eq!(fast.ids, portable.ids, "{what}");
                 for (a, b) in fast.scores.iter().zip(&portable.scores) {
