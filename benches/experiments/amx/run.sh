@@ -10,13 +10,15 @@
 #   pip download faiss-cpu (cp312, manylinux) into wheels312/
 #   real keys: carry-real/keys-L15-h0.npy + queries-L15-h0.npy (benches/compare/extract_keys.py)
 # There, one lease (each `run` within 30 s of the last, so the machine stays warm):
-#   carry .whl wheels312 carry-amx carry-real:  bash benches/experiments/amx/run.sh start rows
-#   then, as often as needed:                  bash benches/experiments/amx/run.sh wait 540
+#   1. carry .whl wheels312 carry-amx:  bash benches/experiments/amx/run.sh start rows
+#   2. carry carry-real:                bash benches/experiments/amx/run.sh real
+#   3. as often as needed:              bash benches/experiments/amx/run.sh wait 540
+# (The carry limit, 64 MiB, counts the tracked tree too, so the real keys travel second.)
 # `start [PLAN]` installs and launches a plan in the background (setsid): `stages` runs everything
 # one stage after another; `rows` runs 256 x 64M keys (in place and packed) on cores 0-1 while the
 # tests and the real keys run on other cores, then the rest on cores 0-1. `wait S` sleeps until
-# the plan ends or S seconds pass, then packs the results into $OUT/amx.tar.gz. (`real` hands the
-# real keys to a plan started without them.)
+# the plan ends or S seconds pass, then packs the results into $OUT/amx.tar.gz. `real` hands the
+# real keys to the plan, whose real-key stages wait for them.
 set -u
 ROOT=/root/amx
 RES=$ROOT/res
@@ -52,6 +54,9 @@ stages() {  # the default plan: correctness first, then every benchmark, one aft
 }
 
 real_stages() {  # real keys: in place against packed (ab.py), then against faiss and torch
+  # The real keys may arrive with a later call (`real`): the carry limit counts the whole tree.
+  for _ in $(seq 120); do [ -f $ROOT/real/$KEYS ] && break; sleep 2; done
+  [ -f $ROOT/real/$KEYS ] || { echo "no real keys"; return; }
   for x in 4 1; do
     stage "ab-tasks$x" env FOT_MEM_EXACT_TASKS_PER_THREAD=$x $PIN python3 \
       benches/experiments/amx/ab.py $ROOT/real/$KEYS $ROOT/real/queries-L15-h0.npy 7
