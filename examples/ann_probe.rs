@@ -6,8 +6,8 @@
 //!     cargo run --release --example ann_probe -- KEYS.npy QUERIES.npy [efc] [efs,..]
 //!
 //! Env: PROBE_REUSE=1 (reuse the graph written beside the keys), PROBE_NOCODES=1 (walk on the
-//! f32 keys, as for a format-1 file), PROBE_SEED=<hex> (the level/order seed; the store's is
-//! 0f076e3d). Brute-force answers are cached beside the queries.
+//! f32 keys, as for a format-1 file), PROBE_BUILD_ONLY=1 (stop after the build), PROBE_SEED=<hex>
+//! (the level/order seed; the store's is 0f076e3d). Brute-force answers are cached beside the queries.
 use std::time::Instant;
 
 use fot_mem::ann::{
@@ -112,6 +112,9 @@ fn main() {
             n as f64 / bc
         );
         write(&gpath, 0, d as u32, &p, &[g]).unwrap();
+    }
+    if std::env::var("PROBE_BUILD_ONLY").is_ok() {
+        return;
     }
     let ix = SpanIndex::open(&gpath).unwrap();
     let rows = SpanRows::new(&[Elements::F32(&keys)], d, n);

@@ -50,6 +50,7 @@ stages() {  # the default plan: correctness first, then every benchmark, one aft
   stage pytest-exact python3 -m pytest -q -p no:cacheprovider tests/python/search/test_exact_kernels.py
   real_stages
   few_stages
+  stage few8m-ties-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --set ties --packed
   touch $RES/done
 }
 
@@ -65,11 +66,10 @@ real_stages() {  # real keys: in place against packed (ab.py), then against fais
     --repeats 5
 }
 
-few_stages() {  # few queries over 8M keys (in place, packed, faiss), clustered keys, ties
+few_stages() {  # few queries over 8M keys (in place, packed, faiss), clustered keys
   stage few8m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --packed
   exact amx-bf16 clustered-amx-bf16 --keys 262144,1048576 --dim 128 --batch 2048 \
     --dtypes float32,bfloat16
-  stage few8m-ties-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --set ties --packed
 }
 
 rows() {  # the in-place AMX path: 64M keys on cores 0-1 while the short stages run on 2-3
