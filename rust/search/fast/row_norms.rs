@@ -31,7 +31,6 @@ pub unsafe fn bf16_row_norms(keys: &[bf16], dim: usize, knorm: &mut Vec<f32>) ->
     let ptr = keys.as_ptr().cast::<i16>();
     let magnitude = _mm512_set1_epi16(0x7fff);
     let mut bits = _mm512_setzero_si512();
-    let mut max_sq = _mm512_setzero_ps();
     for panel in 0..n.div_ceil(16) {
         let here = (n - 16 * panel).min(16);
         let mut acc = [_mm512_setzero_ps(); 16];
@@ -44,12 +43,7 @@ pub unsafe fn bf16_row_norms(keys: &[bf16], dim: usize, knorm: &mut Vec<f32>) ->
                 *a = _mm512_dpbf16_ps(*a, v, v);
             }
         }
-        let sq = sum16(acc);
-        let valid = crate::simd::lane_mask(here);
-        // NaN squares are left out of the largest, as `TileNorms::merge` leaves them out.
-        let ordered = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(valid, sq, sq);
-        max_sq = _mm512_mask_max_ps(max_sq, ordered, max_sq, sq);
-        _mm512_storeu_ps(knorm.as_mut_ptr().add(16 * panel), sq);
+        _mm512_storeu_ps(knorm.as_mut_ptr().add(16 * panel), sum16(acc));
     }
     // The bits' largest magnitude; NaN payloads lie above infinity's bits and count as it.
     let mut lanes = [0u16; 32];
@@ -57,7 +51,8 @@ pub unsafe fn bf16_row_norms(keys: &[bf16], dim: usize, knorm: &mut Vec<f32>) ->
     let top = lanes.iter().copied().max().unwrap_or(0).min(0x7f80);
     let max_abs = f32::from_bits((top as u32) << 16);
     let floor = _mm512_set1_ps((dim as f32).sqrt() * max_abs);
-    for chunk in knorm.chunks_exact_mut(16) {
+    let mut largest = _mm512_setzero_ps();
+    for (c, chunk) in knorm.chunks_exact_mut(16).enumerate() {
         let sq = _mm512_loadu_ps(chunk.as_ptr());
         // sqrt(sq) for keys well above underflow, and NaN for NaN keys (no bound); else the floor.
         let plain = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(sq, _mm512_set1_ps(TINY_SQ))
@@ -68,12 +63,18 @@ pub unsafe fn bf16_row_norms(keys: &[bf16], dim: usize, knorm: &mut Vec<f32>) ->
         let norm = _mm512_mask_blend_ps(plain, floor, _mm512_sqrt_ps(sq));
         let norm = _mm512_mask_blend_ps(zero & !plain, norm, floor);
         _mm512_storeu_ps(chunk.as_mut_ptr(), norm);
+        // The largest norm as stored (floors included: a tiny key's flushed square must not make
+        // the largest too small); NaN norms are left out, as `TileNorms::merge` leaves them out.
+        let valid = crate::simd::lane_mask(n.saturating_sub(16 * c));
+        let ordered = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(valid, norm, norm);
+        largest = _mm512_mask_max_ps(largest, ordered, largest, norm);
     }
     for x in &mut knorm[n..] {
         *x = 0.0;
     }
+    let largest = _mm512_reduce_max_ps(largest);
     TileNorms {
-        max_sq: _mm512_reduce_max_ps(max_sq),
+        max_sq: largest * largest,
         max_err_sq: 0.0,
         max_abs,
         max_ratio: 0.0,
@@ -185,7 +186,11 @@ mod tests {
                     );
                 }
             }
-            assert!((norms.max_sq as f64 - max_sq).abs() <= 1e-5 * max_sq);
+            // The largest stored norm, squared (a floored tiny key may set it): never below the
+            // exact largest square.
+            let top = knorm[..n].iter().copied().fold(0f32, f32::max);
+            assert_eq!(norms.max_sq, top * top);
+            assert!(norms.max_sq as f64 >= max_sq * (1.0 - 1e-5));
         }
         // NaN keys keep a NaN norm, and stay out of the largest square.
         let mut keys = vec![bf16::from_f32(0.5); 2 * 32];
@@ -193,7 +198,7 @@ mod tests {
         let mut knorm = Vec::new();
         let norms = unsafe { bf16_row_norms(&keys, 32, &mut knorm) };
         assert!(knorm[1].is_nan() && (knorm[0] - 32f32.sqrt() * 0.5).abs() < 1e-5);
-        assert_eq!(norms.max_sq, 8.0);
+        assert!((norms.max_sq - 8.0).abs() < 1e-5);
         assert_eq!(norms.max_abs, f32::INFINITY);
     }
 }
