@@ -207,12 +207,16 @@ pub fn descend(
 
 /// Best-first search of `level` from `entries` (already scored), leaving the `ef` best in
 /// `scratch.pool`. `scratch.begin` must have been called for this search. `score` fills the
-/// scores of a batch of nodes (the unvisited neighbours of the node being expanded).
+/// scores of a batch of nodes (the unvisited neighbours of the node being expanded). With
+/// `patience` > 0 the search also stops after that many expansions in a row that added nothing
+/// to the pool (graph building; queries pass 0 and run to HNSW's own end).
+#[allow(clippy::too_many_arguments)]
 pub fn search_level(
     g: &GraphRef,
     level: usize,
     entries: &[(f32, u32)],
     ef: usize,
+    patience: usize,
     scratch: &mut Scratch,
     score: &mut impl FnMut(&[u32], &mut [f32]),
     prefetch: &impl Fn(u32),
@@ -226,7 +230,12 @@ pub fn search_level(
     }
     let mut fresh = std::mem::take(&mut scratch.fresh);
     let mut scores = std::mem::take(&mut scratch.scores);
+    // Expansions in a row that added nothing to the pool.
+    let mut idle = 0usize;
     while let Some(node) = scratch.pool.next() {
+        if patience > 0 && idle >= patience {
+            break;
+        }
         // Software pipelining: the keys and stamps of the next candidate's neighbours start
         // coming in while this node's are scored (its row was fetched when it entered the pool).
         // They are not asked for again when that node is expanded: the repeated prefetches
@@ -261,8 +270,10 @@ pub fn search_level(
             scores[kept] = s;
             kept += (s > bar) as usize;
         }
+        idle += 1;
         for (&id, &s) in fresh[..kept].iter().zip(&scores[..kept]) {
             if s > scratch.pool.bar() {
+                idle = 0;
                 scratch.pool.insert(s, id);
                 if level == 0 {
                     g.prefetch_row(id);
@@ -300,6 +311,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn patience_stops_the_walk_after_idle_expansions() {
+        // 0 - 1 - 3 and 0 - 2 - 4: node 4 scores best but hides behind node 2, which enters the
+        // pool last; expanding node 1 first adds nothing (node 3 is below the bar).
+        let level0 = [2, 1, 2, 2, 0, 3, 2, 0, 4, 1, 1, 0, 1, 2, 0];
+        let g = GraphRef {
+            n: 5,
+            m: 2,
+            m0: 2,
+            entry: 0,
+            level0: &level0,
+            upper: Vec::new(),
+            pivots: &[],
+            codes: None,
+        };
+        let table = [0.0f32, -1.0, -5.0, -6.0, 100.0];
+        let walk = |patience: usize| {
+            let mut scr = Scratch::default();
+            scr.begin(5);
+            let mut score = |ids: &[u32], out: &mut [f32]| {
+                for (o, &id) in out.iter_mut().zip(ids) {
+                    *o = table[id as usize];
+                }
+            };
+            search_level(
+                &g,
+                0,
+                &[(0.0, 0)],
+                3,
+                patience,
+                &mut scr,
+                &mut score,
+                &|_| (),
+            );
+            let mut ids: Vec<u32> = scr.pool.results().iter().map(|e| e.1).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(walk(0), vec![0, 1, 4]);
+        assert_eq!(walk(1), vec![0, 1, 2]);
+        assert_eq!(walk(2), vec![0, 1, 4]);
     }
 
     #[test]

@@ -160,6 +160,6 @@ fn walk(
     }
     entries.push((best, cur));
     scr.begin(g.n as usize);
-    search_level(g, 0, &entries, ef.max(k), scr, score_many, pre);
+    search_level(g, 0, &entries, ef.max(k), 0, scr, score_many, pre);
     scr.pool.results()
 }
