@@ -26,9 +26,8 @@ pub use set::{code_stride, BuildSet};
 /// An insertion's walk stops after this many expansions in a row that add nothing to its pool
 /// (or at HNSW's own end, if sooner): by then the pool's best have settled, and the walk's tail
 /// mostly confirms them. On real SmolLM2 keys (131K x 64, ef_construction 100, Zen 5, against
-/// hnswlib in the same runs) 3 kept queries/s at recall 0.95 about level and built 1.2-1.4x faster;
-/// 1 built 1.3-1.5x faster but cost 20-40% of queries/s on two of three heads
-/// (`docs/benchmarks.md`).
+/// hnswlib in the same runs) 3 built 1.1-1.4x faster and kept queries/s at recall 0.95 within 6%;
+/// 1 built faster still but cost 20-40% of queries/s on two of three heads (`docs/benchmarks.md`).
 const PATIENCE: usize = 3;
 
 /// Cosine above which two linked vectors count as duplicates.
