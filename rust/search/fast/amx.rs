@@ -43,9 +43,44 @@ pub fn pad_rows(qpairs: &[u32], d2: usize, out: &mut Vec<u32>) {
 #[repr(C, align(64))]
 pub(super) struct Scores(pub(super) [f32; 4 * 256]);
 
-impl Scores {
-    pub(super) fn zeroed() -> Self {
-        Scores([0.0; 4 * 256])
+/// The two score buffers of a pipelined scorer: each pass's four accumulators go to one, while
+/// the epilogue of the pass before reads the other. Holds the pass whose scores wait.
+pub(super) struct Pipeline<P> {
+    scores: [Scores; 2],
+    /// The buffer of the waiting pass (of the last pass stored).
+    buf: usize,
+    pending: Option<P>,
+}
+
+impl<P> Pipeline<P> {
+    pub(super) fn new() -> Self {
+        Pipeline {
+            scores: [Scores([0.0; 4 * 256]), Scores([0.0; 4 * 256])],
+            buf: 1,
+            pending: None,
+        }
+    }
+
+    /// The waiting pass and its scores, for its epilogue (run it before [`Pipeline::store`], so
+    /// it overlaps the products just issued).
+    #[inline(always)]
+    pub(super) fn previous(&mut self) -> Option<(P, &Scores)> {
+        let buf = self.buf;
+        self.pending.take().map(|p| (p, &self.scores[buf]))
+    }
+
+    /// Stores the four accumulators (the products of `pass`) to the other buffer; `pass` waits.
+    ///
+    /// # Safety
+    /// As for [`Tiles::store_acc`].
+    #[inline(always)]
+    pub(super) unsafe fn store<T: Tiles>(&mut self, tiles: &mut T, pass: P) {
+        self.buf = 1 - self.buf;
+        let out = self.scores[self.buf].0.as_mut_ptr();
+        for i in 0..4 {
+            tiles.store_acc(i, out.add(256 * i).cast(), 64);
+        }
+        self.pending = Some(pass);
     }
 }
 
@@ -128,8 +163,7 @@ pub unsafe fn score_tile<T: Tiles>(
         pre,
         kmax,
     };
-    let mut scores = [Scores::zeroed(), Scores::zeroed()];
-    let mut pending: Option<Pass> = None;
+    let mut pipe = Pipeline::new();
     tiles.begin();
     for p0 in (0..panels).step_by(2) {
         // The second panel of an odd count: past the keys (its mask is zero), and past the packed
@@ -162,36 +196,30 @@ pub unsafe fn score_tile<T: Tiles>(
                 tiles.dot4();
             }
             // The previous pass's epilogue, while the products above run.
-            let buf = match pending.take() {
-                Some(p) => {
-                    rows_at.offer(&p, &scores[p.buf]);
-                    1 - p.buf
-                }
-                None => 0,
-            };
-            let out = scores[buf].0.as_mut_ptr();
-            for i in 0..4 {
-                tiles.store_acc(i, out.add(256 * i).cast(), 64);
+            if let Some((p, scores)) = pipe.previous() {
+                rows_at.offer(&p, scores);
             }
-            pending = Some(Pass {
-                buf,
-                r0,
-                rows: (rows - r0).min(BLOCK_ROWS),
-                masks,
-                norms,
-                ids,
-            });
+            let rows = (rows - r0).min(BLOCK_ROWS);
+            pipe.store(
+                tiles,
+                Pass {
+                    r0,
+                    rows,
+                    masks,
+                    norms,
+                    ids,
+                },
+            );
         }
     }
-    if let Some(p) = pending {
-        rows_at.offer(&p, &scores[p.buf]);
+    if let Some((p, scores)) = pipe.previous() {
+        rows_at.offer(&p, scores);
     }
     tiles.end();
 }
 
-/// One pass: where its scores are, its rows, and what the epilogue needs of its two panels.
+/// One pass: its rows, and what the epilogue needs of its two panels.
 struct Pass {
-    buf: usize,
     r0: usize,
     rows: usize,
     masks: [u16; 2],

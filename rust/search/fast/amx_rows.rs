@@ -17,7 +17,7 @@
 use half::bf16;
 use std::arch::x86_64::*;
 
-use super::amx::{pre_threshold, Scores};
+use super::amx::{pre_threshold, Pipeline, Scores};
 use super::candidates::{f32_at_least, f32_at_most, Candidates};
 use super::kernel::{kernel_threshold, RowBound};
 use crate::simd::amx::{Tiles, TILE_ROWS};
@@ -203,8 +203,7 @@ pub unsafe fn score_tile<T: Tiles>(
         tail[..(n - whole) * dim].copy_from_slice(&keys[whole * dim..]);
     }
     let stride = 2 * dim;
-    let mut scores = [Scores::zeroed(), Scores::zeroed()];
-    let mut pending: Option<Pass> = None;
+    let mut pipe = Pipeline::new();
     tiles.begin();
     for k0 in (0..n).step_by(PASS_KEYS) {
         let p = k0 / TILE_ROWS;
@@ -232,34 +231,21 @@ pub unsafe fn score_tile<T: Tiles>(
                 tiles.dot4();
             }
             // The previous pass's epilogue, while the products above run.
-            let buf = match pending.take() {
-                Some(pass) => {
-                    offer(st, &pass, &scores[pass.buf], knorm, first_id, tops);
-                    1 - pass.buf
-                }
-                None => 0,
-            };
-            let out = scores[buf].0.as_mut_ptr();
-            for i in 0..4 {
-                tiles.store_acc(i, out.add(256 * i).cast(), 64);
+            if let Some((pass, scores)) = pipe.previous() {
+                offer(st, &pass, scores, knorm, first_id, tops);
             }
-            pending = Some(Pass {
-                buf,
-                k0,
-                q0: qb * BLOCK,
-                kmask,
-            });
+            let q0 = qb * BLOCK;
+            pipe.store(tiles, Pass { k0, q0, kmask });
         }
     }
-    if let Some(pass) = pending {
-        offer(st, &pass, &scores[pass.buf], knorm, first_id, tops);
+    if let Some((pass, scores)) = pipe.previous() {
+        offer(st, &pass, scores, knorm, first_id, tops);
     }
     tiles.end();
 }
 
-/// One pass: where its scores are, its first key and query, and its kept keys.
+/// One pass: its first key and query, and its kept keys.
 struct Pass {
-    buf: usize,
     k0: usize,
     q0: usize,
     kmask: u32,

@@ -96,16 +96,21 @@ fn run_item(
     (k, cap): (usize, usize),
 ) -> ItemResult {
     let mut tiles = Tiles::new(screen);
-    if let Some(t) = &mut tiles {
-        let bf16_keys = src
-            .blocks(it.kv_head)
+    let blocks = src.blocks(it.kv_head);
+    if let (Some(t), None, true) = (&mut tiles, &q.quant, in_place) {
+        // bf16 keys go to the tiles in place.
+        let bf16: Option<Vec<(u64, &[half::bf16])>> = blocks
             .iter()
-            .all(|b| matches!(b.keys, Elements::Bf16(_)));
-        if bf16_keys && q.quant.is_none() && in_place {
+            .map(|b| match b.keys {
+                Elements::Bf16(k) => Some((b.first_id, k)),
+                _ => None,
+            })
+            .collect();
+        if let Some(bf16) = bf16 {
             return match t {
-                Tiles::Amx(t) => run_item_rows(src, q, it, dim, t, (k, cap)),
+                Tiles::Amx(t) => run_item_rows(src, q, it, &bf16, dim, t, (k, cap)),
                 #[cfg(test)]
-                Tiles::Emulated(t) => run_item_rows(src, q, it, dim, t, (k, cap)),
+                Tiles::Emulated(t) => run_item_rows(src, q, it, &bf16, dim, t, (k, cap)),
             };
         }
     }
@@ -129,17 +134,9 @@ fn run_item(
     if tiles.is_some() {
         amx::pad_rows(qpairs, d2, &mut qpad);
     }
-    for block in src.blocks(it.kv_head) {
-        let rows = (block.keys.len() / dim) as u64;
-        let lo = it.keys.0.max(block.first_id);
-        let hi = it.keys.1.min(block.first_id + rows);
-        let mut start = lo;
-        while start < hi {
-            let end = hi.min(start + TILE_KEYS as u64);
-            let (a, b) = (
-                (start - block.first_id) as usize,
-                (end - block.first_id) as usize,
-            );
+    for block in blocks {
+        let rows = block.keys.len() / dim;
+        for (start, a, b) in tile_ranges(block.first_id, rows, it.keys, TILE_KEYS) {
             let tile = block.keys.slice(a * dim..b * dim);
             // SAFETY: this module is only used when the CPU has AVX-512 F/BW/VL/BF16
             // (`simd::has_avx512_bf16`), the int8 screen only where it also has VNNI
@@ -200,10 +197,29 @@ fn run_item(
             }
             let at = (start as i64, norms);
             settle_tile(src, q, it, tile, at, &mut outliers, &mut tops, &mut keybuf);
-            start = end;
         }
     }
     ItemResult { tops, norms }
+}
+
+/// The tiles of task keys `keys` within a block of `rows` keys from `first_id`, at most
+/// `tile_keys` each: (first id, first and end row in the block).
+fn tile_ranges(
+    first_id: u64,
+    rows: usize,
+    keys: (u64, u64),
+    tile_keys: usize,
+) -> impl Iterator<Item = (u64, usize, usize)> {
+    let lo = keys.0.max(first_id);
+    let hi = keys.1.min(first_id + rows as u64);
+    (lo..hi).step_by(tile_keys).map(move |start| {
+        let end = hi.min(start + tile_keys as u64);
+        (
+            start,
+            (start - first_id) as usize,
+            (end - first_id) as usize,
+        )
+    })
 }
 
 /// After a tile's screen: scores its outliers exactly, and rescores in f32 the candidates of
@@ -246,6 +262,7 @@ fn run_item_rows<T: crate::simd::amx::Tiles>(
     src: &dyn KeySource,
     q: &QueryRows,
     it: Item,
+    blocks: &[(u64, &[half::bf16])],
     dim: usize,
     tiles: &mut T,
     (k, cap): (usize, usize),
@@ -263,20 +280,8 @@ fn run_item_rows<T: crate::simd::amx::Tiles>(
     let mut outliers = outliers::Outliers::default();
     let mut norms = pack::TileNorms::default();
     let mut keybuf = vec![0f32; dim];
-    for block in src.blocks(it.kv_head) {
-        let Elements::Bf16(keys) = block.keys else {
-            unreachable!("run_item takes this path for bf16 keys only")
-        };
-        let rows = (keys.len() / dim) as u64;
-        let lo = it.keys.0.max(block.first_id);
-        let hi = it.keys.1.min(block.first_id + rows);
-        let mut start = lo;
-        while start < hi {
-            let end = hi.min(start + ROWS_TILE_KEYS as u64);
-            let (a, b) = (
-                (start - block.first_id) as usize,
-                (end - block.first_id) as usize,
-            );
+    for &(first_id, keys) in blocks {
+        for (start, a, b) in tile_ranges(first_id, keys.len() / dim, it.keys, ROWS_TILE_KEYS) {
             let tile = &keys[a * dim..b * dim];
             let n = b - a;
             // SAFETY: AMX tiles exist only where the CPU has AVX-512 F/BW/BF16 and AMX-BF16 (or
@@ -296,7 +301,6 @@ fn run_item_rows<T: crate::simd::amx::Tiles>(
             if settle_tile(src, q, it, tile, at, &mut outliers, &mut tops, &mut keybuf) {
                 state.refresh(&tops);
             }
-            start = end;
         }
     }
     ItemResult { tops, norms }
