@@ -16,7 +16,10 @@
 # (The carry limit, 64 MiB, counts the tracked tree too, so the real keys travel second.)
 # `start [PLAN]` installs and launches a plan in the background (setsid): `stages` runs everything
 # one stage after another; `rows` runs 256 x 64M keys (in place and packed) on cores 0-1 while the
-# tests and the real keys run on other cores, then the rest on cores 0-1. `wait S` sleeps until
+# tests and the real keys run on other cores, then the rest on cores 0-1; `probe` times the tile
+# loops of examples/amx_probe.rs alone on one core, then the clustered keys; `stationary` times
+# examples/exact_scale built at two commits (carry-amx/exact_scale-new.gz and -old.gz) in turns
+# while the tests run on other cores, then the store and real-key stages. `wait S` sleeps until
 # the plan ends or S seconds pass, then packs the results into $OUT/amx.tar.gz. `real` hands the
 # real keys to the plan, whose real-key stages wait for them.
 set -u
@@ -89,6 +92,42 @@ rows() {  # the in-place AMX path: 64M keys on cores 0-1 while the short stages 
   touch $RES/done
 }
 
+probe() {  # the tile-loop shapes alone (examples/amx_probe.rs) on one core, then clustered keys
+  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  stage probe taskset -c 0 $ROOT/bin/amx_probe 4194304 5
+  exact amx-bf16 clustered-amx-bf16 --keys 262144,1048576 --dim 128 --batch 2048 \
+    --dtypes float32,bfloat16
+  stage probe-again taskset -c 0 $ROOT/bin/amx_probe 4194304 5
+  echo "== done"
+  touch $RES/done
+}
+
+stationary() {  # the stationary tile plan against the 2 x 2 one (exact_scale built at each commit)
+  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  (
+    stage rust-lib taskset -c 2-15 $ROOT/bin/fot_mem --test-threads 12
+    stage rust-kernels taskset -c 2-15 $ROOT/bin/search_kernels --test-threads 12
+    stage pytest-exact taskset -c 2-15 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/search/test_exact_kernels.py
+  ) &
+  for r in 1 2; do
+    for v in new old; do
+      stage "scale8m-$v-$r" taskset -c 0,1 $ROOT/bin/exact_scale-$v 8388608 64 256 32 bf16 0 5
+    done
+  done
+  for v in new old; do
+    stage "scale64m-$v" taskset -c 0,1 $ROOT/bin/exact_scale-$v 67108864 64 256 32 bf16 0 3
+  done
+  wait
+  PIN="taskset -c 0,1"
+  stage few64m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --keys 67108864 \
+    --no-faiss --packed
+  real_stages
+  stage few8m-amx-bf16 $PIN python3 benches/compare/exact_few_queries.py --packed
+  echo "== done"
+  touch $RES/done
+}
+
 pack() {
   cp $ROOT/log $RES/log.txt 2>/dev/null
   tar -czf "$OUT/amx.tar.gz" -C $ROOT res
@@ -106,6 +145,8 @@ case "${1:-}" in
     ;;
   stages) stages ;;
   rows) rows ;;
+  probe) probe ;;
+  stationary) stationary ;;
   short)  # one call, no second carry: real keys (f16-rounded, 98,304 of them) with faiss, then 8M
     rm -rf $ROOT && mkdir -p $RES
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ROOT/site \
@@ -141,5 +182,5 @@ case "${1:-}" in
     cat $ROOT/log
     pack
     ;;
-  *) echo "usage: run.sh start [stages|rows]|real|wait [seconds]|short|ab"; exit 2 ;;
+  *) echo "usage: run.sh start [stages|rows|probe|stationary]|real|wait [seconds]|short|ab"; exit 2 ;;
 esac

@@ -75,11 +75,23 @@ impl<P> Pipeline<P> {
     /// As for [`Tiles::store_acc`].
     #[inline(always)]
     pub(super) unsafe fn store<T: Tiles>(&mut self, tiles: &mut T, pass: P) {
-        self.buf = 1 - self.buf;
-        let out = self.scores[self.buf].0.as_mut_ptr();
+        let out = self.next_buffer();
         for i in 0..4 {
             tiles.store_acc(i, out.add(256 * i).cast(), 64);
         }
+        self.filled(pass);
+    }
+
+    /// The buffer the next pass's scores go to (the waiting pass's scores stay in the other).
+    #[inline(always)]
+    pub(super) fn next_buffer(&mut self) -> *mut f32 {
+        self.scores[1 - self.buf].0.as_mut_ptr()
+    }
+
+    /// Marks [`Pipeline::next_buffer`] as holding `pass`'s scores; `pass` waits.
+    #[inline(always)]
+    pub(super) fn filled(&mut self, pass: P) {
+        self.buf = 1 - self.buf;
         self.pending = Some(pass);
     }
 }

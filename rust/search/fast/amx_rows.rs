@@ -5,8 +5,11 @@
 //! block: pair p of its 16 queries). The packed path (`amx`) moves every key through a transpose
 //! before the tiles see it, which costs about as much as scoring it against a few hundred rows.
 //!
-//! A pass scores 32 keys against 32 queries into four accumulators (keys down, queries across),
-//! and its epilogue runs after the next pass's products are issued, as in `amx`. One compare tests
+//! A pass scores 32 keys against 32 queries (keys down, queries across), and its epilogue runs
+//! after the next pass's products are issued, as in `amx`. Up to 64 dims the pass's keys stay in
+//! four A tiles while every query block passes (the stationary plan of `simd::amx`: two B loads
+//! per four products, and only two products chained per accumulator); wider keys are reloaded
+//! for every 32 dims into four accumulators (the 2 x 2 plan). One compare tests
 //! a key against 16 queries at once, each lane with its query's pre-threshold `t - a Kmax`
 //! (`Kmax` the largest norm of the kept keys so far), which any key that may enter the candidates
 //! exceeds; a key above a lane's takes the exact test `s + a K > t` there. The row bounds `a` and
@@ -203,7 +206,15 @@ pub unsafe fn score_tile<T: Tiles>(
         tail[..(n - whole) * dim].copy_from_slice(&keys[whole * dim..]);
     }
     let stride = 2 * dim;
+    // Rows of at most 64 dims stay in four A tiles while every query block passes.
+    let stationary = qt.steps <= 2;
     let mut pipe = Pipeline::new();
+    let mut epi = Epilogue {
+        st,
+        knorm,
+        first_id,
+        tops,
+    };
     tiles.begin();
     for k0 in (0..n).step_by(PASS_KEYS) {
         let p = k0 / TILE_ROWS;
@@ -221,27 +232,111 @@ pub unsafe fn score_tile<T: Tiles>(
         if k0 + 3 * PASS_KEYS <= n {
             crate::simd::prefetch(base.add(2 * PASS_KEYS * dim).cast(), PASS_KEYS * stride);
         }
-        for qb in (0..qt.blocks).step_by(2) {
-            tiles.zero_acc();
-            for j in 0..qt.steps {
-                tiles.load_a(0, base.add(2 * BLOCK * j).cast(), stride);
-                tiles.load_a(1, base.add(TILE_ROWS * dim + 2 * BLOCK * j).cast(), stride);
-                tiles.load_b(0, qt.tile(qb, j), 64);
-                tiles.load_b(1, qt.tile(qb + 1, j), 64);
-                tiles.dot4();
-            }
-            // The previous pass's epilogue, while the products above run.
-            if let Some((pass, scores)) = pipe.previous() {
-                offer(st, &pass, scores, knorm, first_id, tops);
-            }
-            let q0 = qb * BLOCK;
-            pipe.store(tiles, Pass { k0, q0, kmask });
+        let keys = KeyPass {
+            base,
+            dim,
+            k0,
+            kmask,
+        };
+        if stationary {
+            passes_stationary(tiles, qt, &keys, &mut pipe, &mut epi);
+        } else {
+            passes_reloaded(tiles, qt, &keys, &mut pipe, &mut epi);
         }
     }
-    if let Some((pass, scores)) = pipe.previous() {
-        offer(st, &pass, scores, knorm, first_id, tops);
-    }
+    epi.drain(&mut pipe);
     tiles.end();
+}
+
+/// The 32 keys of one pass: rows of `dim` bf16 from `base`, the first `k0`, the kept `kmask`.
+struct KeyPass {
+    base: *const bf16,
+    dim: usize,
+    k0: usize,
+    kmask: u32,
+}
+
+/// What a pass's epilogue writes to: the rows' state and candidates.
+struct Epilogue<'a> {
+    st: &'a mut RowState,
+    knorm: &'a [f32],
+    first_id: i64,
+    tops: &'a mut [Candidates],
+}
+
+impl Epilogue<'_> {
+    /// The waiting pass's epilogue, if one waits (call it while the tiles compute).
+    #[inline(always)]
+    unsafe fn drain(&mut self, pipe: &mut Pipeline<Pass>) {
+        if let Some((pass, scores)) = pipe.previous() {
+            offer(self.st, &pass, scores, self.knorm, self.first_id, self.tops);
+        }
+    }
+}
+
+/// The 2 x 2 plan: per pair of query blocks, both key halves and both query blocks reloaded for
+/// every 32 dims into four accumulators.
+#[inline(always)]
+unsafe fn passes_reloaded<T: Tiles>(
+    tiles: &mut T,
+    qt: &QueryTiles,
+    keys: &KeyPass,
+    pipe: &mut Pipeline<Pass>,
+    epi: &mut Epilogue,
+) {
+    let (base, dim, stride) = (keys.base, keys.dim, 2 * keys.dim);
+    for qb in (0..qt.blocks).step_by(2) {
+        tiles.zero_acc();
+        for j in 0..qt.steps {
+            tiles.load_a(0, base.add(2 * BLOCK * j).cast(), stride);
+            tiles.load_a(1, base.add(TILE_ROWS * dim + 2 * BLOCK * j).cast(), stride);
+            tiles.load_b(0, qt.tile(qb, j), 64);
+            tiles.load_b(1, qt.tile(qb + 1, j), 64);
+            tiles.dot4();
+        }
+        // The previous pass's epilogue, while the products above run.
+        epi.drain(pipe);
+        let (k0, q0, kmask) = (keys.k0, qb * BLOCK, keys.kmask);
+        pipe.store(tiles, Pass { k0, q0, kmask });
+    }
+}
+
+/// The stationary plan (at most 64 dims): the 32 keys stay in four A tiles; each block of 16
+/// queries takes two B loads and four products into two accumulators, stored to its place in the
+/// pass's scores (`offer`'s layout: accumulator 2 h + c for key half h, query block c).
+#[inline(always)]
+unsafe fn passes_stationary<T: Tiles>(
+    tiles: &mut T,
+    qt: &QueryTiles,
+    keys: &KeyPass,
+    pipe: &mut Pipeline<Pass>,
+    epi: &mut Epilogue,
+) {
+    let (base, dim, stride) = (keys.base, keys.dim, 2 * keys.dim);
+    for h in 0..2 {
+        for j in 0..qt.steps {
+            let at = base.add(h * TILE_ROWS * dim + 2 * BLOCK * j);
+            tiles.load_stationary(2 * h + j, at.cast(), stride);
+        }
+    }
+    for qb in (0..qt.blocks).step_by(2) {
+        let out = pipe.next_buffer();
+        for c in 0..2 {
+            tiles.zero_pair();
+            for j in 0..qt.steps {
+                tiles.load_b(j, qt.tile(qb + c, j), 64);
+            }
+            tiles.dot_pair(qt.steps);
+            if c == 1 {
+                // The previous pass's epilogue, while the products above run.
+                epi.drain(pipe);
+            }
+            tiles.store_acc(0, out.add(256 * c).cast(), 64);
+            tiles.store_acc(1, out.add(256 * (2 + c)).cast(), 64);
+        }
+        let (k0, q0, kmask) = (keys.k0, qb * BLOCK, keys.kmask);
+        pipe.filled(Pass { k0, q0, kmask });
+    }
 }
 
 /// One pass: its first key and query, and its kept keys.
