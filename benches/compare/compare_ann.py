@@ -14,8 +14,9 @@ from SmolLM2 by benches/compare/extract_keys.py (skipped when absent). Prints ta
 Every figure is printed with the CPU model, the Linux kernel and the hnsw kernels in use. The
 curves are timed one library after the other; then the two decisive points (fot_mem at the lowest
 ef reaching recall 0.95, hnswlib at its reference point) are timed alternately, so that load from
-other processes on a shared machine falls on both alike, and builds are also given per CPU-second
-(`time.process_time`), which such load disturbs less than wall time.
+other processes on a shared machine falls on both alike, and so are both builds (again, `--repeats`
+of each in turns, medians); builds are also given per CPU-second (`time.process_time`), which such
+load disturbs less than wall time.
 """
 
 from __future__ import annotations
@@ -249,7 +250,58 @@ def run_set(name, keys, queries, args, threads):
         "curve": curve,
     }
     res["matched"] = matched(res, path, idx, q3, queries, k, threads, args.repeats)
+    res["matched_builds"] = matched_builds(keys, args, threads, tmp)
     return res
+
+
+def matched_builds(keys, args, threads, tmp) -> dict:
+    """Both builds again, in turns (fot_mem, hnswlib, fot_mem, ...), `repeats` of each: one build
+    apiece in the curves above is at the mercy of whatever else the machine ran meanwhile (on a
+    shared 2-core machine one library's build rate moved by a fifth between runs). Medians of
+    wall keys/s and of keys per CPU-second, and their ratios."""
+    import fot_mem
+    import hnswlib
+
+    n, d = keys.shape
+    fw, fc, hw, hc = [], [], [], []
+    for r in range(args.repeats):
+        store = fot_mem.MemoryStore.create(
+            f"{tmp}/build{r}",
+            layers=[0],
+            kv_heads=1,
+            head_dim=d,
+            chunk_tokens=4096,
+            dtype=args.dtype,
+            hnsw={
+                "m": args.m,
+                "ef_construction": args.efc,
+                "span_tokens": n,
+                "linking": args.linking,
+            },
+        )
+        cpu = time.process_time()
+        store.document("d").append(0, keys[:, None], np.zeros((n, 1, d), np.float32))
+        stats = store.wait_for_indexes()
+        fc.append(n / (time.process_time() - cpu))
+        fw.append(n / stats["seconds"])
+        store.close()
+        idx = hnswlib.Index(space="ip", dim=d)
+        idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=100)
+        t, cpu = time.perf_counter(), time.process_time()
+        idx.add_items(keys, np.arange(n), num_threads=threads)
+        hw.append(n / (time.perf_counter() - t))
+        hc.append(n / (time.process_time() - cpu))
+        del idx
+    med = statistics.median
+    return {
+        "rounds": args.repeats,
+        "fot_mem_keys_per_s": med(fw),
+        "hnswlib_keys_per_s": med(hw),
+        "ratio": med(fw) / med(hw),
+        "fot_mem_keys_per_cpu_s": med(fc),
+        "hnswlib_keys_per_cpu_s": med(hc),
+        "ratio_per_cpu_s": med(fc) / med(hc),
+    }
 
 
 def lowest_ef(curve, target):
@@ -354,6 +406,15 @@ def print_set(res, mach) -> None:
             f"{mt['qps_ratio']:.2f}x; build keys per CPU-second {f['build_keys_per_cpu_s']:.0f} / "
             f"{h['build_keys_per_cpu_s']:.0f} = "
             f"{f['build_keys_per_cpu_s'] / h['build_keys_per_cpu_s']:.2f}x"
+        )
+    mb = res.get("matched_builds")
+    if mb:
+        print(
+            f"builds timed in turns [{mach['cpu']}, Linux {mach['kernel']}], medians of "
+            f"{mb['rounds']}: fot_mem {mb['fot_mem_keys_per_s']:.0f} keys/s, hnswlib "
+            f"{mb['hnswlib_keys_per_s']:.0f} keys/s: {mb['ratio']:.2f}x; per CPU-second "
+            f"{mb['fot_mem_keys_per_cpu_s']:.0f} / {mb['hnswlib_keys_per_cpu_s']:.0f} = "
+            f"{mb['ratio_per_cpu_s']:.2f}x"
         )
     for metric in ("recall", "recall_ties"):
         r = s.get(metric)
