@@ -123,9 +123,9 @@ pub trait Tiles {
     unsafe fn begin(&mut self);
     /// Zeroes the four accumulators (tmm0-3).
     unsafe fn zero_acc(&mut self);
-    /// Loads query block `i` (0, 1) into tmm4 + i.
+    /// 2 x 2 plan: loads A tile `i` (0, 1) into tmm4 + i.
     unsafe fn load_a(&mut self, i: usize, ptr: *const u8, stride: usize);
-    /// Loads key panel `i` (0, 1) into tmm6 + i.
+    /// Loads B tile `i` (0, 1) into tmm6 + i (both plans).
     unsafe fn load_b(&mut self, i: usize, ptr: *const u8, stride: usize);
     /// tmm(2r + c) += tmm(4 + r) x tmm(6 + c) for r, c in 0, 1 (TDPBF16PS).
     unsafe fn dot4(&mut self);

@@ -320,7 +320,6 @@ unsafe fn passes_stationary<T: Tiles>(
         }
     }
     for qb in (0..qt.blocks).step_by(2) {
-        let out = pipe.next_buffer();
         for c in 0..2 {
             tiles.zero_pair();
             for j in 0..qt.steps {
@@ -331,6 +330,8 @@ unsafe fn passes_stationary<T: Tiles>(
                 // The previous pass's epilogue, while the products above run.
                 epi.drain(pipe);
             }
+            // Taken after the epilogue's borrow of `pipe`, which reads the other buffer.
+            let out = pipe.next_buffer();
             tiles.store_acc(0, out.add(256 * c).cast(), 64);
             tiles.store_acc(1, out.add(256 * (2 + c)).cast(), 64);
         }
