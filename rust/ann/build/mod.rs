@@ -201,6 +201,27 @@ pub fn build_until(set: &BuildSet, p: &BuildParams, stop: &AtomicBool) -> Option
 /// Pivots per graph.
 const PIVOTS: usize = 256;
 
+/// Nodes per parallel chunk of a pivot pass.
+const PIVOT_CHUNK: usize = 4096;
+
+/// The least of `near` (`total_cmp`, the lowest id among ties) and its id, the chunk's first
+/// node being `first`.
+fn least(near: &[f32], first: u32) -> (f32, u32) {
+    near.iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
+        .map_or((f32::INFINITY, u32::MAX), |(i, &s)| (s, first + i as u32))
+}
+
+/// The lesser of two (score, id) by `total_cmp`, then the lower id: what one scan would pick.
+fn lesser(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
+    if b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).is_lt() {
+        b
+    } else {
+        a
+    }
+}
+
 /// A farthest-point sample of `count` nodes: each next pivot is the node least similar to all
 /// pivots so far. Clusters the graph barely links to (attention sinks: the first token of every
 /// window) get a pivot of their own.
@@ -210,7 +231,9 @@ fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
     let stride = code_stride(set.dim);
     while out.len() < count {
         let last = *out.last().expect("one pivot at least");
-        if set.walk_codes {
+        // Each chunk's least-similar node comes back with its pass (a scan of all nodes after
+        // each pass ran on one thread: half the pivots' time).
+        let far = if set.walk_codes {
             // On the codes, in batches: a pass reads a quarter of the bytes of the f32 keys.
             let q: Vec<f32> = set
                 .row(last)
@@ -220,27 +243,36 @@ fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
                 .collect();
             let nl = set.norm[last as usize];
             let q = CodeQuery::new(&q);
-            near.par_chunks_mut(4096).enumerate().for_each(|(c, near)| {
-                let first = (c * 4096) as u32;
-                let ids: Vec<u32> = (first..first + near.len() as u32).collect();
-                let mut ip = vec![0f32; ids.len()];
-                // SAFETY: chosen for this CPU; ids are < n, code rows hold `dim` bytes.
-                unsafe { (set.code_dots)(&q, set.codes(), stride, &ids, &mut ip) };
-                for ((s, &p), &id) in near.iter_mut().zip(&ip).zip(&ids) {
-                    let cos = p / (nl * set.norm[id as usize]).max(f32::MIN_POSITIVE);
-                    *s = s.max(cos);
-                }
-            });
+            near.par_chunks_mut(PIVOT_CHUNK)
+                .enumerate()
+                .map(|(c, near)| {
+                    let first = (c * PIVOT_CHUNK) as u32;
+                    let ids: Vec<u32> = (first..first + near.len() as u32).collect();
+                    let mut ip = vec![0f32; ids.len()];
+                    // SAFETY: chosen for this CPU; ids are < n, code rows hold `dim` bytes.
+                    unsafe { (set.code_dots)(&q, set.codes(), stride, &ids, &mut ip) };
+                    for ((s, &p), &id) in near.iter_mut().zip(&ip).zip(&ids) {
+                        let cos = p / (nl * set.norm[id as usize]).max(f32::MIN_POSITIVE);
+                        *s = s.max(cos);
+                    }
+                    least(near, first)
+                })
+                .reduce(|| (f32::INFINITY, u32::MAX), lesser)
         } else {
-            near.par_iter_mut().enumerate().for_each(|(i, s)| {
-                *s = s.max(set.cos(last, i as u32));
-            });
+            near.par_chunks_mut(PIVOT_CHUNK)
+                .enumerate()
+                .map(|(c, near)| {
+                    let first = (c * PIVOT_CHUNK) as u32;
+                    for (i, s) in near.iter_mut().enumerate() {
+                        *s = s.max(set.cos(last, first + i as u32));
+                    }
+                    least(near, first)
+                })
+                .reduce(|| (f32::INFINITY, u32::MAX), lesser)
         }
-        let far = near
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
-            .map_or(0, |(i, _)| i as u32);
+        .1;
+        // Every node tied at +inf (or none at all): the first, as a scan would pick.
+        let far = if far == u32::MAX { 0 } else { far };
         out.push(far);
     }
     out.sort_unstable();

@@ -4,6 +4,7 @@
 use super::super::dot::{code_dot, code_dots, pair_dot, CodeDot, CodeDots, PairDot};
 use super::super::params::Linking;
 use crate::dtype::Elements;
+use rayon::prelude::*;
 
 /// Keys prepared for building: bf16 rows and each key's extra coordinate.
 #[derive(Debug)]
@@ -36,26 +37,43 @@ pub fn code_stride(dim: usize) -> usize {
 /// Per-dimension scales `max_i |x_ij| / 127` of `keys` (`[n, dim]`) and the codes
 /// `round(x_ij / scale_j)` in -127..=127 (as bytes), `stride` bytes a row.
 fn quantise(keys: &[f32], dim: usize, stride: usize) -> (Vec<f32>, Vec<u8>) {
-    let mut top = vec![0f32; dim];
-    for row in keys.chunks_exact(dim) {
-        for (t, &x) in top.iter_mut().zip(row) {
-            if x.is_finite() {
-                *t = t.max(x.abs());
+    // A maximum does not depend on the order it is taken in: per chunk of rows, then merged.
+    let top = keys
+        .par_chunks(dim * ROWS_PER_TASK)
+        .map(|rows| {
+            let mut top = vec![0f32; dim];
+            for row in rows.chunks_exact(dim) {
+                for (t, &x) in top.iter_mut().zip(row) {
+                    if x.is_finite() {
+                        *t = t.max(x.abs());
+                    }
+                }
             }
-        }
-    }
+            top
+        })
+        .reduce(
+            || vec![0f32; dim],
+            |a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect(),
+        );
     let inv: Vec<f32> = top
         .iter()
         .map(|&t| if t > 0.0 { 127.0 / t } else { 0.0 })
         .collect();
     let mut codes = vec![0u8; keys.len() / dim * stride];
-    for (row, code) in keys.chunks_exact(dim).zip(codes.chunks_exact_mut(stride)) {
-        for ((c, &x), &i) in code.iter_mut().zip(row).zip(&inv) {
-            *c = ((x * i).round().clamp(-127.0, 127.0) as i8) as u8;
-        }
-    }
+    codes
+        .par_chunks_mut(stride)
+        .zip(keys.par_chunks(dim))
+        .for_each(|(code, row)| {
+            for ((c, &x), &i) in code.iter_mut().zip(row).zip(&inv) {
+                *c = ((x * i).round().clamp(-127.0, 127.0) as i8) as u8;
+            }
+        });
     (top.iter().map(|&t| t / 127.0).collect(), codes)
 }
+
+/// Rows per parallel task of the preparation (every step is per row, or a maximum, so the
+/// result does not depend on how rows are split).
+const ROWS_PER_TASK: usize = 4096;
 
 impl BuildSet {
     /// From consecutive runs of `[rows, dim]` keys (the chunks of a span, in token order).
@@ -83,11 +101,11 @@ impl BuildSet {
                 }
             }
             let mu: Vec<f32> = mu.iter().map(|&m| (m / n as f64) as f32).collect();
-            for row in keys.chunks_exact_mut(dim) {
+            keys.par_chunks_mut(dim).for_each(|row| {
                 for (x, &m) in row.iter_mut().zip(&mu) {
                     *x -= m;
                 }
-            }
+            });
         }
         let (scales, codes) = if dim == 0 {
             (Vec::new(), Vec::new())
@@ -98,21 +116,24 @@ impl BuildSet {
         let mut code_buf = vec![0u8; codes.len() + 63];
         let code_at = code_buf.as_ptr().align_offset(64).min(63);
         code_buf[code_at..code_at + codes.len()].copy_from_slice(&codes);
-        let mut rows = Vec::with_capacity(keys.len());
-        let mut sq = Vec::with_capacity(n);
-        for row in keys.chunks_exact(dim.max(1)) {
-            let s = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-            sq.push(s);
-            let scale = if linking == Linking::Angular && s > 0.0 {
-                1.0 / s.sqrt() as f32
-            } else {
-                1.0
-            };
-            rows.extend(
-                row.iter()
-                    .map(|&x| half::bf16::from_f32(x * scale).to_bits()),
-            );
-        }
+        let sq: Vec<f64> = keys
+            .par_chunks_exact(dim.max(1))
+            .map(|row| row.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
+            .collect();
+        let mut rows = vec![0u16; n * dim];
+        rows.par_chunks_exact_mut(dim.max(1))
+            .zip(keys.par_chunks_exact(dim.max(1)))
+            .zip(&sq)
+            .for_each(|((out, row), &s)| {
+                let scale = if linking == Linking::Angular && s > 0.0 {
+                    1.0 / s.sqrt() as f32
+                } else {
+                    1.0
+                };
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = half::bf16::from_f32(x * scale).to_bits();
+                }
+            });
         let r2 = sq.iter().copied().fold(0f64, f64::max);
         let extra = sq
             .iter()
