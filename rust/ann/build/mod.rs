@@ -436,3 +436,60 @@ fn link(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_least_picks_what_one_scan_picks() {
+        // Ties (the lowest id wins), -0.0 below 0.0, NaN above everything: `total_cmp`'s order,
+        // whatever the chunks and the order they are merged in.
+        let near = [
+            3.0,
+            -1.0,
+            f32::NAN,
+            -1.0,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            -1.0,
+            2.0,
+        ];
+        let scan = near
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
+            .map(|(i, _)| i as u32);
+        for chunk in 1..=near.len() {
+            let parts: Vec<(f32, u32)> = near
+                .chunks(chunk)
+                .enumerate()
+                .map(|(c, part)| least(part, (c * chunk) as u32))
+                .collect();
+            let id = |p: (f32, u32)| p.1;
+            let forward = parts
+                .iter()
+                .copied()
+                .fold((f32::INFINITY, u32::MAX), lesser);
+            let backward = parts
+                .iter()
+                .rev()
+                .copied()
+                .fold((f32::INFINITY, u32::MAX), lesser);
+            assert_eq!(Some(id(forward)), scan, "chunks of {chunk}");
+            assert_eq!(
+                Some(id(backward)),
+                scan,
+                "chunks of {chunk}, merged backwards"
+            );
+        }
+        assert_eq!(scan, Some(1));
+        // Nothing but NaN: the identity wins the merge, which `pivots` reads as node 0, as a
+        // scan would pick.
+        assert_eq!(
+            lesser((f32::INFINITY, u32::MAX), least(&[f32::NAN; 3], 0)).1,
+            u32::MAX
+        );
+    }
+}
