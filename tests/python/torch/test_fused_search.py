@@ -41,6 +41,17 @@ def check(q, keys, n, k, got_s, got_i):
     assert bool(((got_s - want_s).abs() <= tol).all()), "scores differ from the oracle's"
     for row in got_i.flatten(0, 1):
         assert len(set(row.tolist())) == k, "duplicate ids"
+
+def same_up_to_ties(s, i, pi):
+    '''The same ids at every rank, except among scores tied within the paths' rounding (two keys
+    1e-7 apart may come back either way round, and a tie at the k-th score either key).'''
+    k = s.shape[-1]
+    for rs, ri, rp in zip(s.reshape(-1, k), i.reshape(-1, k), pi.reshape(-1, k)):
+        tol = 1e-5 * (1 + rs.abs())
+        for j in range(k):
+            if ri[j] != rp[j]:
+                tied = (rs - rs[j]).abs() <= tol[j]
+                assert int(rp[j]) in ri[tied].tolist() or bool(tied[-1]), (j, ri, rp)
 """
 
 
@@ -113,13 +124,14 @@ def test_mirror_with_the_fused_kernel_matches_the_torch_path(tmp_path) -> None:
                    rng.standard_normal((2500, 2, 32), dtype=np.float32))
         fused = DeviceMirror(doc, "cpu", kernel="fused")
         plain = DeviceMirror(doc, "cpu")
+        torch.manual_seed(3)
         queries = torch.randn(7, 4, 32)
         for k in (1, 16):
             assert fused._fused(fused.keys[0], 2500, k)
             s, i = fused.search(0, queries, k)
             ps, pi = plain.search(0, queries, k)
-            assert torch.equal(i, pi), (i, pi)
             assert torch.allclose(s, ps, atol=1e-5, rtol=1e-5)
+            same_up_to_ties(s, i, pi)
         store.close()
         print("ok")
         """
