@@ -4,7 +4,8 @@
 //! against 256 queries in the VNNI B layout and stores the scores to L1 buffers; `+epi` adds the
 //! kernel's per-key compares (one per 16 queries) against thresholds no score passes. Prints the
 //! median ns a key and GFLOP/s (2 d 256 a key) per pattern, so the kernel's shape can follow the
-//! tiles' real limits (what chains, what overlaps) rather than a guess.
+//! tiles' real limits (what chains, what overlaps) rather than a guess. The `a32-*` patterns take
+//! the kernel's plan (`astat32`) apart: what holds its chain, the zeroing or the stores.
 
 #[cfg(target_arch = "x86_64")]
 mod probe {
@@ -240,6 +241,61 @@ mod probe {
         hits
     }
 
+    /// [`astat32`] with the compares, changed by `mode` to find what holds its chain: bit 1
+    /// finishes accumulator 0 first and stores it before accumulator 1's products (its store
+    /// then overlaps them), bit 2 leaves out the zeroing (the sums are garbage: timing only),
+    /// bit 4 leaves out the stores.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn astat32_mode(keys: &[u16], q: &[u16], out: &mut [Buf; 2], mode: u32) -> u32 {
+        let (n, mut hits, pre) = (keys.len() / DIM, 0, _mm512_set1_ps(1e30));
+        let (first, zero, stores) = (mode & 1 != 0, mode & 2 == 0, mode & 4 == 0);
+        let mut pass = 0usize;
+        for k0 in (0..n).step_by(32) {
+            let base = keys.as_ptr().add(k0 * DIM);
+            prefetch(base.add(2 * 32 * DIM).cast(), 32 * STRIDE);
+            load!(2, base, STRIDE);
+            load!(3, base.add(32), STRIDE);
+            load!(4, base.add(16 * DIM), STRIDE);
+            load!(5, base.add(16 * DIM + 32), STRIDE);
+            for qb in 0..QBLOCKS {
+                load!(6, qp(q, qb, 0), 64);
+                load!(7, qp(q, qb, 1), 64);
+                if zero {
+                    zero!(0);
+                    zero!(1);
+                }
+                let o = out[pass % 2].0.as_mut_ptr();
+                if first {
+                    dot!(0, 2, 6);
+                    dot!(0, 3, 7);
+                    if stores {
+                        store!(0, o, 64);
+                    }
+                    dot!(1, 4, 6);
+                    dot!(1, 5, 7);
+                } else {
+                    dot!(0, 2, 6);
+                    dot!(1, 4, 6);
+                    dot!(0, 3, 7);
+                    dot!(1, 5, 7);
+                }
+                let prev = out[1 - pass % 2].0.as_ptr();
+                if pass > 0 {
+                    epi(prev, pre, &mut hits);
+                    epi(prev.add(256), pre, &mut hits);
+                }
+                if stores {
+                    if !first {
+                        store!(0, o, 64);
+                    }
+                    store!(1, o.add(256), 64);
+                }
+                pass += 1;
+            }
+        }
+        hits
+    }
+
     /// The epilogue alone on L1 scores (no tile work): its share of a key's time.
     #[target_feature(enable = "avx512f")]
     unsafe fn epi_only(keys: &[u16], out: &mut [Buf; 2]) -> u32 {
@@ -340,6 +396,22 @@ mod probe {
             (
                 "astat32+epi",
                 Box::new(|o| unsafe { astat32(keys_n, &q, o, true) }),
+            ),
+            (
+                "a32-c0first",
+                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 1) }),
+            ),
+            (
+                "a32-nozero",
+                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 2) }),
+            ),
+            (
+                "a32-nostore",
+                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 4) }),
+            ),
+            (
+                "a32-neither",
+                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 6) }),
             ),
             ("epi-only", Box::new(|o| unsafe { epi_only(keys_n, o) })),
         ];
