@@ -206,49 +206,16 @@ mod probe {
     }
 
     /// 32 keys stationary in four A tiles (two halves x two steps); per query block two B tiles
-    /// and two accumulators (one per key half): four products per two B loads.
+    /// and two accumulators (one per key half): four products per two B loads (the kernel's
+    /// plan). `mode` takes it apart to find what holds its chain: bit 1 finishes accumulator 0
+    /// first and stores it before accumulator 1's products (its store then overlaps them), bit
+    /// 2 leaves out the zeroing (the sums are garbage: timing only), bit 4 the stores, bit 8 the
+    /// compares.
     #[target_feature(enable = "avx512f")]
-    unsafe fn astat32(keys: &[u16], q: &[u16], out: &mut [Buf; 2], e: bool) -> u32 {
-        let (n, mut hits, pre) = (keys.len() / DIM, 0, _mm512_set1_ps(1e30));
-        let mut pass = 0usize;
-        for k0 in (0..n).step_by(32) {
-            let base = keys.as_ptr().add(k0 * DIM);
-            prefetch(base.add(2 * 32 * DIM).cast(), 32 * STRIDE);
-            load!(2, base, STRIDE);
-            load!(3, base.add(32), STRIDE);
-            load!(4, base.add(16 * DIM), STRIDE);
-            load!(5, base.add(16 * DIM + 32), STRIDE);
-            for qb in 0..QBLOCKS {
-                load!(6, qp(q, qb, 0), 64);
-                load!(7, qp(q, qb, 1), 64);
-                zero!(0);
-                zero!(1);
-                dot!(0, 2, 6);
-                dot!(1, 4, 6);
-                dot!(0, 3, 7);
-                dot!(1, 5, 7);
-                let prev = out[1 - pass % 2].0.as_ptr();
-                if e && pass > 0 {
-                    epi(prev, pre, &mut hits);
-                    epi(prev.add(256), pre, &mut hits);
-                }
-                let o = out[pass % 2].0.as_mut_ptr();
-                store!(0, o, 64);
-                store!(1, o.add(256), 64);
-                pass += 1;
-            }
-        }
-        hits
-    }
-
-    /// [`astat32`] with the compares, changed by `mode` to find what holds its chain: bit 1
-    /// finishes accumulator 0 first and stores it before accumulator 1's products (its store
-    /// then overlaps them), bit 2 leaves out the zeroing (the sums are garbage: timing only),
-    /// bit 4 leaves out the stores.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn astat32_mode(keys: &[u16], q: &[u16], out: &mut [Buf; 2], mode: u32) -> u32 {
+    unsafe fn astat32(keys: &[u16], q: &[u16], out: &mut [Buf; 2], mode: u32) -> u32 {
         let (n, mut hits, pre) = (keys.len() / DIM, 0, _mm512_set1_ps(1e30));
         let (first, zero, stores) = (mode & 1 != 0, mode & 2 == 0, mode & 4 == 0);
+        let compares = mode & 8 == 0;
         let mut pass = 0usize;
         for k0 in (0..n).step_by(32) {
             let base = keys.as_ptr().add(k0 * DIM);
@@ -280,7 +247,7 @@ mod probe {
                     dot!(1, 5, 7);
                 }
                 let prev = out[1 - pass % 2].0.as_ptr();
-                if pass > 0 {
+                if compares && pass > 0 {
                     epi(prev, pre, &mut hits);
                     epi(prev.add(256), pre, &mut hits);
                 }
@@ -391,27 +358,27 @@ mod probe {
             ),
             (
                 "astat32",
-                Box::new(|o| unsafe { astat32(keys_n, &q, o, false) }),
+                Box::new(|o| unsafe { astat32(keys_n, &q, o, 8) }),
             ),
             (
                 "astat32+epi",
-                Box::new(|o| unsafe { astat32(keys_n, &q, o, true) }),
+                Box::new(|o| unsafe { astat32(keys_n, &q, o, 0) }),
             ),
             (
                 "a32-c0first",
-                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 1) }),
+                Box::new(|o| unsafe { astat32(keys_n, &q, o, 1) }),
             ),
             (
                 "a32-nozero",
-                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 2) }),
+                Box::new(|o| unsafe { astat32(keys_n, &q, o, 2) }),
             ),
             (
                 "a32-nostore",
-                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 4) }),
+                Box::new(|o| unsafe { astat32(keys_n, &q, o, 4) }),
             ),
             (
                 "a32-neither",
-                Box::new(|o| unsafe { astat32_mode(keys_n, &q, o, 6) }),
+                Box::new(|o| unsafe { astat32(keys_n, &q, o, 6) }),
             ),
             ("epi-only", Box::new(|o| unsafe { epi_only(keys_n, o) })),
         ];

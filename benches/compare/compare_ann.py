@@ -159,20 +159,8 @@ def run_set(name, keys, queries, args, threads):
 
     # fot_mem hnsw: one span over all keys (the same single graph hnswlib builds), float32.
     path = f"{tmp}/hnsw"
-    hn = fot_mem.MemoryStore.create(
-        path,
-        layers=[0],
-        kv_heads=1,
-        head_dim=d,
-        chunk_tokens=4096,
-        dtype=args.dtype,
-        hnsw={"m": args.m, "ef_construction": args.efc, "span_tokens": n, "linking": args.linking},
-    )
+    hn, stats, build_cpu = build_fot_mem(path, keys, args)
     doc = hn.document("d")
-    cpu = time.process_time()
-    doc.append(0, keys[:, None], np.zeros((n, 1, d), np.float32))
-    stats = hn.wait_for_indexes()
-    build_cpu = time.process_time() - cpu
     curve = []
     for ef in efs:
         sec, (_, ids) = timed(
@@ -216,11 +204,7 @@ def run_set(name, keys, queries, args, threads):
     except ImportError:
         print("hnswlib missing: pip install hnswlib")
         return res
-    idx = hnswlib.Index(space="ip", dim=d)
-    idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=100)
-    t, cpu = time.perf_counter(), time.process_time()
-    idx.add_items(keys, np.arange(n), num_threads=threads)
-    build, build_cpu = time.perf_counter() - t, time.process_time() - cpu
+    idx, build, build_cpu = build_hnswlib(keys, threads)
     curve = []
     for ef in efs:
         idx.set_ef(max(ef, k))
@@ -254,43 +238,53 @@ def run_set(name, keys, queries, args, threads):
     return res
 
 
+def build_fot_mem(path, keys, args):
+    """A store at `path` holding `keys` in one hnsw span, built: (store, index stats, CPU s)."""
+    import fot_mem
+
+    n, d = keys.shape
+    store = fot_mem.MemoryStore.create(
+        path,
+        layers=[0],
+        kv_heads=1,
+        head_dim=d,
+        chunk_tokens=4096,
+        dtype=args.dtype,
+        hnsw={"m": args.m, "ef_construction": args.efc, "span_tokens": n, "linking": args.linking},
+    )
+    cpu = time.process_time()
+    store.document("d").append(0, keys[:, None], np.zeros((n, 1, d), np.float32))
+    stats = store.wait_for_indexes()
+    return store, stats, time.process_time() - cpu
+
+
+def build_hnswlib(keys, threads):
+    """hnswlib over `keys` with the anchor's parameters: (index, wall s, CPU s)."""
+    import hnswlib
+
+    n, d = keys.shape
+    idx = hnswlib.Index(space="ip", dim=d)
+    idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=100)
+    t, cpu = time.perf_counter(), time.process_time()
+    idx.add_items(keys, np.arange(n), num_threads=threads)
+    return idx, time.perf_counter() - t, time.process_time() - cpu
+
+
 def matched_builds(keys, args, threads, tmp) -> dict:
     """Both builds again, in turns (fot_mem, hnswlib, fot_mem, ...), `repeats` of each: one build
     apiece in the curves above is at the mercy of whatever else the machine ran meanwhile (on a
     shared 2-core machine one library's build rate moved by a fifth between runs). Medians of
     wall keys/s and of keys per CPU-second, and their ratios."""
-    import fot_mem
-    import hnswlib
-
-    n, d = keys.shape
+    n = len(keys)
     fw, fc, hw, hc = [], [], [], []
     for r in range(args.repeats):
-        store = fot_mem.MemoryStore.create(
-            f"{tmp}/build{r}",
-            layers=[0],
-            kv_heads=1,
-            head_dim=d,
-            chunk_tokens=4096,
-            dtype=args.dtype,
-            hnsw={
-                "m": args.m,
-                "ef_construction": args.efc,
-                "span_tokens": n,
-                "linking": args.linking,
-            },
-        )
-        cpu = time.process_time()
-        store.document("d").append(0, keys[:, None], np.zeros((n, 1, d), np.float32))
-        stats = store.wait_for_indexes()
-        fc.append(n / (time.process_time() - cpu))
+        store, stats, cpu = build_fot_mem(f"{tmp}/build{r}", keys, args)
         fw.append(n / stats["seconds"])
+        fc.append(n / cpu)
         store.close()
-        idx = hnswlib.Index(space="ip", dim=d)
-        idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=100)
-        t, cpu = time.perf_counter(), time.process_time()
-        idx.add_items(keys, np.arange(n), num_threads=threads)
-        hw.append(n / (time.perf_counter() - t))
-        hc.append(n / (time.process_time() - cpu))
+        idx, wall, cpu = build_hnswlib(keys, threads)
+        hw.append(n / wall)
+        hc.append(n / cpu)
         del idx
     med = statistics.median
     return {

@@ -39,6 +39,10 @@ stage() {  # stage NAME CMD...: runs CMD, output to $RES/NAME.txt, timing to the
   echo "== $(date +%T) $name rc $? in $((SECONDS - t)) s"
 }
 
+info() {  # the machine: CPU model, kernel, CPUs, AMX and AVX-512 features
+  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+}
+
 exact() {  # exact KERNEL NAME ARGS...: compare_exact.py under that kernel, pinned
   local kernel=$1 name=$2
   shift 2
@@ -47,7 +51,7 @@ exact() {  # exact KERNEL NAME ARGS...: compare_exact.py under that kernel, pinn
 }
 
 stages() {  # the default plan: correctness first, then every benchmark, one after another
-  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  info
   stage rust-lib $ROOT/bin/fot_mem --test-threads 16
   stage rust-kernels $ROOT/bin/search_kernels --test-threads 16
   stage pytest-exact python3 -m pytest -q -p no:cacheprovider tests/python/search/test_exact_kernels.py
@@ -76,7 +80,7 @@ few_stages() {  # few queries over 8M keys (in place, packed, faiss), clustered 
 }
 
 rows() {  # the in-place AMX path: 64M keys on cores 0-1 while the short stages run on 2-3
-  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  info
   (stage few64m-amx-bf16 taskset -c 0,1 python3 benches/compare/exact_few_queries.py \
     --keys 67108864 --no-faiss --packed; touch $RES/big-done) &
   PIN="taskset -c 2,3"
@@ -93,7 +97,7 @@ rows() {  # the in-place AMX path: 64M keys on cores 0-1 while the short stages 
 }
 
 probe() {  # the tile-loop shapes alone (examples/amx_probe.rs) on one core, then clustered keys
-  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  info
   stage probe taskset -c 0 $ROOT/bin/amx_probe 4194304 5
   exact amx-bf16 clustered-amx-bf16 --keys 262144,1048576 --dim 128 --batch 2048 \
     --dtypes float32,bfloat16
@@ -103,7 +107,7 @@ probe() {  # the tile-loop shapes alone (examples/amx_probe.rs) on one core, the
 }
 
 stationary() {  # the stationary tile plan against the 2 x 2 one (exact_scale built at each commit)
-  stage info bash -c 'lscpu; uname -r; nproc; grep -o -w -E "amx_[a-z0-9]+|avx512_[a-z0-9]+" /proc/cpuinfo | sort -u'
+  info
   (
     stage rust-lib taskset -c 2-15 $ROOT/bin/fot_mem --test-threads 12
     stage rust-kernels taskset -c 2-15 $ROOT/bin/search_kernels --test-threads 12

@@ -231,22 +231,26 @@ fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
     let stride = code_stride(set.dim);
     while out.len() < count {
         let last = *out.last().expect("one pivot at least");
-        // Each chunk's least-similar node comes back with its pass (a scan of all nodes after
-        // each pass ran on one thread: half the pivots' time).
-        let far = if set.walk_codes {
-            // On the codes, in batches: a pass reads a quarter of the bytes of the f32 keys.
-            let q: Vec<f32> = set
-                .row(last)
+        // On the codes where the walk uses them: a pass reads a quarter of the bytes of the f32
+        // keys.
+        let q: Vec<f32> = if set.walk_codes {
+            set.row(last)
                 .iter()
                 .zip(&set.scales)
                 .map(|(&b, &s)| half::bf16::from_bits(b).to_f32() * s)
-                .collect();
-            let nl = set.norm[last as usize];
-            let q = CodeQuery::new(&q);
-            near.par_chunks_mut(PIVOT_CHUNK)
-                .enumerate()
-                .map(|(c, near)| {
-                    let first = (c * PIVOT_CHUNK) as u32;
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (q, nl) = (CodeQuery::new(&q), set.norm[last as usize]);
+        // Each chunk's least-similar node comes back with its pass (a scan of all nodes after
+        // each pass ran on one thread: half the pivots' time).
+        let far = near
+            .par_chunks_mut(PIVOT_CHUNK)
+            .enumerate()
+            .map(|(c, near)| {
+                let first = (c * PIVOT_CHUNK) as u32;
+                if set.walk_codes {
                     let ids: Vec<u32> = (first..first + near.len() as u32).collect();
                     let mut ip = vec![0f32; ids.len()];
                     // SAFETY: chosen for this CPU; ids are < n, code rows hold `dim` bytes.
@@ -255,22 +259,15 @@ fn pivots(set: &BuildSet, count: usize) -> Vec<u32> {
                         let cos = p / (nl * set.norm[id as usize]).max(f32::MIN_POSITIVE);
                         *s = s.max(cos);
                     }
-                    least(near, first)
-                })
-                .reduce(|| (f32::INFINITY, u32::MAX), lesser)
-        } else {
-            near.par_chunks_mut(PIVOT_CHUNK)
-                .enumerate()
-                .map(|(c, near)| {
-                    let first = (c * PIVOT_CHUNK) as u32;
+                } else {
                     for (i, s) in near.iter_mut().enumerate() {
                         *s = s.max(set.cos(last, first + i as u32));
                     }
-                    least(near, first)
-                })
-                .reduce(|| (f32::INFINITY, u32::MAX), lesser)
-        }
-        .1;
+                }
+                least(near, first)
+            })
+            .reduce(|| (f32::INFINITY, u32::MAX), lesser)
+            .1;
         // Every node tied at +inf (or none at all): the first, as a scan would pick.
         let far = if far == u32::MAX { 0 } else { far };
         out.push(far);

@@ -256,6 +256,17 @@ struct KeyPass {
     kmask: u32,
 }
 
+impl KeyPass {
+    /// The pass of these keys against query blocks `qb` and `qb + 1`.
+    fn with_queries(&self, qb: usize) -> Pass {
+        Pass {
+            k0: self.k0,
+            q0: qb * BLOCK,
+            kmask: self.kmask,
+        }
+    }
+}
+
 /// What a pass's epilogue writes to: the rows' state and candidates.
 struct Epilogue<'a> {
     st: &'a mut RowState,
@@ -296,8 +307,7 @@ unsafe fn passes_reloaded<T: Tiles>(
         }
         // The previous pass's epilogue, while the products above run.
         epi.drain(pipe);
-        let (k0, q0, kmask) = (keys.k0, qb * BLOCK, keys.kmask);
-        pipe.store(tiles, Pass { k0, q0, kmask });
+        pipe.store(tiles, keys.with_queries(qb));
     }
 }
 
@@ -335,8 +345,7 @@ unsafe fn passes_stationary<T: Tiles>(
             tiles.store_acc(0, out.add(256 * c).cast(), 64);
             tiles.store_acc(1, out.add(256 * (2 + c)).cast(), 64);
         }
-        let (k0, q0, kmask) = (keys.k0, qb * BLOCK, keys.kmask);
-        pipe.filled(Pass { k0, q0, kmask });
+        pipe.filled(keys.with_queries(qb));
     }
 }
 
